@@ -1,0 +1,1 @@
+"""The napari adapter: readers, writers, sample data, layer conversion and dock widgets."""

@@ -1,0 +1,130 @@
+"""The *Pose project* dock widget: what is open, which videos are missing, and saving.
+
+Thin by design: it gathers choices and calls ``core.io`` and ``convert``; everything it does is
+also a plain function tested without a viewer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import napari
+import sleap_io as sio
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
+from napari.utils.notifications import show_info
+
+from napari_pose.core.io import missing_videos, save_labels
+from napari_pose.core.video import open_video, video_to_dask
+from napari_pose.napari.convert import POSE_KEY, layers_to_labels, video_name
+from napari_pose.napari.sync import attach
+
+
+def project_layers_of(viewer: napari.Viewer, labels: sio.Labels) -> list[napari.layers.Points]:
+    """The Points layers of ``viewer`` that belong to the project ``labels``."""
+    return [
+        layer
+        for layer in viewer.layers
+        if isinstance(layer, napari.layers.Points)
+        and layer.metadata.get(POSE_KEY) is not None
+        and layer.metadata[POSE_KEY].labels is labels
+    ]
+
+
+def summary(labels: sio.Labels) -> str:
+    """One line per fact a user checks first: frames, instances, skeleton, tracks, videos."""
+    missing = set(missing_videos(labels))
+    n_user = sum(len(lf.user_instances) for lf in labels.labeled_frames) if not labels.is_lazy else None
+    lines = [
+        f"{len(labels.labeled_frames)} labelled frames"
+        + (f", {n_user} user instances" if n_user is not None else ""),
+        f"skeleton: {len(labels.skeletons[0].nodes) if labels.skeletons else 0} nodes, "
+        f"{len(labels.skeletons[0].edges) if labels.skeletons else 0} edges",
+        f"tracks: {', '.join(t.name for t in labels.tracks) or 'none'}",
+    ]
+    for video in labels.videos:
+        status = "MISSING" if video.filename in missing else "ok"
+        lines.append(f"video {video_name(video)}: {status}")
+    return "\n".join(lines)
+
+
+class ProjectWidget(Container):
+    """Pick an open project, see its contents, locate missing videos, save it."""
+
+    def __init__(self, viewer: napari.Viewer) -> None:
+        super().__init__(labels=False)
+        self._viewer = viewer
+        attach(viewer)
+        self.project = ComboBox(label="project", choices=self._project_choices)
+        self.info = Label(value="")
+        self.missing = ComboBox(label="missing video", choices=self._missing_choices)
+        self.video_file = FileEdit(label="video file", mode="r")
+        self.locate = PushButton(text="Use this video")
+        self.save_path = FileEdit(label="save as", mode="w", filter="*.slp *.csv *.h5")
+        self.save = PushButton(text="Save project")
+        self.extend(
+            [self.project, self.info, self.missing, self.video_file, self.locate,
+             self.save_path, self.save]
+        )  # fmt: skip
+        self.project.changed.connect(self._update)
+        self.locate.clicked.connect(self.use_video)
+        self.save.clicked.connect(self.save_project)
+        viewer.layers.events.inserted.connect(self._reset)
+        viewer.layers.events.removed.connect(self._reset)
+        self._reset()
+
+    # ------------------------------------------------------------------ state shown
+    def _projects(self) -> dict[str, sio.Labels]:
+        found: dict[str, sio.Labels] = {}
+        for layer in self._viewer.layers:
+            binding = layer.metadata.get(POSE_KEY) if isinstance(layer, napari.layers.Points) else None
+            if binding is not None and all(binding.labels is not l for l in found.values()):
+                source = binding.labels.provenance.get("filename") or layer.name
+                found[Path(str(source)).name] = binding.labels
+        return found
+
+    def _project_choices(self, _widget=None) -> list[str]:
+        return list(self._projects())
+
+    def _missing_choices(self, _widget=None) -> list[str]:
+        labels = self.current_labels()
+        return missing_videos(labels) if labels is not None else []
+
+    def current_labels(self) -> sio.Labels | None:
+        return self._projects().get(self.project.value)
+
+    def _reset(self, event=None) -> None:
+        self.project.reset_choices()
+        self._update()
+
+    def _update(self, event=None) -> None:
+        labels = self.current_labels()
+        self.missing.reset_choices()
+        self.info.value = summary(labels) if labels is not None else "no pose project open"
+        self.locate.enabled = bool(self.missing.choices)
+        if labels is not None and labels.provenance.get("filename"):
+            self.save_path.value = Path(str(labels.provenance["filename"]))
+
+    # ------------------------------------------------------------------ actions
+    def use_video(self) -> None:
+        """Point the selected missing video at the chosen file and show it."""
+        labels, stored = self.current_labels(), self.missing.value
+        new = Path(self.video_file.value)
+        video_index = next(i for i, v in enumerate(labels.videos) if v.filename == stored)
+        data = video_to_dask(open_video(new))  # fails here, with the file named, if unreadable
+        labels.videos[video_index].replace_filename(str(new), open=False)
+        self._viewer.add_image(
+            data, name=video_name(labels.videos[video_index]), rgb=data.ndim == 4,
+            contrast_limits=(0, 255),
+        )  # fmt: skip
+        self._viewer.layers.move(len(self._viewer.layers) - 1, 0)
+        self._update()
+
+    def save_project(self) -> Path:
+        """Save every layer of the project (all frames) to the chosen path, atomically."""
+        labels = self.current_labels()
+        layers = project_layers_of(self._viewer, labels)
+        merged = layers_to_labels([(l.data, {"metadata": l.metadata, "features": l.features}) for l in layers])
+        path = Path(self.save_path.value)
+        save_labels(merged, path)
+        show_info(f"saved {path}")
+        return path

@@ -1,0 +1,124 @@
+"""npe2 readers: pose projects, videos, TIFF stacks and image folders.
+
+Each ``get_*_reader`` looks at the path (extension and, for ambiguous ones such as ``.h5`` or
+``.csv``, the content) and returns a reader or ``None`` so napari can offer other plugins.
+Readers never crash napari: a bad file raises one ``PoseFileError`` naming the file and the
+problem, which napari shows as a notification; a missing video only warns, and the labels
+still open.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import sleap_io as sio
+from napari.utils.notifications import show_warning
+
+from napari_pose.core.errors import MissingVideoError, PoseFileError
+from napari_pose.core.io import detect_labels_format, load_labels, missing_videos
+from napari_pose.core.stacks import open_tiff
+from napari_pose.core.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, open_video, video_to_dask
+from napari_pose.napari.convert import LayerData, labels_to_layers, video_name
+from napari_pose.napari.sync import attach_current_viewer
+
+Reader = Callable[[Any], list[LayerData]]
+
+
+def _single_path(path: Any) -> Path | None:
+    """napari passes a path or a list of paths; we read one file at a time."""
+    if isinstance(path, (list, tuple)):
+        return Path(path[0]) if len(path) == 1 else None
+    return Path(path)
+
+
+def get_labels_reader(path: Any) -> Reader | None:
+    """A reader for SLEAP ``.slp``/``.pkg.slp``, analysis ``.h5`` and DeepLabCut files."""
+    single = _single_path(path)
+    if single is None or detect_labels_format(single) is None:
+        return None
+    return read_labels
+
+
+def read_labels(path: Any) -> list[LayerData]:
+    """Layers for a pose project: its videos (lazy), labels, predictions, skeleton and tracks."""
+    labels = load_labels(_single_path(path))
+    return project_layers(labels)
+
+
+def project_layers(labels: sio.Labels) -> list[LayerData]:
+    """Open every video of ``labels`` that can be found, warn about the rest, build layers."""
+    images = {}
+    missing = set(missing_videos(labels))
+    for v, video in enumerate(labels.videos):
+        filename = video.filename if isinstance(video.filename, str) else None
+        if filename is not None and filename in missing:
+            show_warning(str(MissingVideoError(filename, "video not found beside the labels "
+                                               "or in their parent folders; locate it in the "
+                                               "Pose project widget")))
+            continue
+        try:
+            images[v] = video_to_dask(open_video(video))
+        except PoseFileError as error:
+            show_warning(str(error))
+    attach_current_viewer()
+    return labels_to_layers(labels, images=images)
+
+
+def get_image_reader(path: Any) -> Reader | None:
+    """A reader for video files (decoded lazily, frame-accurate) and TIFF stacks (lazy)."""
+    single = _single_path(path)
+    if single is None:
+        return None
+    suffix = single.suffix.lower()
+    if suffix in VIDEO_EXTENSIONS:
+        return read_video
+    if suffix in (".tif", ".tiff"):
+        return read_tiff
+    return None
+
+
+def read_video(path: Any) -> list[LayerData]:
+    """One lazy Image layer for a video file; frames decode only when shown."""
+    reader = open_video(_single_path(path))
+    data = video_to_dask(reader)
+    rgb = data.ndim == 4
+    name = video_name(sio.Video(filename=str(reader.path), open_backend=False))
+    return [(data, {"name": name, "rgb": rgb, "contrast_limits": (0, 255)}, "image")]
+
+
+def read_tiff(path: Any) -> list[LayerData]:
+    """One lazy Image layer for a (OME-)TIFF stack, with axis names, scale and channels."""
+    stack = open_tiff(_single_path(path))
+    kwargs: dict[str, Any] = {"name": Path(stack.path).name.split(".")[0]}
+    axes = stack.axes
+    rgb = axes.endswith("S") and stack.data.shape[-1] in (3, 4)
+    spatial = axes[:-1] if rgb else axes
+    if "C" in spatial:
+        kwargs["channel_axis"] = spatial.index("C")
+        spatial = spatial.replace("C", "")
+    kwargs["rgb"] = rgb
+    kwargs["axis_labels"] = tuple(spatial.lower())
+    kwargs["scale"] = tuple(stack.scale.get(axis, 1.0) for axis in spatial)
+    return [(stack.data, kwargs, "image")]
+
+
+def get_folder_reader(path: Any) -> Reader | None:
+    """A reader for a DeepLabCut project folder or a folder of images (one frame per image)."""
+    single = _single_path(path)
+    if single is None or not single.is_dir():
+        return None
+    config = single / "config.yaml"
+    if config.is_file() and detect_labels_format(config) is not None:
+        return lambda _: read_labels(config)
+    if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in single.iterdir()):
+        return read_image_folder
+    return None
+
+
+def read_image_folder(path: Any) -> list[LayerData]:
+    """One lazy Image layer with the folder's images as frames, in natural name order."""
+    folder = _single_path(path)
+    data = video_to_dask(open_video(folder))
+    rgb = data.ndim == 4
+    return [(data, {"name": folder.name, "rgb": rgb, "contrast_limits": (0, 255)}, "image")]

@@ -1,0 +1,433 @@
+"""Pure, reversible conversion between a pose project (``Labels``) and napari layer data.
+
+``labels_to_layers`` turns a ``Labels`` into napari layer-data tuples: a lazy Image layer per
+video, a Points layer for user labels and one for predictions per video (data ``(frame, y, x)``,
+or ``(t, z, y, x)`` for stacks), a Vectors layer with each Points layer's skeleton edges and a
+Tracks layer when instances carry tracks. ``layers_to_labels`` goes back. Neither needs a viewer,
+so both are tested directly; the viewer-side wiring (edges follow the frame, windows follow the
+user) lives in ``sync.py``.
+
+Every Points layer carries a ``PoseBinding`` in ``metadata["napari_pose"]``: the project it came
+from (skeleton, videos, tracks, suggestions) and the full ``PoseArrays`` of its instances. Large
+files (napari Points layers slow down past a few hundred thousand points, napari #6148) are shown
+through a *window* of frames around the current one; the binding merges the window's edits back
+into the full arrays, so saving always writes every frame.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import pandas as pd
+import sleap_io as sio
+
+from napari_pose.core.pose_arrays import PoseArrays, arrays_to_labels, concat, labels_to_arrays
+
+POSE_KEY = "napari_pose"
+EDGES_KEY = "napari_pose_edges"
+
+#: Points layers holding more than this many points show a window of frames instead.
+WINDOW_THRESHOLD = 200_000
+#: Frames on each side of the current frame that a windowed layer holds.
+WINDOW_HALF_WIDTH = 500
+
+#: Categorical palette shared by node faces, track borders, edges and trajectories.
+PALETTE = np.array(
+    [
+        [0.12, 0.47, 0.71, 1], [1.00, 0.50, 0.05, 1], [0.17, 0.63, 0.17, 1],
+        [0.84, 0.15, 0.16, 1], [0.58, 0.40, 0.74, 1], [0.55, 0.34, 0.29, 1],
+        [0.89, 0.47, 0.76, 1], [0.50, 0.50, 0.50, 1], [0.74, 0.74, 0.13, 1],
+        [0.09, 0.75, 0.81, 1],
+    ]
+)  # fmt: skip
+NO_TRACK = ""
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+
+def palette(n: int) -> np.ndarray:
+    """``n`` RGBA colours from the categorical palette, repeating when ``n`` exceeds it."""
+    return PALETTE[np.arange(n) % len(PALETTE)]
+
+
+@attrs.define(eq=False)
+class PoseBinding:
+    """What a Points layer shows, kept in its metadata so the layer can be saved losslessly.
+
+    Attributes:
+        labels: The project the layer came from; its videos, skeletons, tracks, suggestions and
+            provenance are reused on save.
+        arrays: Every instance of this layer (one video, user or predicted), all frames.
+        video: Index of the video in ``labels.videos``.
+        predicted: Whether the layer holds predictions rather than user labels.
+        plane_shape: Shape of the image axes before (y, x): ``(n_frames,)`` for a video,
+            ``(t, z)`` for a stack whose planes are the video's frames in C order.
+        window: Frames ``[start, stop)`` held by the layer, or ``None`` when it holds all.
+    """
+
+    labels: sio.Labels
+    arrays: PoseArrays
+    video: int
+    predicted: bool
+    plane_shape: tuple[int, ...]
+    window: tuple[int, int] | None = None
+
+    def shown_rows(self) -> np.ndarray:
+        """Rows of ``arrays`` that the layer holds."""
+        if self.window is None:
+            return np.arange(len(self.arrays))
+        return self.arrays.frame_rows(self.video, *self.window)
+
+    def merged(self, data: np.ndarray, features: pd.DataFrame) -> PoseArrays:
+        """The full arrays with the layer's current content in place of the rows it holds."""
+        kept = np.ones(len(self.arrays), bool)
+        kept[self.shown_rows()] = False
+        next_id = int(self.arrays.instance_id.max(initial=-1)) + 1
+        edited = points_to_arrays(data, features, self, first_new_id=next_id)
+        return concat([self.arrays.select(kept), edited]).sorted()
+
+
+def window_around(frame: int) -> tuple[int, int]:
+    """The frames ``[start, stop)`` a windowed layer holds when ``frame`` is shown."""
+    return max(0, frame - WINDOW_HALF_WIDTH), frame + WINDOW_HALF_WIDTH + 1
+
+
+# --------------------------------------------------------------------------- labels -> layers
+
+
+def labels_to_layers(
+    labels: sio.Labels,
+    *,
+    images: dict[int, Any] | None = None,
+    plane_shapes: dict[int, tuple[int, ...]] | None = None,
+    window_threshold: int = WINDOW_THRESHOLD,
+) -> list[LayerData]:
+    """Layer-data tuples for a project: images, points, skeleton edges and trajectories.
+
+    Args:
+        labels: The project. Lazily loaded ``.slp`` files are converted without materialising
+            instances.
+        images: Image data per video index (usually lazy dask arrays); videos without an entry
+            get no Image layer (e.g. a video file that could not be found).
+        plane_shapes: Leading image axes per video when frames are planes of a stack, e.g.
+            ``{0: (t, z)}``; default ``(n_frames,)``.
+        window_threshold: Points layers with more points than this hold a window of frames.
+    """
+    images = images or {}
+    plane_shapes = plane_shapes or {}
+    layers: list[LayerData] = []
+    for v, video in enumerate(labels.videos):
+        if v in images:
+            layers.append(_image_layer(images[v], video_name(video)))
+    if not labels.skeletons:
+        return layers
+
+    arrays = labels_to_arrays(labels)
+    for v, video in enumerate(labels.videos):
+        shape = plane_shapes.get(v) or (_n_frames(video, images.get(v), arrays, v),)
+        for predicted in (False, True):
+            rows = (arrays.video == v) & (arrays.predicted == predicted)
+            if predicted and not rows.any():
+                continue  # every video gets a user layer, even if empty, to label into
+            binding = PoseBinding(labels, arrays.select(rows), v, predicted, shape)
+            n_points = int(np.isfinite(binding.arrays.xy[..., 0]).sum())
+            if n_points > window_threshold:
+                binding.window = window_around(0)
+            layers.append(points_layer(binding))
+            layers.append(edges_layer(binding, frame=0))
+        tracks = tracks_layer(arrays.select(arrays.video == v), shape, video_name(video))
+        if tracks is not None:
+            layers.append(tracks)
+    return layers
+
+
+def video_name(video: sio.Video) -> str:
+    """A short layer name for a video: its file stem (``clip`` for ``/data/clip.mp4``)."""
+    filename = video.filename[0] if isinstance(video.filename, list) else video.filename
+    name = Path(str(filename).replace("\\", "/")).name
+    return name.removesuffix(".pkg.slp").rsplit(".", 1)[0] or "video"
+
+
+def _n_frames(video: sio.Video, image: Any, arrays: PoseArrays, v: int) -> int:
+    if image is not None:
+        return int(image.shape[0])
+    frames = arrays.frame[arrays.video == v]
+    return int(frames.max(initial=-1)) + 1
+
+
+def _image_layer(data: Any, name: str) -> LayerData:
+    rgb = data.ndim == 4 and data.shape[-1] in (3, 4)
+    # Fixed contrast limits: napari would otherwise decode frames just to guess them.
+    return data, {"name": name, "rgb": rgb, "contrast_limits": (0, 255)}, "image"
+
+
+def points_layer(binding: PoseBinding) -> LayerData:
+    """The Points layer-data tuple for the rows of ``binding`` that the layer holds."""
+    data, features = arrays_to_points(binding.arrays.select(binding.shown_rows()), binding)
+    skeleton, tracks = binding.arrays.skeleton, binding.arrays.tracks
+    kind = "predictions" if binding.predicted else "labels"
+    height = _image_height(binding)
+    kwargs = {
+        "name": f"{video_name(binding.labels.videos[binding.video])} {kind}",
+        "features": features,
+        "feature_defaults": _feature_defaults(features),
+        "face_color": "node",
+        "face_color_cycle": palette(len(skeleton.nodes)),
+        "border_color": "track",
+        "border_color_cycle": np.vstack([palette(len(tracks)), [[1, 1, 1, 1]]]),
+        "border_width": 0.15,
+        "size": max(4.0, height / 100),
+        "symbol": np.where(features["visible"].to_numpy(), "disc", "ring"),
+        "opacity": 0.7 if binding.predicted else 1.0,
+        "out_of_slice_display": False,
+        "metadata": {POSE_KEY: binding},
+    }
+    return data, kwargs, "points"
+
+
+def _image_height(binding: PoseBinding) -> float:
+    video = binding.labels.videos[binding.video]
+    shape = video.backend_metadata.get("shape") if video.backend_metadata else None
+    if shape:
+        return float(shape[1])
+    y = binding.arrays.xy[..., 1]
+    return float(np.nanmax(y, initial=512.0))
+
+
+def arrays_to_points(arrays: PoseArrays, binding: PoseBinding) -> tuple[np.ndarray, pd.DataFrame]:
+    """Points data ``(*plane, y, x)`` and features, one row per placed point (vectorised)."""
+    inst, node = np.nonzero(np.isfinite(arrays.xy[..., 0]))
+    plane = np.unravel_index(arrays.frame[inst], binding.plane_shape)
+    data = np.column_stack([*plane, arrays.xy[inst, node, 1], arrays.xy[inst, node, 0]]).astype(
+        float
+    )
+    node_names = binding.arrays.skeleton.node_names
+    track_names = [t.name for t in binding.arrays.tracks] + [NO_TRACK]
+    track_codes = arrays.track[inst]
+    features = pd.DataFrame(
+        {
+            "instance": arrays.instance_id[inst],
+            "node": pd.Categorical.from_codes(node, categories=node_names),
+            "track": pd.Categorical.from_codes(
+                np.where(track_codes >= 0, track_codes, len(track_names) - 1),
+                categories=_unique(track_names),
+            ),
+            "score": arrays.point_score[inst, node].astype(float),
+            "visible": arrays.visible[inst, node],
+            "complete": arrays.complete[inst, node],
+            "predicted": arrays.predicted[inst],
+            "instance_score": arrays.score[inst].astype(float),
+            "tracking_score": arrays.tracking_score[inst].astype(float),
+            "from_predicted": arrays.from_predicted[inst],
+        }
+    )
+    return data, features
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Track names made unique (categories must be), keeping order; duplicates get a suffix."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    return out
+
+
+def _feature_defaults(features: pd.DataFrame) -> dict[str, Any]:
+    """Values a point added by hand gets: a new user instance, visible, no track."""
+    return {
+        "instance": -1,
+        "node": features["node"].cat.categories[0],
+        "track": NO_TRACK,
+        "score": np.nan,
+        "visible": True,
+        "complete": True,
+        "predicted": False,
+        "instance_score": np.nan,
+        "tracking_score": np.nan,
+        "from_predicted": -1,
+    }
+
+
+def edges_layer(binding: PoseBinding, frame: int) -> LayerData:
+    """The Vectors layer-data tuple of the skeleton edges shown on ``frame``."""
+    data, features = arrays_to_points(binding.arrays.select(binding.shown_rows()), binding)
+    vectors, colors = frame_edges(data, features, binding, frame)
+    kind = "predictions" if binding.predicted else "labels"
+    name = f"{video_name(binding.labels.videos[binding.video])} {kind} skeleton"
+    kwargs = {
+        "name": name,
+        "edge_width": max(1.0, _image_height(binding) / 400),
+        **({"edge_color": colors} if len(colors) else {}),
+        "vector_style": "line",
+        "opacity": 0.8,
+        "out_of_slice_display": False,
+        "metadata": {EDGES_KEY: binding},
+    }
+    return vectors, kwargs, "vectors"
+
+
+def frame_edges(
+    data: np.ndarray, features: pd.DataFrame, binding: PoseBinding, frame: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Skeleton edges of every instance on ``frame``: vectors ``(n, 2, ndim)`` and RGBA colours.
+
+    Vectorised over points: each (instance, node) gets a key, and each edge looks up the keys of
+    its two ends with one ``searchsorted`` over the frame's points.
+    """
+    n_lead = len(binding.plane_shape)
+    ndim = n_lead + 2
+    plane = np.unravel_index(frame, binding.plane_shape)
+    on_frame = np.all(np.round(data[:, :n_lead]) == plane, axis=1) if len(data) else []
+    pts = data[on_frame]
+    if not len(pts):
+        return np.zeros((0, 2, ndim)), np.zeros((0, 4))
+    inst = features["instance"].to_numpy()[on_frame]
+    node = features["node"].cat.codes.to_numpy()[on_frame]
+    track = features["track"].cat.codes.to_numpy()[on_frame]
+    n_nodes = len(binding.arrays.skeleton.nodes)
+    keys = inst.astype(np.int64) * n_nodes + node
+    order = np.argsort(keys)
+    keys = keys[order]
+    edges = np.asarray(binding.arrays.skeleton.edge_inds, dtype=np.int64).reshape(-1, 2)
+    uniq_inst = np.unique(inst)
+    src = uniq_inst[:, None] * n_nodes + edges[:, 0]
+    dst = uniq_inst[:, None] * n_nodes + edges[:, 1]
+    src_pos = np.clip(np.searchsorted(keys, src), 0, len(keys) - 1)
+    dst_pos = np.clip(np.searchsorted(keys, dst), 0, len(keys) - 1)
+    found = (keys[src_pos] == src) & (keys[dst_pos] == dst)
+    a = pts[order[src_pos[found]]]
+    b = pts[order[dst_pos[found]]]
+    vectors = np.stack([a, b - a], axis=1)
+    vectors[:, 1, :n_lead] = 0
+    n_tracks = len(binding.arrays.tracks)
+    colors = np.vstack([palette(n_tracks), [[1, 1, 1, 1]]])[
+        np.minimum(track[order[src_pos[found]]], n_tracks)
+    ]
+    return vectors, colors
+
+
+def tracks_layer(
+    arrays: PoseArrays, plane_shape: tuple[int, ...], name: str
+) -> LayerData | None:
+    """Trajectories of each track's centroid (mean of placed points), or None if untracked.
+
+    User labels win over predictions where both exist for a track on a frame.
+    """
+    tracked = arrays.select(arrays.track >= 0)
+    if not len(tracked):
+        return None
+    with np.errstate(invalid="ignore"):
+        centroid = np.nanmean(tracked.xy, axis=1)
+    ok = np.isfinite(centroid[:, 0])
+    order = np.lexsort((tracked.predicted, tracked.frame, tracked.track))
+    order = order[ok[order]]
+    track, frame = tracked.track[order], tracked.frame[order]
+    first = np.ones(len(order), bool)
+    first[1:] = (np.diff(track) != 0) | (np.diff(frame) != 0)
+    order, track, frame = order[first], track[first], frame[first]
+    plane = np.unravel_index(frame, plane_shape)
+    # The Tracks layer takes (track_id, t, [z,] y, x) with time the first plane axis.
+    data = np.column_stack([track, *plane, centroid[order, 1], centroid[order, 0]]).astype(float)
+    n_tracks = len(arrays.tracks)
+    kwargs = {
+        "name": f"{name} tracks",
+        "tail_length": 50,
+        "head_length": 0,
+        "tail_width": 2,
+        "color_by": "track_id",
+        "colormaps_dict": {"track_id": _track_colormap(n_tracks)},
+    }
+    return data, kwargs, "tracks"
+
+
+def _track_colormap(n_tracks: int):
+    """A step colormap giving track ``i`` the palette colour ``i`` (as Points borders do).
+
+    The Tracks layer normalises ``track_id`` over 0..n-1 before the lookup, so the control
+    points sit between consecutive ids.
+    """
+    from napari.utils.colormaps import Colormap
+
+    n = max(n_tracks, 2)
+    return Colormap(
+        colors=palette(n), controls=np.linspace(0, 1, n + 1), interpolation="zero", name="tracks"
+    )
+
+
+# --------------------------------------------------------------------------- layers -> labels
+
+
+def points_to_arrays(
+    data: np.ndarray, features: pd.DataFrame, binding: PoseBinding, first_new_id: int = 0
+) -> PoseArrays:
+    """The instances held by a Points layer (data + features), as ``PoseArrays``.
+
+    Points whose ``instance`` is negative (added by hand without an instance) become one new
+    user instance per frame, with ids from ``first_new_id`` on.
+    """
+    n_lead = len(binding.plane_shape)
+    n_nodes = len(binding.arrays.skeleton.nodes)
+    frame = np.ravel_multi_index(
+        tuple(np.round(data[:, :n_lead]).astype(np.int64).T), binding.plane_shape
+    ) if len(data) else np.zeros(0, np.int64)
+    inst = features["instance"].to_numpy(np.int64, na_value=-1).copy()
+    new = inst < 0
+    if new.any():
+        new_frames, new_ids = np.unique(frame[new], return_inverse=True)
+        inst[new] = first_new_id + new_ids
+    ids, first, row = np.unique(inst, return_index=True, return_inverse=True)
+    node = features["node"].cat.codes.to_numpy()
+    if (node < 0).any():
+        raise ValueError("points whose node is not in the skeleton cannot be saved")
+
+    arrays = PoseArrays.empty(
+        binding.arrays.skeleton, binding.arrays.videos, binding.arrays.tracks, len(ids)
+    )
+    track_names = list(features["track"].cat.categories)
+    track_index = {name: i for i, name in enumerate(_unique([t.name for t in binding.arrays.tracks]))}
+    track_map = np.array([track_index.get(name, -1) for name in track_names] + [-1])
+    track_codes = features["track"].cat.codes.to_numpy()
+
+    arrays.instance_id[:] = ids
+    arrays.video[:] = binding.video
+    arrays.frame[:] = frame[first]
+    arrays.track[:] = track_map[track_codes[first]]
+    arrays.predicted[:] = features["predicted"].to_numpy(bool)[first]
+    arrays.score[:] = features["instance_score"].to_numpy(float)[first]
+    arrays.tracking_score[:] = features["tracking_score"].to_numpy(float)[first]
+    arrays.from_predicted[:] = features["from_predicted"].to_numpy(np.int64, na_value=-1)[first]
+    arrays.xy[row, node, 0] = data[:, -1]
+    arrays.xy[row, node, 1] = data[:, -2]
+    arrays.visible[row, node] = features["visible"].to_numpy(bool)
+    arrays.complete[row, node] = features["complete"].to_numpy(bool)
+    arrays.point_score[row, node] = features["score"].to_numpy(float)
+    return arrays
+
+
+def layers_to_labels(layers: list[tuple[np.ndarray, dict[str, Any]]]) -> sio.Labels:
+    """The project held by Points layers (``(data, attributes)`` pairs, as napari writers get).
+
+    Layers of one project (the same ``PoseBinding.labels``) are merged; every frame of a
+    windowed layer is saved, not only the window shown.
+    """
+    bindings, parts = [], []
+    for data, meta in layers:
+        binding = (meta.get("metadata") or {}).get(POSE_KEY)
+        if binding is None:
+            continue
+        features = meta["features"]
+        if not isinstance(features, pd.DataFrame):
+            features = pd.DataFrame(features)
+        bindings.append(binding)
+        parts.append(binding.merged(np.asarray(data), features))
+    if not bindings:
+        raise ValueError("none of these layers holds pose labels made by napari-pose")
+    projects = {id(b.labels) for b in bindings}
+    if len(projects) > 1:
+        raise ValueError("these layers come from different projects; save them one at a time")
+    return arrays_to_labels(concat(parts), template=bindings[0].labels)

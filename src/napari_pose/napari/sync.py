@@ -1,0 +1,137 @@
+"""Keep pose layers in step with the viewer: skeleton edges and frame windows follow the user.
+
+Readers return plain layer data and cannot wire events, so each viewer gets one ``PoseSync``
+(``attach(viewer)``, idempotent) that watches for layers carrying a ``PoseBinding``:
+
+- when the frame changes or a Points layer is edited, the matching Vectors layer is redrawn
+  with the skeleton edges of the frame on screen (a few dozen vectors: cheap at every step);
+- when a windowed Points layer (a very large file) is scrolled near the edge of the frames it
+  holds, its edits are merged into the full arrays and a new window around the frame is loaded.
+"""
+
+from __future__ import annotations
+
+import weakref
+from functools import partial
+
+import napari
+import numpy as np
+
+from napari_pose.napari.convert import (
+    EDGES_KEY,
+    POSE_KEY,
+    WINDOW_HALF_WIDTH,
+    PoseBinding,
+    arrays_to_points,
+    frame_edges,
+    window_around,
+)
+
+_SYNCS: weakref.WeakKeyDictionary[napari.Viewer, PoseSync] = weakref.WeakKeyDictionary()
+
+
+def attach(viewer: napari.Viewer) -> PoseSync:
+    """The viewer's ``PoseSync``, created and connected on first use."""
+    sync = _SYNCS.get(viewer)
+    if sync is None:
+        sync = _SYNCS[viewer] = PoseSync(viewer)
+    return sync
+
+
+def attach_current_viewer() -> None:
+    """Attach to the viewer napari is opening files into, if there is one (readers call this)."""
+    viewer = napari.current_viewer()
+    if viewer is not None:
+        attach(viewer)
+
+
+class PoseSync:
+    """Redraws edges and moves frame windows of the pose layers of one viewer."""
+
+    def __init__(self, viewer: napari.Viewer) -> None:
+        self._viewer = weakref.ref(viewer)
+        viewer.dims.events.current_step.connect(self._on_step)
+        viewer.layers.events.inserted.connect(self._on_inserted)
+        for layer in viewer.layers:
+            self._watch(layer)
+
+    def _on_inserted(self, event) -> None:
+        self._watch(event.value)
+
+    def _watch(self, layer) -> None:
+        if isinstance(layer, napari.layers.Points) and POSE_KEY in layer.metadata:
+            layer.events.data.connect(partial(self._on_points_edited, weakref.ref(layer)))
+            self.refresh(layer)
+        elif EDGES_KEY in layer.metadata:
+            for points in self._points_layers():
+                if points.metadata[POSE_KEY] is layer.metadata[EDGES_KEY]:
+                    self.refresh(points)
+
+    def _points_layers(self) -> list[napari.layers.Points]:
+        viewer = self._viewer()
+        if viewer is None:
+            return []
+        return [
+            layer
+            for layer in viewer.layers
+            if isinstance(layer, napari.layers.Points) and POSE_KEY in layer.metadata
+        ]
+
+    def _on_step(self, event=None) -> None:
+        for layer in self._points_layers():
+            self.refresh(layer)
+
+    def _on_points_edited(self, layer_ref, event=None) -> None:
+        layer = layer_ref()
+        if layer is not None:
+            self._redraw_edges(layer, layer.metadata[POSE_KEY], self.current_frame(layer))
+
+    def current_frame(self, layer: napari.layers.Points) -> int:
+        """The frame (plane index of the labels' video) that ``layer`` shows now."""
+        binding: PoseBinding = layer.metadata[POSE_KEY]
+        viewer = self._viewer()
+        n_lead = len(binding.plane_shape)
+        position = layer.world_to_data(viewer.dims.point)[:n_lead]
+        plane = np.clip(np.round(position).astype(np.int64), 0, np.array(binding.plane_shape) - 1)
+        return int(np.ravel_multi_index(tuple(plane), binding.plane_shape))
+
+    def refresh(self, layer: napari.layers.Points) -> None:
+        """Bring ``layer``'s window and edges up to date with the frame on screen."""
+        if self._viewer() is None:
+            return
+        binding: PoseBinding = layer.metadata[POSE_KEY]
+        frame = self.current_frame(layer)
+        if binding.window is not None and _near_edge(binding.window, frame):
+            self._move_window(layer, binding, frame)
+        self._redraw_edges(layer, binding, frame)
+
+    def _move_window(self, layer: napari.layers.Points, binding: PoseBinding, frame: int) -> None:
+        binding.arrays = binding.merged(layer.data, layer.features)
+        binding.window = window_around(frame)
+        data, features = arrays_to_points(binding.arrays.select(binding.shown_rows()), binding)
+        with layer.events.data.blocker():
+            layer.data = data
+            layer.features = features
+            layer.symbol = np.where(features["visible"].to_numpy(), "disc", "ring")
+
+    def _redraw_edges(self, layer: napari.layers.Points, binding: PoseBinding, frame: int) -> None:
+        viewer = self._viewer()
+        edges = [
+            other
+            for other in viewer.layers
+            if other.metadata.get(EDGES_KEY) is binding
+        ]
+        if not edges:
+            return
+        vectors, colors = frame_edges(layer.data, layer.features, binding, frame)
+        for edge_layer in edges:
+            edge_layer.data = vectors
+            if len(colors):
+                edge_layer.edge_color = colors
+
+
+def _near_edge(window: tuple[int, int], frame: int) -> bool:
+    """Whether ``frame`` is in the outer quarter of ``window`` (time to load a new one)."""
+    start, stop = window
+    margin = WINDOW_HALF_WIDTH // 2
+    return frame < start + margin and start > 0 or frame >= stop - margin

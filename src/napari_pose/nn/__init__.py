@@ -1,0 +1,1 @@
+"""PyTorch models, training, inference and metrics (no Qt, no napari)."""

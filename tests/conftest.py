@@ -1,0 +1,37 @@
+"""Shared fixtures: where the real public data lives, and small generated projects.
+
+The real data (``../shared/data`` beside the repository, or ``$NAPARI_POSE_DATA``) is never
+copied into the repository. Tests that need it skip when it is absent on a developer machine and
+fail when it is absent under ``CI=true``, so CI can never pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _find_data_dir() -> Path | None:
+    env = os.environ.get("NAPARI_POSE_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO.parent / "shared" / "data")
+    for candidate in candidates:
+        if (candidate / "sleap").is_dir():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The folder of real public pose data (see ``../shared/data/README.md``)."""
+    found = _find_data_dir()
+    if found is None:
+        message = "real test data not found: set NAPARI_POSE_DATA or put it at ../shared/data"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
