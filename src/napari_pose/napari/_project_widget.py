@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import napari
+import napari.viewer
 import sleap_io as sio
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 from napari.utils.notifications import show_info
@@ -50,7 +51,7 @@ def summary(labels: sio.Labels) -> str:
 class ProjectWidget(Container):
     """Pick an open project, see its contents, locate missing videos, save it."""
 
-    def __init__(self, viewer: napari.Viewer) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=False)
         self._viewer = viewer
         attach(viewer)

@@ -9,16 +9,16 @@ still open.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import sleap_io as sio
-from napari.utils.notifications import show_warning
 
 from napari_pose.core.errors import MissingVideoError, PoseFileError
 from napari_pose.core.io import detect_labels_format, load_labels, missing_videos
 from napari_pose.core.stacks import open_tiff
-from napari_pose.core.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, open_video, video_to_dask
+from napari_pose.core.video import IMAGE_SUFFIXES, MEDIA_SUFFIXES, open_video, video_to_dask
 from napari_pose.napari.convert import LayerData, labels_to_layers, video_name
 from napari_pose.napari.sync import attach_current_viewer
 
@@ -53,14 +53,14 @@ def project_layers(labels: sio.Labels) -> list[LayerData]:
     for v, video in enumerate(labels.videos):
         filename = video.filename if isinstance(video.filename, str) else None
         if filename is not None and filename in missing:
-            show_warning(str(MissingVideoError(filename, "video not found beside the labels "
-                                               "or in their parent folders; locate it in the "
-                                               "Pose project widget")))
+            problem = ("video not found where the labels say, beside them or in their parent "
+                       "folders; locate it in the Pose project widget")
+            warnings.warn(str(MissingVideoError(filename, problem)), stacklevel=2)
             continue
         try:
             images[v] = video_to_dask(open_video(video))
         except PoseFileError as error:
-            show_warning(str(error))
+            warnings.warn(str(error), stacklevel=2)
     attach_current_viewer()
     return labels_to_layers(labels, images=images)
 
@@ -71,7 +71,7 @@ def get_image_reader(path: Any) -> Reader | None:
     if single is None:
         return None
     suffix = single.suffix.lower()
-    if suffix in VIDEO_EXTENSIONS:
+    if suffix in MEDIA_SUFFIXES:
         return read_video
     if suffix in (".tif", ".tiff"):
         return read_tiff
@@ -111,7 +111,7 @@ def get_folder_reader(path: Any) -> Reader | None:
     config = single / "config.yaml"
     if config.is_file() and detect_labels_format(config) is not None:
         return lambda _: read_labels(config)
-    if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in single.iterdir()):
+    if any(p.suffix.lower() in IMAGE_SUFFIXES for p in single.iterdir()):
         return read_image_folder
     return None
 

@@ -28,6 +28,7 @@ from napari_pose.core.pose_arrays import PoseArrays, arrays_to_labels, concat, l
 
 POSE_KEY = "napari_pose"
 EDGES_KEY = "napari_pose_edges"
+TRACKS_KEY = "napari_pose_tracks"
 
 #: Points layers holding more than this many points show a window of frames instead.
 WINDOW_THRESHOLD = 200_000
@@ -103,7 +104,7 @@ def labels_to_layers(
     *,
     images: dict[int, Any] | None = None,
     plane_shapes: dict[int, tuple[int, ...]] | None = None,
-    window_threshold: int = WINDOW_THRESHOLD,
+    window_threshold: int | None = None,
 ) -> list[LayerData]:
     """Layer-data tuples for a project: images, points, skeleton edges and trajectories.
 
@@ -114,10 +115,13 @@ def labels_to_layers(
             get no Image layer (e.g. a video file that could not be found).
         plane_shapes: Leading image axes per video when frames are planes of a stack, e.g.
             ``{0: (t, z)}``; default ``(n_frames,)``.
-        window_threshold: Points layers with more points than this hold a window of frames.
+        window_threshold: Points layers with more points than this hold a window of frames
+            (default ``WINDOW_THRESHOLD``).
     """
     images = images or {}
     plane_shapes = plane_shapes or {}
+    if window_threshold is None:
+        window_threshold = WINDOW_THRESHOLD
     layers: list[LayerData] = []
     for v, video in enumerate(labels.videos):
         if v in images:
@@ -127,7 +131,7 @@ def labels_to_layers(
 
     arrays = labels_to_arrays(labels)
     for v, video in enumerate(labels.videos):
-        shape = plane_shapes.get(v) or (_n_frames(video, images.get(v), arrays, v),)
+        shape = plane_shapes.get(v) or (_n_frames(images.get(v), arrays, v),)
         for predicted in (False, True):
             rows = (arrays.video == v) & (arrays.predicted == predicted)
             if predicted and not rows.any():
@@ -138,9 +142,13 @@ def labels_to_layers(
                 binding.window = window_around(0)
             layers.append(points_layer(binding))
             layers.append(edges_layer(binding, frame=0))
-        tracks = tracks_layer(arrays.select(arrays.video == v), shape, video_name(video))
-        if tracks is not None:
-            layers.append(tracks)
+        video_bindings = [kw["metadata"][POSE_KEY] for _, kw, kind in layers
+                          if kind == "points" and kw["metadata"][POSE_KEY].video == v]  # fmt: skip
+        windowed = any(b.window is not None for b in video_bindings)
+        tracks = TracksBinding(video_bindings, window_around(0) if windowed else None)
+        layer = tracks_layer(tracks, video_name(video))
+        if layer is not None:
+            layers.append(layer)
     return layers
 
 
@@ -151,11 +159,10 @@ def video_name(video: sio.Video) -> str:
     return name.removesuffix(".pkg.slp").rsplit(".", 1)[0] or "video"
 
 
-def _n_frames(video: sio.Video, image: Any, arrays: PoseArrays, v: int) -> int:
-    if image is not None:
-        return int(image.shape[0])
-    frames = arrays.frame[arrays.video == v]
-    return int(frames.max(initial=-1)) + 1
+def _n_frames(image: Any, arrays: PoseArrays, v: int) -> int:
+    """Frames of the video: its length, or more if labels lie beyond it (kept, not dropped)."""
+    labelled = int(arrays.frame[arrays.video == v].max(initial=-1)) + 1
+    return max(labelled, int(image.shape[0]) if image is not None else 0, 1)
 
 
 def _image_layer(data: Any, name: str) -> LayerData:
@@ -311,10 +318,44 @@ def frame_edges(
     return vectors, colors
 
 
-def tracks_layer(
-    arrays: PoseArrays, plane_shape: tuple[int, ...], name: str
-) -> LayerData | None:
-    """Trajectories of each track's centroid (mean of placed points), or None if untracked.
+@attrs.define(eq=False)
+class TracksBinding:
+    """What a Tracks layer draws: the trajectories in the Points layers of one video.
+
+    It reads the layers' ``PoseBinding`` arrays, so trajectories follow saved edits, and holds
+    a window of frames like them when the video has too many points to draw at once.
+    """
+
+    bindings: list[PoseBinding]
+    window: tuple[int, int] | None = None
+
+    def arrays(self) -> PoseArrays:
+        merged = concat([b.arrays for b in self.bindings])
+        if self.window is None:
+            return merged
+        return merged.select((merged.frame >= self.window[0]) & (merged.frame < self.window[1]))
+
+
+def tracks_layer(binding: TracksBinding, name: str) -> LayerData | None:
+    """Trajectories of each track's centroid (mean of placed points), or None if untracked."""
+    data = trajectories(binding.arrays(), binding.bindings[0].plane_shape)
+    if data is None:
+        return None
+    n_tracks = len(binding.bindings[0].arrays.tracks)
+    kwargs = {
+        "name": f"{name} tracks",
+        "tail_length": 50,
+        "head_length": 0,
+        "tail_width": 2,
+        "color_by": "track_id",
+        "colormaps_dict": {"track_id": _track_colormap(n_tracks)},
+        "metadata": {TRACKS_KEY: binding},
+    }
+    return data, kwargs, "tracks"
+
+
+def trajectories(arrays: PoseArrays, plane_shape: tuple[int, ...]) -> np.ndarray | None:
+    """Tracks-layer data ``(track_id, t, [z,] y, x)`` of track centroids, or None if untracked.
 
     User labels win over predictions where both exist for a track on a frame.
     """
@@ -331,18 +372,7 @@ def tracks_layer(
     first[1:] = (np.diff(track) != 0) | (np.diff(frame) != 0)
     order, track, frame = order[first], track[first], frame[first]
     plane = np.unravel_index(frame, plane_shape)
-    # The Tracks layer takes (track_id, t, [z,] y, x) with time the first plane axis.
-    data = np.column_stack([track, *plane, centroid[order, 1], centroid[order, 0]]).astype(float)
-    n_tracks = len(arrays.tracks)
-    kwargs = {
-        "name": f"{name} tracks",
-        "tail_length": 50,
-        "head_length": 0,
-        "tail_width": 2,
-        "color_by": "track_id",
-        "colormaps_dict": {"track_id": _track_colormap(n_tracks)},
-    }
-    return data, kwargs, "tracks"
+    return np.column_stack([track, *plane, centroid[order, 1], centroid[order, 0]]).astype(float)
 
 
 def _track_colormap(n_tracks: int):

@@ -20,10 +20,12 @@ import numpy as np
 from napari_pose.napari.convert import (
     EDGES_KEY,
     POSE_KEY,
+    TRACKS_KEY,
     WINDOW_HALF_WIDTH,
     PoseBinding,
     arrays_to_points,
     frame_edges,
+    trajectories,
     window_around,
 )
 
@@ -62,6 +64,8 @@ class PoseSync:
         if isinstance(layer, napari.layers.Points) and POSE_KEY in layer.metadata:
             layer.events.data.connect(partial(self._on_points_edited, weakref.ref(layer)))
             self.refresh(layer)
+        elif TRACKS_KEY in layer.metadata and layer.metadata[TRACKS_KEY].window is not None:
+            self._refresh_tracks(layer)
         elif EDGES_KEY in layer.metadata:
             for points in self._points_layers():
                 if points.metadata[POSE_KEY] is layer.metadata[EDGES_KEY]:
@@ -80,6 +84,24 @@ class PoseSync:
     def _on_step(self, event=None) -> None:
         for layer in self._points_layers():
             self.refresh(layer)
+        viewer = self._viewer()
+        for layer in viewer.layers if viewer is not None else []:
+            if TRACKS_KEY in layer.metadata and layer.metadata[TRACKS_KEY].window is not None:
+                self._refresh_tracks(layer)
+
+    def _refresh_tracks(self, layer: napari.layers.Tracks) -> None:
+        """Load the trajectories around the frame on screen when it nears the window's edge."""
+        tracks = layer.metadata[TRACKS_KEY]
+        first = tracks.bindings[0]
+        time = int(round(layer.world_to_data(self._viewer().dims.point)[0]))
+        frame = int(np.ravel_multi_index((min(time, first.plane_shape[0] - 1),
+                                          *[0] * (len(first.plane_shape) - 1)), first.plane_shape))  # fmt: skip
+        if not _near_edge(tracks.window, frame):
+            return
+        tracks.window = window_around(frame)
+        data = trajectories(tracks.arrays(), first.plane_shape)
+        if data is not None:
+            layer.data = data
 
     def _on_points_edited(self, layer_ref, event=None) -> None:
         layer = layer_ref()

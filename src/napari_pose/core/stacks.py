@@ -1,0 +1,203 @@
+"""Multi-page TIFF and OME-TIFF stacks as lazy dask arrays with named axes and pixel sizes.
+
+Microscopy stacks easily outgrow memory, so ``open_tiff`` reads only the file's tags: pixels
+are read per plane when napari (or a model) asks for them. Uncompressed files are memory-mapped;
+compressed ones are read one page per dask chunk. Axes use tifffile's letters, with a generic
+page axis ('I' or 'Q', as in a plain multi-page TIFF) taken as time, so the axes are drawn from
+'T' (time), 'Z' (depth), 'C' (channel), 'Y', 'X' and 'S' (RGB samples).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from xml.etree import ElementTree
+
+import attrs
+import dask.array as da
+import numpy as np
+import tifffile
+
+from napari_pose.core.errors import VideoFileError
+
+#: Lengths in OME's units, in micrometres (OME's default unit).
+_MICROMETRES = {
+    "pm": 1e-6, "Å": 1e-4, "nm": 1e-3, "µm": 1.0, "um": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6
+}  # fmt: skip
+
+
+@attrs.frozen
+class Stack:
+    """A lazily read image stack.
+
+    Attributes:
+        data: The pixels, a dask array with one chunk per plane.
+        axes: One letter per axis of ``data``, e.g. ``"TZCYX"``.
+        scale: Physical size of a pixel in micrometres along the axes whose size the file
+            records (from OME metadata), e.g. ``{"Z": 2.0, "Y": 0.25, "X": 0.25}``; for the
+            scale of a napari layer, axes missing here have size 1.
+        path: The file.
+    """
+
+    data: da.Array
+    axes: str
+    scale: dict[str, float]
+    path: Path
+
+
+def open_tiff(path: str | Path) -> Stack:
+    """Open the first series of a TIFF or OME-TIFF without reading its pixels.
+
+    Raises:
+        VideoFileError: The file is missing, not a TIFF, or truncated.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VideoFileError(path, "file not found")
+    with _logged_errors() as errors:
+        try:
+            tif = tifffile.TiffFile(path)
+        except (ValueError, struct.error, OSError) as error:  # TiffFileError is a ValueError
+            raise VideoFileError(path, f"not a TIFF file, or truncated ({error})") from error
+        try:
+            series = tif.series[0]
+            if errors:
+                raise VideoFileError(path, f"truncated TIFF, or corrupt: {errors[0]}")
+            axes = normalise_axes(series.axes)
+            scale = _ome_scale(tif.ome_metadata, axes)
+            if series.dataoffset is not None:
+                data = _memory_mapped(path, series)
+                tif.close()
+            else:
+                data = _page_reads(path, tif, series)
+        except BaseException:
+            tif.close()
+            raise
+    return Stack(data=data, axes=axes, scale=scale, path=path)
+
+
+@contextmanager
+def _logged_errors() -> Iterator[list[str]]:
+    """Collect the errors tifffile logs while parsing.
+
+    tifffile recovers from a broken chain of pages (a truncated file) by logging an error and
+    returning the pages it could read, which would silently open a shorter stack.
+    """
+    errors: list[str] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = lambda record: errors.append(record.getMessage())
+    tifffile_logger = logging.getLogger("tifffile")
+    tifffile_logger.addHandler(handler)
+    try:
+        yield errors
+    finally:
+        tifffile_logger.removeHandler(handler)
+
+
+def normalise_axes(axes: str) -> str:
+    """tifffile's axis letters with the first generic page axis ('I' or 'Q') named time."""
+    if "T" in axes:
+        return axes
+    for generic in "IQ":
+        if generic in axes:
+            return axes.replace(generic, "T", 1)
+    return axes
+
+
+def _plane_chunks(path: Path, series: tifffile.TiffPageSeries) -> tuple[int, ...]:
+    """One chunk per page: size 1 along the axes that index pages, whole along the rest."""
+    page_shape = series.keyframe.shape
+    n_page_axes = len(series.shape) - len(page_shape)
+    if n_page_axes < 0 or tuple(series.shape[n_page_axes:]) != tuple(page_shape):
+        raise VideoFileError(
+            path,
+            f"unsupported layout: pages of shape {page_shape} in a series of shape {series.shape}",
+        )
+    return (1,) * n_page_axes + tuple(page_shape)
+
+
+def _memory_mapped(path: Path, series: tifffile.TiffPageSeries) -> da.Array:
+    """An uncompressed series stored contiguously, mapped rather than read."""
+    try:
+        pixels = np.memmap(
+            path, dtype=series.dtype, mode="r", offset=series.dataoffset, shape=series.shape
+        )
+    except ValueError as error:  # the file is shorter than its tags say
+        raise VideoFileError(path, f"truncated TIFF: {error}") from error
+    data = da.from_array(pixels, chunks=_plane_chunks(path, series), name=False)
+    return data.astype(series.dtype.newbyteorder("="))
+
+
+def _page_reads(path: Path, tif: tifffile.TiffFile, series: tifffile.TiffPageSeries) -> da.Array:
+    """A compressed or scattered series, read (and decompressed) one page per chunk."""
+    pages = series.pages
+    last = pages[len(pages) - 1]
+    end = max(o + n for o, n in zip(last.dataoffsets, last.databytecounts, strict=True))
+    if end > path.stat().st_size:
+        raise VideoFileError(path, f"truncated TIFF: page data ends at byte {end}, past the end")
+    source = _TiffPages(path, tif, series)
+    return da.from_array(
+        source,
+        chunks=_plane_chunks(path, series),
+        name=False,
+        lock=False,  # _TiffPages locks the file itself
+        asarray=False,
+        meta=np.empty((0,) * source.ndim, source.dtype),
+    )
+
+
+class _TiffPages:
+    """A series as the array-like that dask slices: leading axes pick pages, the rest pixels.
+
+    Holds the open ``TiffFile`` and closes it when the last dask array using it is collected.
+    """
+
+    def __init__(self, path: Path, tif: tifffile.TiffFile, series: tifffile.TiffPageSeries):
+        self.path = path
+        self.shape = tuple(series.shape)
+        self.dtype = series.dtype.newbyteorder("=")
+        self.ndim = len(self.shape)
+        self._pages = series.pages
+        self._page_shape = tuple(series.keyframe.shape)
+        self._lead_shape = self.shape[: self.ndim - len(self._page_shape)]
+        self._lock = threading.Lock()  # one file position shared by every page read
+        weakref.finalize(self, tif.close)
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        n_lead = len(self._lead_shape)
+        numbers = np.arange(len(self._pages)).reshape(self._lead_shape)[key[:n_lead]]
+        planes = [self._read_page(int(n)) for n in numbers.ravel()]
+        block = np.stack(planes).reshape(numbers.shape + self._page_shape)
+        return block[(..., *key[n_lead:])]
+
+    def _read_page(self, number: int) -> np.ndarray:
+        try:
+            with self._lock:
+                return self._pages[number].asarray()
+        except Exception as error:  # each codec raises its own error type
+            raise VideoFileError(self.path, f"page {number} cannot be read: {error}") from error
+
+
+def _ome_scale(ome_xml: str | None, axes: str) -> dict[str, float]:
+    """Pixel sizes in micrometres from the first OME ``Pixels`` element, for axes present."""
+    if not ome_xml:
+        return {}
+    try:
+        root = ElementTree.fromstring(ome_xml)
+    except ElementTree.ParseError:
+        return {}
+    pixels = next((e for e in root.iter() if e.tag.rpartition("}")[2] == "Pixels"), None)
+    if pixels is None:
+        return {}
+    scale = {}
+    for axis in "ZYX":
+        size = pixels.get(f"PhysicalSize{axis}")
+        unit = pixels.get(f"PhysicalSize{axis}Unit", "µm")
+        if axis in axes and size is not None and unit in _MICROMETRES:
+            scale[axis] = float(size) * _MICROMETRES[unit]
+    return scale

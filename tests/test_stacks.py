@@ -1,0 +1,113 @@
+"""Lazy TIFF stacks: values, axes and pixel sizes of stacks written with tifffile, and that
+opening reads tags only (pixels are read per plane, when indexed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+
+from napari_pose.core.errors import VideoFileError
+from napari_pose.core.stacks import Stack, _TiffPages, open_tiff
+
+RNG = np.random.default_rng(7)
+
+
+@pytest.fixture
+def movie() -> np.ndarray:
+    return RNG.integers(0, 4096, (7, 24, 32), dtype=np.uint16)  # (T, Y, X)
+
+
+@pytest.fixture
+def hyperstack() -> np.ndarray:
+    return RNG.integers(0, 256, (3, 4, 2, 16, 20), dtype=np.uint8)  # (T, Z, C, Y, X)
+
+
+def test_plain_multipage_tiff(tmp_path: Path, movie: np.ndarray) -> None:
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, movie, photometric="minisblack")
+    stack = open_tiff(path)
+    assert isinstance(stack, Stack) and stack.path == path
+    assert isinstance(stack.data, da.Array)
+    assert stack.axes == "TYX"  # the generic page axis is time
+    assert stack.scale == {}
+    assert stack.data.shape == movie.shape and stack.data.dtype == movie.dtype
+    assert stack.data.numblocks == (7, 1, 1)  # one chunk per page
+    np.testing.assert_array_equal(stack.data.compute(), movie)
+    np.testing.assert_array_equal(stack.data[4, 3:9, ::2].compute(), movie[4, 3:9, ::2])
+
+
+def test_ome_tiff_axes_and_pixel_sizes(tmp_path: Path, hyperstack: np.ndarray) -> None:
+    path = tmp_path / "cells.ome.tif"
+    metadata = {"axes": "TZCYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0}
+    tifffile.imwrite(path, hyperstack, ome=True, metadata=metadata)
+    stack = open_tiff(path)
+    assert stack.axes == "TZCYX"
+    assert stack.scale == {"Z": 2.0, "Y": 0.5, "X": 0.5}
+    assert stack.data.shape == hyperstack.shape
+    assert stack.data.numblocks == (3, 4, 2, 1, 1)
+    np.testing.assert_array_equal(stack.data.compute(), hyperstack)
+    np.testing.assert_array_equal(stack.data[2, 1, 1].compute(), hyperstack[2, 1, 1])
+
+
+def test_compressed_ome_tiff_reads_only_the_pages_indexed(
+    tmp_path: Path, hyperstack: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "cells.ome.tif"
+    metadata = {"axes": "TZCYX", "PhysicalSizeX": 250, "PhysicalSizeXUnit": "nm"}
+    tifffile.imwrite(path, hyperstack, ome=True, compression="zlib", metadata=metadata)
+    pages_read: list[int] = []
+    read_page = _TiffPages._read_page
+    monkeypatch.setattr(
+        _TiffPages, "_read_page", lambda self, n: pages_read.append(n) or read_page(self, n)
+    )
+    stack = open_tiff(path)
+    assert pages_read == []  # opening reads no pixels
+    assert stack.scale == {"X": 0.25}  # nm to micrometres
+    # Page order is T, then Z, then C: (t=1, z=2, c=0) is page 1 * 8 + 2 * 2 + 0.
+    np.testing.assert_array_equal(stack.data[1, 2, 0].compute(), hyperstack[1, 2, 0])
+    assert pages_read == [12]
+    pages_read.clear()
+    block = stack.data[:, 3, 1, 5:9].compute(scheduler="threads")
+    np.testing.assert_array_equal(block, hyperstack[:, 3, 1, 5:9])
+    assert sorted(pages_read) == [7, 15, 23]
+
+
+def test_rgb_pages(tmp_path: Path) -> None:
+    rgb = RNG.integers(0, 256, (5, 12, 10, 3), dtype=np.uint8)
+    path = tmp_path / "rgb.tif"
+    tifffile.imwrite(path, rgb, photometric="rgb", compression="zlib")
+    stack = open_tiff(path)
+    assert stack.axes == "TYXS"
+    np.testing.assert_array_equal(stack.data[3].compute(), rgb[3])
+
+
+def test_not_a_tiff(tmp_path: Path) -> None:
+    path = tmp_path / "notes.tif"
+    path.write_text("these are notes\n")
+    with pytest.raises(VideoFileError, match="notes.tif: not a TIFF"):
+        open_tiff(path)
+    with pytest.raises(VideoFileError, match="missing.tif: file not found"):
+        open_tiff(tmp_path / "missing.tif")
+
+
+@pytest.mark.parametrize(
+    ("options", "kept"),
+    [
+        ({}, 2 / 3),  # the chain of pages breaks
+        ({"truncate": True}, 2 / 3),  # one page's tags describe every frame: data too short
+        ({"compression": "zlib"}, 0.999),  # the last page's data runs past the end
+    ],
+)
+def test_truncated_tiff(tmp_path: Path, movie: np.ndarray, options: dict, kept: float) -> None:
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, movie, photometric="minisblack", **options)
+    assert open_tiff(path).data.shape == movie.shape
+    data = path.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: int(len(data) * kept)])
+    with pytest.raises(VideoFileError, match="cut.tif: truncated TIFF"):
+        open_tiff(cut)
