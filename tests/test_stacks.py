@@ -74,6 +74,7 @@ def test_compressed_ome_tiff_reads_only_the_pages_indexed(
     block = stack.data[:, 3, 1, 5:9].compute(scheduler="threads")
     np.testing.assert_array_equal(block, hyperstack[:, 3, 1, 5:9])
     assert sorted(pages_read) == [7, 15, 23]
+    assert stack.data[1, 0:0].compute().shape == (0, 2, 16, 20)
 
 
 def test_rgb_pages(tmp_path: Path) -> None:

@@ -93,12 +93,21 @@ class PoseArrays:
         )
 
     def select(self, rows: np.ndarray) -> PoseArrays:
-        """The instances at ``rows`` (a boolean mask or integer indices), sharing the objects."""
+        """The instances at ``rows`` (a boolean mask or integer indices), sharing the objects.
+
+        Arrays are never modified in place once built, so selecting every row returns ``self``
+        instead of copying millions of points.
+        """
+        rows = np.asarray(rows)
+        if rows.dtype == bool and rows.all():
+            return self
         return attrs.evolve(self, **{name: getattr(self, name)[rows] for name in _ROW_FIELDS})
 
     def sorted(self) -> PoseArrays:
         """Rows ordered by (video, frame, predicted last, instance id), as SLEAP stores them."""
         order = np.lexsort((self.instance_id, self.predicted, self.frame, self.video))
+        if np.array_equal(order, np.arange(len(order))):
+            return self
         return self.select(order)
 
     def frame_rows(self, video: int, start: int, stop: int) -> np.ndarray:
@@ -117,6 +126,9 @@ class PoseArrays:
 def concat(parts: list[PoseArrays]) -> PoseArrays:
     """Stack the rows of arrays that share one skeleton, video list and track list."""
     first = parts[0]
+    nonempty = [p for p in parts if len(p)]
+    if len(nonempty) <= 1:
+        return nonempty[0] if nonempty else first
     return attrs.evolve(
         first, **{name: np.concatenate([getattr(p, name) for p in parts]) for name in _ROW_FIELDS}
     )
@@ -157,7 +169,7 @@ def _lazy_to_arrays(labels: sio.Labels, store, skeleton_index: int) -> PoseArray
         frame_row = order[np.searchsorted(frames["frame_id"], inst["frame_id"], sorter=order)]
 
     predicted = inst["instance_type"] == InstanceType.PREDICTED
-    point_index = inst["point_id_start"].astype(np.int64)[:, None] + np.arange(k)
+    starts = inst["point_id_start"].astype(np.int64)
     xy = np.full((n, k, 2), np.nan)
     visible = np.zeros((n, k), bool)
     complete = np.zeros((n, k), bool)
@@ -166,7 +178,8 @@ def _lazy_to_arrays(labels: sio.Labels, store, skeleton_index: int) -> PoseArray
         rows = predicted == is_pred
         if not rows.any():
             continue
-        pts = table[point_index[rows]]
+        pts = _instance_points(table, starts[rows], k)
+        rows = slice(None) if rows.all() else rows
         xy[rows, :, 0], xy[rows, :, 1] = pts["x"], pts["y"]
         visible[rows], complete[rows] = pts["visible"], pts["complete"]
         if is_pred:
@@ -193,6 +206,18 @@ def _lazy_to_arrays(labels: sio.Labels, store, skeleton_index: int) -> PoseArray
         complete=complete,
         point_score=point_score,
     )
+
+
+def _instance_points(table: np.ndarray, starts: np.ndarray, k: int) -> np.ndarray:
+    """The ``(n, k)`` point records of instances whose points start at ``starts``.
+
+    SLEAP writes each instance's points contiguously and instances in order, so the common
+    case is one reshaped slice of the table (no gather over millions of points).
+    """
+    first = int(starts[0])
+    if np.array_equal(starts, first + k * np.arange(len(starts))):
+        return table[first : first + k * len(starts)].reshape(len(starts), k)
+    return table[starts[:, None] + np.arange(k)]
 
 
 def _eager_to_arrays(labels: sio.Labels, skeleton: sio.Skeleton) -> PoseArrays:

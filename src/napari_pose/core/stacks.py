@@ -81,6 +81,15 @@ def open_tiff(path: str | Path) -> Stack:
     return Stack(data=data, axes=axes, scale=scale, path=path)
 
 
+class _ErrorList(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 @contextmanager
 def _logged_errors() -> Iterator[list[str]]:
     """Collect the errors tifffile logs while parsing.
@@ -88,13 +97,11 @@ def _logged_errors() -> Iterator[list[str]]:
     tifffile recovers from a broken chain of pages (a truncated file) by logging an error and
     returning the pages it could read, which would silently open a shorter stack.
     """
-    errors: list[str] = []
-    handler = logging.Handler(logging.ERROR)
-    handler.emit = lambda record: errors.append(record.getMessage())
+    handler = _ErrorList()
     tifffile_logger = logging.getLogger("tifffile")
     tifffile_logger.addHandler(handler)
     try:
-        yield errors
+        yield handler.messages
     finally:
         tifffile_logger.removeHandler(handler)
 
@@ -135,8 +142,7 @@ def _memory_mapped(path: Path, series: tifffile.TiffPageSeries) -> da.Array:
 
 def _page_reads(path: Path, tif: tifffile.TiffFile, series: tifffile.TiffPageSeries) -> da.Array:
     """A compressed or scattered series, read (and decompressed) one page per chunk."""
-    pages = series.pages
-    last = pages[len(pages) - 1]
+    last = series.pages[-1]
     end = max(o + n for o, n in zip(last.dataoffsets, last.databytecounts, strict=True))
     if end > path.stat().st_size:
         raise VideoFileError(path, f"truncated TIFF: page data ends at byte {end}, past the end")
@@ -171,9 +177,10 @@ class _TiffPages:
     def __getitem__(self, key: tuple) -> np.ndarray:
         n_lead = len(self._lead_shape)
         numbers = np.arange(len(self._pages)).reshape(self._lead_shape)[key[:n_lead]]
-        planes = [self._read_page(int(n)) for n in numbers.ravel()]
-        block = np.stack(planes).reshape(numbers.shape + self._page_shape)
-        return block[(..., *key[n_lead:])]
+        block = np.empty((numbers.size, *self._page_shape), self.dtype)
+        for i, number in enumerate(numbers.ravel()):
+            block[i] = self._read_page(int(number))
+        return block.reshape(numbers.shape + self._page_shape)[(..., *key[n_lead:])]
 
     def _read_page(self, number: int) -> np.ndarray:
         try:

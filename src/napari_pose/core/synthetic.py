@@ -7,11 +7,10 @@ five-part "bugs" walking over a textured arena. The generator knows every keypoi
 a converter or a tiny trained network can be checked against the truth rather than against
 another program's output.
 
-Every part is drawn so that its node can be found from the image alone, left and right
-included: a bright round head, a mid-grey thorax, a dark elongated abdomen, a bright left wing
-and a dark right wing. That last asymmetry is deliberate (a small network must tell left from
-right without learning chirality), so the animals are *not* mirror-symmetric: training on this
-data must not use flip augmentation, which would swap the labels but not the appearance.
+Every part is drawn so that its node can be found from the image alone: a bright round head,
+a mid-grey thorax, a dark elongated abdomen and two equally bright wings. Like real animals, the
+wings look alike and left is told from right by body orientation (the left wing lies left of
+the head direction), so left/right flip augmentation that swaps symmetric nodes stays valid.
 
 The same arguments always give bit-identical arrays: all randomness comes from one seeded
 ``numpy.random.Generator`` and drawing is plain float32 arithmetic.
@@ -44,7 +43,7 @@ HEAD, THORAX, ABDOMEN, LEFT_WING, RIGHT_WING = range(len(NODE_NAMES))
 FPS = 25
 KEYFRAME_INTERVAL = 50
 # Bump when the drawing or the motion model changes, so stale sample projects get rewritten.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # Body geometry in pixels for a 256-pixel frame (scaled with the frame, see `_body_scale`).
 _HEAD_DIST = 11.0  # thorax -> head
@@ -56,8 +55,8 @@ _REACH = _ABDOMEN_DIST + 9.0  # farthest drawn pixel from the thorax (abdomen ti
 # (node drawn at, semi-axis along the part, semi-axis across, intensity); bottom layer first,
 # so the wings sit under the body and the head on top.
 _PARTS: tuple[tuple[int, float, float, float], ...] = (
-    (LEFT_WING, 5.5, 3.0, 215.0),
-    (RIGHT_WING, 5.5, 3.0, 15.0),
+    (LEFT_WING, 5.5, 3.0, 205.0),
+    (RIGHT_WING, 5.5, 3.0, 205.0),
     (ABDOMEN, 9.0, 5.5, 45.0),
     (THORAX, 6.0, 4.5, 155.0),
     (HEAD, 3.5, 3.5, 245.0),

@@ -44,6 +44,11 @@ DEFAULT_CACHE_BYTES = 512 * 2**20
 #: Frames decoded ahead in the background after each read.
 DEFAULT_PREFETCH = 16
 
+# Frames this far before a requested one are decoded (and cached) in full on the way to it,
+# for users stepping back a little; frames further back are passed through as cheaply as the
+# codec allows.
+_KEEP_BEHIND = 16
+
 # Largest difference between RGB channels still counted as gray: chroma off neutral by one code
 # value (encoder rounding) moves a channel by about two.
 _GRAY_TOLERANCE = 3
@@ -117,7 +122,7 @@ class FrameReader(ABC):
             )
 
 
-class _FrameCache:
+class FrameCache:
     """A thread-safe LRU of decoded frames holding at most ``capacity`` frames.
 
     Cached frames are made read-only, since the same array is handed to every caller.
@@ -206,6 +211,7 @@ class VideoReader(FrameReader):
                 self.path, f"not a video FFmpeg can read, or truncated ({error.strerror})"
             ) from error
         self._lock = threading.Lock()  # one decoder: every seek and decode holds this
+        self._skip_before = [0]  # frames shown before this pts may be left undecoded
         self._state = _PrefetchState()
         self._finalizer = weakref.finalize(
             self, _shut_down, self._state, self._lock, self._container
@@ -235,7 +241,7 @@ class VideoReader(FrameReader):
 
         frame_bytes = int(np.prod(self.shape[1:]))
         capacity = cache_bytes // frame_bytes
-        self._cache = _FrameCache(capacity if cache_frames is None else min(capacity, cache_frames))
+        self._cache = FrameCache(capacity if cache_frames is None else min(capacity, cache_frames))
         # Prefetching more than half the cache would evict the frames being looked at.
         self._prefetch = min(prefetch, self._cache.capacity // 2)
         if self._prefetch > 0:
@@ -254,7 +260,7 @@ class VideoReader(FrameReader):
         return self._keyframes
 
     @property
-    def cache(self) -> _FrameCache:
+    def cache(self) -> FrameCache:
         """The decoded frames kept for re-reading (to inspect its size and contents)."""
         return self._cache
 
@@ -318,6 +324,9 @@ class VideoReader(FrameReader):
         keyframe = self._keyframe_before(target)
         if self._next is None or not keyframe <= self._next <= target:
             self._seek(keyframe)
+        # Frames well before the target are only decoded for the frames that refer to them:
+        # the decoder may drop those no frame refers to (B-frames, most of an H.264 GOP).
+        self._skip_before[0] = int(self._pts[max(target - _KEEP_BEHIND, 0)])
         frame = next(self._frames, None)
         if frame is None:
             self._next = None
@@ -327,9 +336,11 @@ class VideoReader(FrameReader):
         index = self._index_of(frame.pts)
         if index < self._next:
             return -1, None
+        self._next = index + 1
+        if index < target - _KEEP_BEHIND:  # passing through on a seek: no need for its pixels
+            return index, None
         array = self._convert(frame)
         self._cache.put(index, array)
-        self._next = index + 1
         if index > target:
             self._next = None
             raise VideoFileError(
@@ -341,7 +352,7 @@ class VideoReader(FrameReader):
         self._container.seek(
             int(self._pts[keyframe]), stream=self._stream, backward=True, any_frame=False
         )
-        self._frames = _decode_packets(self._container, self._stream)
+        self._frames = _decode_packets(self._container, self._stream, self._skip_before)
         self._next = keyframe  # frames before it that come out of the decoder are ignored
 
     def _keyframe_before(self, index: int) -> int:
@@ -423,17 +434,22 @@ class VideoReader(FrameReader):
 
 
 def _decode_packets(
-    container: av.container.InputContainer, stream: av.VideoStream
+    container: av.container.InputContainer, stream: av.VideoStream, skip_before: list[int]
 ) -> Iterator[av.VideoFrame]:
     """Decoded frames from the current position, skipping packets the decoder rejects.
 
-    A corrupt packet then costs only its own frames (reported by ``_decode_next`` when one is
+    Packets shown before ``skip_before[0]`` (a timestamp the reader moves as it reads) are
+    decoded only if other frames refer to them, which halves the cost of reaching a frame deep
+    in a long GOP. A corrupt packet costs only its own frames (reported by ``_decode_next`` when one is
     asked for), not every frame after it, nor the earlier frames the decoder was still holding
     back for reordering when it was fed the bad packet. (A module function, not a method, so
     that the reader holding this generator is not in a reference cycle and is freed as soon
     as it is dropped.)
     """
+    codec = stream.codec_context
     for packet in container.demux(stream):
+        skip = packet.pts is not None and packet.pts < skip_before[0]
+        codec.skip_frame = "NONREF" if skip else "DEFAULT"
         try:
             frames = stream.decode(packet)
         except av.FFmpegError:
@@ -481,9 +497,25 @@ def _looks_gray(frame: av.VideoFrame) -> bool:
 
 
 def _to_gray(frame: av.VideoFrame) -> np.ndarray:
-    # FFmpeg's conversion stretches limited-range luma (16-235) to 0-255, as SLEAP's RGB
-    # decoding does, so pixel values match the frames models were trained on.
+    """Luma as 0-255 gray, exactly as FFmpeg's ``gray`` conversion and SLEAP's RGB decoding.
+
+    For 8-bit YUV the luma plane is the gray image, so it is read directly (limited-range luma,
+    16-235, stretched through a lookup table), skipping a full software-scaler pass.
+    """
+    if frame.format.name in _YUV8:
+        plane = frame.planes[0]
+        luma = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)
+        luma = luma[:, : frame.width]
+        full_range = frame.format.name.startswith("yuvj") or frame.color_range == _JPEG_RANGE
+        return luma.copy() if full_range else np.take(_LIMITED_TO_FULL, luma)  # 2x faster than []
     return frame.to_ndarray(format="gray")
+
+
+# 8-bit YUV formats whose first plane is luma, one byte per pixel.
+_YUV8 = frozenset({"yuv420p", "yuv422p", "yuv444p", "yuv440p", "yuv411p", "yuv410p",
+                   "yuvj420p", "yuvj422p", "yuvj444p", "yuvj440p", "nv12", "nv21"})  # fmt: skip
+_JPEG_RANGE = 2  # AVCOL_RANGE_JPEG: luma already spans 0-255
+_LIMITED_TO_FULL = np.clip(np.round((np.arange(256) - 16) * 255 / 219), 0, 255).astype(np.uint8)
 
 
 def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
@@ -513,7 +545,7 @@ def _is_gray_image(image: np.ndarray) -> bool:
     return int(np.abs(np.diff(rgb, axis=-1)).max()) <= _GRAY_TOLERANCE
 
 
-def natural_key(path: Path) -> list[str | int]:
+def _natural_key(path: Path) -> list[str | int]:
     """Sort key ordering names as people do: ``img2`` before ``img10``."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
@@ -540,7 +572,7 @@ class ImageSequenceReader(FrameReader):
             if not self.path.is_dir():
                 raise VideoFileError(self.path, "folder not found")
             files = [p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
-            self.files = sorted(files, key=natural_key)
+            self.files = sorted(files, key=_natural_key)
             if not self.files:
                 raise VideoFileError(self.path, "the folder has no image files")
         else:

@@ -52,16 +52,16 @@ class ProjectWidget(Container):
     """Pick an open project, see its contents, locate missing videos, save it."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=False)
+        super().__init__()
         self._viewer = viewer
         attach(viewer)
         self.project = ComboBox(label="project", choices=self._project_choices)
-        self.info = Label(value="")
+        self.info = Label(label="contents", value="")
         self.missing = ComboBox(label="missing video", choices=self._missing_choices)
         self.video_file = FileEdit(label="video file", mode="r")
-        self.locate = PushButton(text="Use this video")
+        self.locate = PushButton(label="", text="Use this video")
         self.save_path = FileEdit(label="save as", mode="w", filter="*.slp *.csv *.h5")
-        self.save = PushButton(text="Save project")
+        self.save = PushButton(label="", text="Save project")
         self.extend(
             [self.project, self.info, self.missing, self.video_file, self.locate,
              self.save_path, self.save]
@@ -101,7 +101,8 @@ class ProjectWidget(Container):
         labels = self.current_labels()
         self.missing.reset_choices()
         self.info.value = summary(labels) if labels is not None else "no pose project open"
-        self.locate.enabled = bool(self.missing.choices)
+        for widget in (self.missing, self.video_file, self.locate):
+            widget.visible = bool(self.missing.choices)  # only when a video is missing
         if labels is not None and labels.provenance.get("filename"):
             self.save_path.value = Path(str(labels.provenance["filename"]))
 
