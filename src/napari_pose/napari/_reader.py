@@ -33,11 +33,19 @@ def _single_path(path: Any) -> Path | None:
 
 
 def get_labels_reader(path: Any) -> Reader | None:
-    """A reader for SLEAP ``.slp``/``.pkg.slp``, analysis ``.h5`` and DeepLabCut files."""
+    """A reader for SLEAP ``.slp``/``.pkg.slp``, analysis ``.h5`` and DeepLabCut files.
+
+    ``.slp`` and DeepLabCut ``CollectedData_*`` files are ours by name alone, so a broken one
+    gets our specific error rather than napari's "no reader found"; other ``.h5``, ``.csv``
+    and ``.yaml`` files only when their content is a pose format.
+    """
     single = _single_path(path)
-    if single is None or detect_labels_format(single) is None:
+    if single is None:
         return None
-    return read_labels
+    ours_by_name = single.suffix.lower() == ".slp" or single.name.startswith("CollectedData_")
+    if ours_by_name or detect_labels_format(single) is not None:
+        return read_labels
+    return None
 
 
 def read_labels(path: Any) -> list[LayerData]:
