@@ -152,6 +152,17 @@ def labels_to_layers(
     return layers
 
 
+def new_project_layers(
+    video: sio.Video, skeleton: sio.Skeleton, plane_shape: tuple[int, ...]
+) -> list[LayerData]:
+    """An empty labels layer (and its skeleton edges) for labelling ``video`` from scratch.
+
+    ``plane_shape`` is the image's leading axes, e.g. ``(n_frames,)`` or ``(t, z)`` for a stack.
+    """
+    labels = sio.Labels(videos=[video], skeletons=[skeleton])
+    return labels_to_layers(labels, plane_shapes={0: tuple(plane_shape)})
+
+
 def video_name(video: sio.Video) -> str:
     """A short layer name for a video: its file stem (``clip`` for ``/data/clip.mp4``)."""
     filename = video.filename[0] if isinstance(video.filename, list) else video.filename
@@ -398,7 +409,8 @@ def points_to_arrays(
     """The instances held by a Points layer (data + features), as ``PoseArrays``.
 
     Points whose ``instance`` is negative (added by hand without an instance) become one new
-    user instance per frame, with ids from ``first_new_id`` on.
+    user instance per frame, with ids from ``first_new_id`` on; so does an instance id used on
+    more than one frame, for each frame after its first.
     """
     n_lead = len(binding.plane_shape)
     n_nodes = len(binding.arrays.skeleton.nodes)
@@ -410,7 +422,16 @@ def points_to_arrays(
     if new.any():
         new_frames, new_ids = np.unique(frame[new], return_inverse=True)
         inst[new] = first_new_id + new_ids
-    ids, first, row = np.unique(inst, return_index=True, return_inverse=True)
+        first_new_id += len(new_frames)
+    # An instance lives on one frame: an id seen on several frames names several instances
+    # (the first keeps the id, the others get new ones).
+    keys, first, row = np.unique(np.column_stack([inst, frame]), axis=0, return_index=True,
+                                 return_inverse=True)  # fmt: skip
+    row = row.ravel()
+    ids = keys[:, 0].copy()
+    repeated = np.zeros(len(ids), bool)
+    repeated[1:] = ids[1:] == ids[:-1]
+    ids[repeated] = first_new_id + np.arange(repeated.sum())
     node = features["node"].cat.codes.to_numpy()
     if (node < 0).any():
         raise ValueError("points whose node is not in the skeleton cannot be saved")
