@@ -35,3 +35,14 @@ def data_dir() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return found
+
+
+@pytest.fixture(scope="session")
+def sleap_dir(data_dir: Path) -> Path:
+    return data_dir / "sleap"
+
+
+@pytest.fixture(scope="session")
+def openfield(data_dir: Path) -> Path:
+    """DeepLabCut's openfield example project (single animal, 116 labelled frames)."""
+    return data_dir / "deeplabcut" / "openfield"

@@ -124,13 +124,19 @@ class PoseArrays:
 
 
 def concat(parts: list[PoseArrays]) -> PoseArrays:
-    """Stack the rows of arrays that share one skeleton, video list and track list."""
-    first = parts[0]
+    """Stack the rows of arrays that share one skeleton and video list.
+
+    Their track lists may differ only by tracks added at the end (new tracks made while
+    labelling), so the longest list indexes every row.
+    """
+    tracks = max((p.tracks for p in parts), key=len)
     nonempty = [p for p in parts if len(p)]
     if len(nonempty) <= 1:
-        return nonempty[0] if nonempty else first
+        return attrs.evolve(nonempty[0] if nonempty else parts[0], tracks=tracks)
     return attrs.evolve(
-        first, **{name: np.concatenate([getattr(p, name) for p in parts]) for name in _ROW_FIELDS}
+        parts[0],
+        tracks=tracks,
+        **{name: np.concatenate([getattr(p, name) for p in parts]) for name in _ROW_FIELDS},
     )
 
 
@@ -261,19 +267,20 @@ def arrays_to_labels(arrays: PoseArrays, template: sio.Labels | None = None) -> 
 
     Everything that is not an instance (videos, skeletons, tracks, suggestions, provenance)
     is taken from ``template`` when given, so edits made on arrays or layers save back into
-    the project they came from.
+    the project they came from; ``arrays.track`` then indexes ``template.tracks``.
     """
     arrays = arrays.sorted()
+    tracks = list(template.tracks) if template else list(arrays.tracks)
     labels = sio.Labels(
         videos=list(template.videos) if template else list(arrays.videos),
         skeletons=list(template.skeletons) if template else [arrays.skeleton],
-        tracks=list(template.tracks) if template else list(arrays.tracks),
+        tracks=tracks,
         suggestions=list(template.suggestions) if template else [],
         provenance=dict(template.provenance) if template else {},
     )
     objects: list[sio.Instance | sio.PredictedInstance] = []
     for i in range(len(arrays)):
-        track = arrays.tracks[arrays.track[i]] if arrays.track[i] >= 0 else None
+        track = tracks[arrays.track[i]] if arrays.track[i] >= 0 else None
         tracking = None if np.isnan(arrays.tracking_score[i]) else float(arrays.tracking_score[i])
         if arrays.predicted[i]:
             points = PredictedPointsArray.empty(arrays.n_nodes)

@@ -436,13 +436,19 @@ def points_to_arrays(
     if (node < 0).any():
         raise ValueError("points whose node is not in the skeleton cannot be saved")
 
-    arrays = PoseArrays.empty(
-        binding.arrays.skeleton, binding.arrays.videos, binding.arrays.tracks, len(ids)
-    )
-    track_names = list(features["track"].cat.categories)
-    track_index = {name: i for i, name in enumerate(_unique([t.name for t in binding.arrays.tracks]))}
-    track_map = np.array([track_index.get(name, -1) for name in track_names] + [-1])
+    # Tracks named in the layer but new to the project (made while labelling) join the
+    # project's track list, which every layer of the project shares.
+    tracks = binding.labels.tracks
+    names = _unique([t.name for t in tracks])
+    for name in features["track"].cat.categories:
+        if name != NO_TRACK and name not in names:
+            tracks.append(sio.Track(name))
+            names.append(name)
+    track_index = {name: i for i, name in enumerate(names)}
+    track_map = np.array([track_index.get(name, -1) for name in features["track"].cat.categories]
+                         + [-1])  # fmt: skip
     track_codes = features["track"].cat.codes.to_numpy()
+    arrays = PoseArrays.empty(binding.arrays.skeleton, binding.arrays.videos, list(tracks), len(ids))
 
     arrays.instance_id[:] = ids
     arrays.video[:] = binding.video

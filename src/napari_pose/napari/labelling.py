@@ -1,0 +1,281 @@
+"""Click-to-label on a pose Points layer: the viewer side of ``core.labelling``.
+
+``Labeller`` binds one user-labels Points layer (with its ``PoseBinding``) to the viewer. In
+*label* mode a click on the image places the current node of the current instance and moves
+on to the next unplaced node; in *move* mode napari's own selection lets the user drag points.
+Every edit goes through ``core.labelling`` (pure table functions), is pushed on an undo stack,
+redraws the skeleton edges and is counted by the autosaver, if one is attached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import napari
+import numpy as np
+import psygnal
+
+from napari_pose.core import labelling as lab
+from napari_pose.napari.convert import POSE_KEY, PoseBinding
+from napari_pose.napari.sync import attach
+
+Mode = Literal["label", "move"]
+
+#: Keyboard shortcuts on the labels layer: key -> (method name, what it does).
+SHORTCUTS: dict[str, tuple[str, str]] = {
+    "n": ("new_instance", "new instance"),
+    "]": ("next_node", "next node"),
+    "[": ("previous_node", "previous node"),
+    "o": ("toggle_occluded", "toggle occluded (current node)"),
+    "x": ("delete_instance", "delete current instance"),
+    "c": ("copy_previous_frame", "copy previous labelled frame here"),
+    "u": ("use_prediction", "turn the nearest prediction into a user instance"),
+    ".": ("next_labelled_frame", "next labelled frame"),
+    ",": ("previous_labelled_frame", "previous labelled frame"),
+    "/": ("next_suggestion", "next suggested frame"),
+    "Control-z": ("undo", "undo"),
+    "m": ("toggle_mode", "switch label / move mode"),
+}
+
+
+class Labeller:
+    """Labelling state and actions for one user-labels Points layer of a viewer.
+
+    Attributes:
+        instance: Id of the instance being labelled.
+        node: Code (skeleton order) of the node the next click places.
+        mode: ``"label"`` (clicks place nodes) or ``"move"`` (drag points).
+        changed: Emitted after every edit or change of instance/node/mode (for the widget).
+    """
+
+    changed = psygnal.Signal()
+
+    def __init__(self, viewer: napari.Viewer, layer: napari.layers.Points,
+                 on_edit: Callable[[], None] | None = None) -> None:  # fmt: skip
+        self.viewer = viewer
+        self.layer = layer
+        self.binding: PoseBinding = layer.metadata[POSE_KEY]
+        self.history = lab.History()
+        self.on_edit = on_edit
+        self.mode: Mode = "label"
+        self.node = 0
+        self.instance = self._fresh_id()
+        self._sync = attach(viewer)
+        self._shown_plane = self.plane()
+        viewer.dims.events.current_step.connect(self._on_step)
+        layer.mouse_drag_callbacks.append(self._on_mouse)
+        layer.selected_data.events.items_changed.connect(self._on_selection)
+        for key, (method, _) in SHORTCUTS.items():
+            layer.bind_key(key, self._shortcut(method), overwrite=True)
+        self.set_mode("label")
+
+    # ------------------------------------------------------------------ state
+    @property
+    def n_nodes(self) -> int:
+        return len(self.binding.arrays.skeleton.nodes)
+
+    @property
+    def node_names(self) -> list[str]:
+        return self.binding.arrays.skeleton.node_names
+
+    def table(self) -> lab.PointTable:
+        return lab.PointTable(np.asarray(self.layer.data), self.layer.features)
+
+    def plane(self) -> tuple[int, ...]:
+        """The image plane on screen, in the layer's leading coordinates."""
+        n_lead = len(self.binding.plane_shape)
+        position = self.layer.world_to_data(self.viewer.dims.point)[:n_lead]
+        return tuple(int(v) for v in np.round(position))
+
+    def placed(self) -> list[int]:
+        """Nodes of the current instance placed on this plane."""
+        return lab.placed_nodes(self.table(), self.instance, self.plane()).tolist()
+
+    def _fresh_id(self) -> int:
+        tables = [self.table()]
+        predictions = self._predictions_layer()
+        if predictions is not None:
+            tables.append(lab.PointTable(np.asarray(predictions.data), predictions.features))
+        floor = int(self.binding.arrays.instance_id.max(initial=-1)) + 1
+        return lab.next_instance_id(*tables, floor=floor)
+
+    def _predictions_layer(self) -> napari.layers.Points | None:
+        for layer in self.viewer.layers:
+            other = layer.metadata.get(POSE_KEY) if isinstance(layer, napari.layers.Points) else None
+            if (other is not None and other.predicted and other.labels is self.binding.labels
+                    and other.video == self.binding.video):  # fmt: skip
+                return layer
+        return None
+
+    # ------------------------------------------------------------------ editing core
+    def apply(self, table: lab.PointTable) -> None:
+        """Show ``table`` in the layer, remembering the previous one for undo."""
+        self.history.push(self.table())
+        self._show(table)
+        if self.on_edit is not None:
+            self.on_edit()
+
+    def _show(self, table: lab.PointTable) -> None:
+        layer = self.layer
+        with layer.events.data.blocker():
+            layer.selected_data = set()
+            layer.data = table.data
+            layer.features = table.features
+            layer.symbol = np.where(table.features["visible"].to_numpy(bool), "disc", "ring")
+        layer.refresh()
+        self._sync.refresh(layer)
+        self.changed.emit()
+
+    def undo(self) -> bool:
+        """Restore the layer as it was before the last edit; False if there is none."""
+        previous = self.history.pop()
+        if previous is None:
+            return False
+        self._show(previous)
+        if self.on_edit is not None:
+            self.on_edit()
+        return True
+
+    # ------------------------------------------------------------------ actions
+    def place(self, yx: tuple[float, float], plane: tuple[int, ...] | None = None) -> None:
+        """Place the current node at ``yx`` and move on to the next unplaced node."""
+        plane = self.plane() if plane is None else plane
+        self.apply(lab.place(self.table(), plane, yx, self.instance, self.node,
+                             self.layer.feature_defaults.iloc[0].to_dict()))  # fmt: skip
+        following = lab.next_unplaced(self.table(), self.instance, plane, self.node, self.n_nodes)
+        if following is not None:
+            self.node = following
+        self.changed.emit()
+
+    def new_instance(self) -> None:
+        self.instance = self._fresh_id()
+        self.node = 0
+        self.changed.emit()
+
+    def select(self, instance: int, node: int | None = None) -> None:
+        self.instance = int(instance)
+        if node is not None:
+            self.node = int(node)
+        self.changed.emit()
+
+    def set_node(self, node: int | str) -> None:
+        self.node = self.node_names.index(node) if isinstance(node, str) else int(node)
+        self.changed.emit()
+
+    def next_node(self) -> None:
+        self.set_node((self.node + 1) % self.n_nodes)
+
+    def previous_node(self) -> None:
+        self.set_node((self.node - 1) % self.n_nodes)
+
+    def toggle_occluded(self) -> None:
+        self.apply(lab.toggle_visible(self.table(), self.instance, self.node, self.plane()))
+
+    def delete_instance(self) -> None:
+        self.apply(lab.delete_instance(self.table(), self.instance, self.plane()))
+        self.new_instance()
+
+    def set_track(self, track: str) -> None:
+        self.apply(lab.set_track(self.table(), self.instance, track, self.plane()))
+
+    def copy_previous_frame(self) -> None:
+        """Copy the instances of the nearest earlier labelled frame onto this one."""
+        plane = self.plane()
+        source = lab.previous_labelled_plane(self.table(), plane, -1)
+        if source is None:
+            return
+        self.apply(lab.copy_instances(self.table(), source, self.table(), plane,
+                                      first_id=self._fresh_id()))  # fmt: skip
+
+    def use_prediction(self, near: tuple[float, float] | None = None) -> bool:
+        """Turn the predicted instance nearest ``near`` (default: the cursor) into a user one."""
+        predictions = self._predictions_layer()
+        if predictions is None:
+            return False
+        plane = self.plane()
+        source = lab.PointTable(np.asarray(predictions.data), predictions.features)
+        on_plane = np.flatnonzero(source.on_plane(plane))
+        if not len(on_plane):
+            return False
+        if near is None:
+            near = tuple(self.layer.world_to_data(self.viewer.cursor.position)[-2:])
+        distance = np.linalg.norm(source.data[on_plane, -2:] - np.asarray(near), axis=1)
+        chosen = source.features["instance"].to_numpy()[on_plane[np.argmin(distance)]]
+        rows = np.flatnonzero(source.features["instance"].to_numpy() == chosen)
+        new_id = self._fresh_id()
+        self.apply(lab.copy_instances(source.take(rows), plane, self.table(), plane, new_id,
+                                      from_predicted=True))  # fmt: skip
+        self.select(new_id)
+        return True
+
+    def go_to_plane(self, plane: tuple[int, ...]) -> None:
+        n_lead = len(plane)
+        world = self.layer.data_to_world([*plane, 0, 0])
+        first_axis = self.viewer.dims.ndim - self.layer.ndim
+        for axis, value in zip(range(first_axis, first_axis + n_lead), world[:n_lead]):
+            self.viewer.dims.set_point(axis, value)
+
+    def next_labelled_frame(self, direction: int = 1) -> None:
+        target = lab.previous_labelled_plane(self.table(), self.plane(), direction)
+        if target is not None:
+            self.go_to_plane(target)
+
+    def previous_labelled_frame(self) -> None:
+        self.next_labelled_frame(-1)
+
+    def next_suggestion(self) -> None:
+        """Go to the first suggested frame after this one (wrapping around)."""
+        video = self.binding.labels.videos[self.binding.video]
+        frames = sorted(s.frame_idx for s in self.binding.labels.suggestions if s.video is video)
+        if not frames:
+            return
+        here = int(np.ravel_multi_index(self.plane(), self.binding.plane_shape))
+        following = [f for f in frames if f > here]
+        target = following[0] if following else frames[0]
+        self.go_to_plane(tuple(int(v) for v in np.unravel_index(target, self.binding.plane_shape)))
+
+    def set_mode(self, mode: Mode) -> None:
+        self.mode = mode
+        self.layer.mode = "pan_zoom" if mode == "label" else "select"
+        self.changed.emit()
+
+    def toggle_mode(self) -> None:
+        self.set_mode("move" if self.mode == "label" else "label")
+
+    # ------------------------------------------------------------------ viewer events
+    def _shortcut(self, method: str):
+        def run(layer):
+            getattr(self, method)()
+
+        run.__name__ = method
+        return run
+
+    def _on_mouse(self, layer, event):
+        """Place a node on click (not drag) in label mode; drags still pan the view."""
+        if self.mode != "label" or event.button != 1:
+            return
+        dragged = False
+        yield
+        while event.type == "mouse_move":
+            dragged = True
+            yield
+        if not dragged:
+            coords = layer.world_to_data(event.position)
+            n_lead = len(self.binding.plane_shape)
+            plane = tuple(int(v) for v in np.round(coords[:n_lead]))
+            self.place((float(coords[-2]), float(coords[-1])), plane)
+
+    def _on_step(self, event=None) -> None:
+        """An instance lives on one frame: a new frame starts a new instance at the first node."""
+        plane = self.plane()
+        if plane != self._shown_plane:
+            self._shown_plane = plane
+            self.new_instance()
+
+    def _on_selection(self, event=None) -> None:
+        """Selecting a point in move mode makes its instance and node current."""
+        selected = list(self.layer.selected_data)
+        if len(selected) == 1 and selected[0] < len(self.layer.features):
+            row = self.layer.features.iloc[selected[0]]
+            self.select(int(row["instance"]), self.node_names.index(row["node"]))

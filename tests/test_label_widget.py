@@ -1,0 +1,117 @@
+"""Labelling in a real viewer: clicks place nodes, buttons edit, saving writes every label."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import sleap_io as sio
+import tifffile
+from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+from napari_pose.core.pose_arrays import labels_to_arrays
+
+pytestmark = pytest.mark.gui
+
+
+def click(viewer, layer, yx):
+    """A left click (press + release, no drag) at data position ``yx`` on the current plane."""
+    world = np.array(viewer.dims.point, float)
+    world[-2:] = layer.data_to_world([*np.zeros(layer.ndim - 2), *yx])[-2:]
+    event = SimpleNamespace(type="mouse_press", position=tuple(world), button=1, modifiers=(),
+                            handled=False, dims_displayed=list(viewer.dims.displayed),
+                            view_direction=None)  # fmt: skip
+    mouse_press_callbacks(layer, event)
+    event.type = "mouse_release"
+    mouse_release_callbacks(layer, event)
+
+
+def press(qtbot, button):
+    from qtpy.QtCore import Qt
+
+    qtbot.mouseClick(button.native, Qt.MouseButton.LeftButton)
+
+
+def press_key(layer, key: str) -> None:
+    """Run the layer's binding for ``key``, as napari does when the key is pressed on it."""
+    from app_model.types import KeyBinding
+
+    layer.keymap[KeyBinding.from_str(key)](layer)
+
+
+def test_label_video_then_save_and_reopen(make_napari_viewer, qtbot, tmp_path, data_dir):
+    viewer = make_napari_viewer()
+    viewer.open(str(data_dir / "sleap/tracks/clip.mp4"), plugin="napari-pose")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    press(qtbot, widget.start)
+    labeller = widget.labeller
+    assert labeller is not None and labeller.layer.name == "clip labels"
+    layer = labeller.layer
+
+    viewer.dims.set_current_step(0, 100)
+    n_nodes = labeller.n_nodes
+    clicks = {}
+    for inst in range(2):
+        if inst:
+            press(qtbot, widget.buttons["new_instance"])
+        for node in range(n_nodes):
+            yx = (100.0 + 300 * inst + 11 * node, 200.0 + 13 * node)
+            click(viewer, layer, yx)
+            clicks[(inst, node)] = yx
+        widget.new_track.value = f"fly{inst}"
+        press(qtbot, widget.set_track_button)
+    assert len(layer.data) == 2 * n_nodes
+    assert "✓" in widget.status.value
+    # Occlude node 2 of the second instance (the current one).
+    widget.node.value = labeller.node_names[2]
+    press(qtbot, widget.buttons["toggle_occluded"])
+    # Copy frame 100 to frame 101, then move one copied point.
+    viewer.dims.set_current_step(0, 101)
+    press(qtbot, widget.buttons["copy_previous_frame"])
+    assert (layer.data[:, 0] == 101).sum() == 2 * n_nodes
+    # Undo the copy, redo it with the key binding.
+    press(qtbot, widget.buttons["undo"])
+    assert (layer.data[:, 0] == 101).sum() == 0
+    press_key(layer, "c")
+    assert (layer.data[:, 0] == 101).sum() == 2 * n_nodes
+
+    out = tmp_path / "clip_labels.slp"
+    widget.save_labels(out)
+    saved = sio.load_slp(out, open_videos=False)
+    arrays = labels_to_arrays(saved)
+    assert sorted(set(arrays.frame.tolist())) == [100, 101] and len(arrays) == 4
+    assert [t.name for t in saved.tracks] == ["fly0", "fly1"]
+    for frame in (100, 101):
+        on = arrays.select(arrays.frame == frame)
+        for inst in range(2):
+            row = on.track.tolist().index(inst)
+            expected = np.array([clicks[(inst, n)][::-1] for n in range(n_nodes)])
+            np.testing.assert_allclose(on.xy[row], expected)
+            visible = np.ones(n_nodes, bool)
+            if inst == 1:
+                visible[2] = False
+            np.testing.assert_array_equal(on.visible[row], visible)
+    assert saved.videos[0].filename.endswith("clip.mp4")
+
+
+def test_label_zstack_planes(make_napari_viewer, qtbot, tmp_path):
+    stack = np.random.default_rng(0).integers(0, 255, (3, 4, 64, 64), dtype=np.uint8)
+    path = tmp_path / "stack.ome.tif"
+    tifffile.imwrite(path, stack, ome=True, metadata={"axes": "TZYX"})
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-pose")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    press(qtbot, widget.start)
+    layer = widget.labeller.layer
+    assert layer.ndim == 4
+    viewer.dims.set_current_step(0, 2)
+    viewer.dims.set_current_step(1, 3)
+    for node in range(widget.labeller.n_nodes):
+        click(viewer, layer, (10.0 + node, 20.0 + node))
+    assert np.all(layer.data[:, :2] == [2, 3])
+    out = tmp_path / "stack.slp"
+    widget.save_labels(out)
+    arrays = labels_to_arrays(sio.load_slp(out, open_videos=False))
+    assert arrays.frame.tolist() == [2 * 4 + 3]  # plane (t=2, z=3) of a (3, 4) stack
+    assert arrays.xy[0, 0].tolist() == [20.0, 10.0]
