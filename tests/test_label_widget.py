@@ -115,3 +115,42 @@ def test_label_zstack_planes(make_napari_viewer, qtbot, tmp_path):
     arrays = labels_to_arrays(sio.load_slp(out, open_videos=False))
     assert arrays.frame.tolist() == [2 * 4 + 3]  # plane (t=2, z=3) of a (3, 4) stack
     assert arrays.xy[0, 0].tolist() == [20.0, 10.0]
+
+
+def test_skeleton_edits_follow_into_every_instance(make_napari_viewer, qtbot, data_dir, tmp_path):
+    """Rename, reorder, delete (with confirmation) and edges on clip.slp's 13-node project."""
+    viewer = make_napari_viewer()
+    viewer.open(str(data_dir / "sleap/tracks/clip.slp"), plugin="napari-pose")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Skeleton")
+    _, labels_widget = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    layer = widget.layer.value
+    before = layer.metadata["napari_pose"].merged(layer.data, layer.features)
+    head = before.xy[:, 0].copy()
+
+    widget.node.value, widget.name.value = "head", "Head"
+    press(qtbot, widget.node_buttons["rename"])
+    widget.node.value = "thorax"
+    press(qtbot, widget.node_buttons["move up"])  # thorax now first, Head second
+    assert widget.skeleton.node_names[:2] == ["thorax", "Head"]
+    assert "Head" in labels_widget.node.choices
+
+    asked = []
+    widget.confirm = lambda question: asked.append(question) or False
+    widget.node.value = "wingL"
+    press(qtbot, widget.node_buttons["delete"])  # refused: nothing changes
+    assert "wingL" in widget.skeleton.node_names and "points" in asked[0]
+    widget.confirm = lambda question: True
+    press(qtbot, widget.node_buttons["delete"])
+    assert "wingL" not in widget.skeleton.node_names
+    assert "wingL" not in set(layer.features["node"])
+
+    widget.node.value, widget.other.value = "Head", "eyeL"
+    press(qtbot, widget.pair_buttons["add edge"])
+    out = tmp_path / "edited.slp"
+    labels_widget.save_labels(out)
+    saved = sio.load_slp(out, open_videos=False)
+    skeleton = saved.skeletons[0]
+    assert skeleton.node_names[:2] == ["thorax", "Head"] and len(skeleton.nodes) == 12
+    assert ("Head", "eyeL") in [(a.name, b.name) for a, b in skeleton.edges]
+    after = labels_to_arrays(saved)
+    np.testing.assert_array_equal(after.xy[:, 1], head)  # Head's points moved with it

@@ -209,6 +209,23 @@ def reorder_nodes(arrays: PoseArrays, new_order: list[str]) -> PoseArrays:
     return _with_columns(arrays, columns)
 
 
+def relayout(arrays: PoseArrays, old_nodes: list[sio.Node]) -> PoseArrays:
+    """Arrays whose columns follow ``old_nodes``, re-laid for ``arrays.skeleton``'s nodes now.
+
+    For the other arrays sharing a skeleton after a node edit went through one of them (e.g.
+    predictions after a node was deleted via the user labels): columns follow their node
+    objects, which survive renames and reordering; added nodes are missing, deleted ones go.
+    """
+    new_nodes = arrays.skeleton.nodes
+    position = {id(node): i for i, node in enumerate(old_nodes)}
+    kept = [(i, position[id(node)]) for i, node in enumerate(new_nodes) if id(node) in position]
+    target, source = (list(column) for column in zip(*kept)) if kept else ([], [])
+    blank = PoseArrays.empty(arrays.skeleton, arrays.videos, arrays.tracks, len(arrays))
+    for field in _NODE_FIELDS:
+        getattr(blank, field)[:, target] = getattr(arrays, field)[:, source]
+    return attrs.evolve(arrays, **{field: getattr(blank, field) for field in _NODE_FIELDS})
+
+
 def add_node_in_labels(
     labels: sio.Labels, name: str, skeleton: sio.Skeleton | None = None
 ) -> None:

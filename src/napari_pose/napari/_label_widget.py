@@ -180,6 +180,7 @@ class LabelWidget(Container):
             self.status.value = "no labels layer: open a project or start one on an image"
             return
         self.mode.value = labeller.mode
+        self.node.reset_choices()
         self.node.value = labeller.node_names[labeller.node]
         placed = set(labeller.placed())
         marks = " ".join(("✓" if i in placed else "·") + name

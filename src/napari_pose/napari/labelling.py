@@ -17,7 +17,8 @@ import numpy as np
 import psygnal
 
 from napari_pose.core import labelling as lab
-from napari_pose.napari.convert import POSE_KEY, PoseBinding
+from napari_pose.core.skeleton import relayout
+from napari_pose.napari.convert import POSE_KEY, PoseBinding, arrays_to_points, palette
 from napari_pose.napari.sync import attach
 
 Mode = Literal["label", "move"]
@@ -66,6 +67,7 @@ class Labeller:
         viewer.dims.events.current_step.connect(self._on_step)
         layer.mouse_drag_callbacks.append(self._on_mouse)
         layer.selected_data.events.items_changed.connect(self._on_selection)
+        layer.events.features.connect(self._on_features)
         for key, (method, _) in SHORTCUTS.items():
             layer.bind_key(key, self._shortcut(method), overwrite=True)
         self.set_mode("label")
@@ -131,6 +133,9 @@ class Labeller:
         """Restore the layer as it was before the last edit; False if there is none."""
         previous = self.history.pop()
         if previous is None:
+            return False
+        if list(previous.features["node"].cat.categories) != self.node_names:
+            self.history = lab.History()  # the skeleton changed since: its columns are gone
             return False
         self._show(previous)
         if self.on_edit is not None:
@@ -266,6 +271,11 @@ class Labeller:
             plane = tuple(int(v) for v in np.round(coords[:n_lead]))
             self.place((float(coords[-2]), float(coords[-1])), plane)
 
+    def _on_features(self, event=None) -> None:
+        """Features replaced (an edit, or the skeleton changed): keep the node in range."""
+        self.node = min(self.node, self.n_nodes - 1)
+        self.changed.emit()
+
     def _on_step(self, event=None) -> None:
         """An instance lives on one frame: a new frame starts a new instance at the first node."""
         plane = self.plane()
@@ -279,3 +289,45 @@ class Labeller:
         if len(selected) == 1 and selected[0] < len(self.layer.features):
             row = self.layer.features.iloc[selected[0]]
             self.select(int(row["instance"]), self.node_names.index(row["node"]))
+
+
+def project_points_layers(viewer: napari.Viewer, labels) -> list[napari.layers.Points]:
+    """Every Points layer (user labels and predictions) of the project ``labels``."""
+    return [
+        layer
+        for layer in viewer.layers
+        if isinstance(layer, napari.layers.Points)
+        and layer.metadata.get(POSE_KEY) is not None
+        and layer.metadata[POSE_KEY].labels is labels
+    ]
+
+
+def change_nodes(viewer: napari.Viewer, labels, edit) -> None:
+    """Apply a node edit to every layer of a project, keeping each point on its node.
+
+    ``edit`` takes the first layer's full ``PoseArrays`` and returns new ones, changing the
+    project's (shared) skeleton on the way, like ``core.skeleton.delete_node``,
+    ``reorder_nodes`` or ``with_node``; the other layers follow by node identity. Undo history
+    does not survive a node edit (the columns it refers to are gone).
+    """
+    layers = project_points_layers(viewer, labels)
+    if not layers:
+        return
+    merged = [layer.metadata[POSE_KEY].merged(layer.data, layer.features) for layer in layers]
+    old_nodes = list(merged[0].skeleton.nodes)
+    changed = [edit(merged[0])] + [relayout(arrays, old_nodes) for arrays in merged[1:]]
+    sync = attach(viewer)
+    for layer, arrays in zip(layers, changed):
+        binding = layer.metadata[POSE_KEY]
+        binding.arrays = arrays
+        data, features = arrays_to_points(arrays.select(binding.shown_rows()), binding)
+        defaults = {**layer.feature_defaults.iloc[0].to_dict(),
+                    "node": features["node"].cat.categories[0]}  # fmt: skip
+        with layer.events.data.blocker():
+            layer.data = data
+            layer.features = features
+            layer.feature_defaults = defaults
+            layer.face_color_cycle = palette(len(arrays.skeleton.nodes))
+            layer.symbol = np.where(features["visible"].to_numpy(bool), "disc", "ring")
+        layer.refresh()
+        sync.refresh(layer)

@@ -1,0 +1,113 @@
+"""The *Skeleton* dock widget: edit the nodes, edges and symmetries of a project's skeleton.
+
+Node edits (add, rename, delete, reorder) change every labelled and predicted instance of the
+project through ``labelling.change_nodes``; deleting a node that has points asks first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import napari
+import napari.viewer
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton
+
+from napari_pose.core import skeleton as sk
+from napari_pose.napari._label_widget import user_label_layers
+from napari_pose.napari.convert import POSE_KEY
+from napari_pose.napari.labelling import change_nodes
+
+
+def ask(question: str) -> bool:
+    """Ask the user a yes/no question in a dialog (tests replace this)."""
+    from qtpy.QtWidgets import QMessageBox
+
+    answer = QMessageBox.question(None, "napari-pose", question)
+    return answer == QMessageBox.StandardButton.Yes
+
+
+class SkeletonWidget(Container):
+    """Nodes, edges and symmetric pairs of the skeleton of the chosen labels layer's project."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self._viewer = viewer
+        self.confirm = ask
+        self.layer = ComboBox(label="labels layer", choices=self._layers)
+        self.node = ComboBox(label="node", choices=self._nodes)
+        self.name = LineEdit(label="name")
+        node_actions = ("add", "rename", "delete", "move up", "move down")
+        self.node_buttons = {a: PushButton(label="", text=f"{a.capitalize()} node") for a in node_actions}
+        self.other = ComboBox(label="other node", choices=self._nodes)
+        pair_actions = ("add edge", "remove edge", "set symmetric", "remove symmetry")
+        self.pair_buttons = {a: PushButton(label="", text=a.capitalize()) for a in pair_actions}
+        self.info = Label(label="skeleton", value="")
+        self.file = FileEdit(label="skeleton file", mode="w", filter="*.json")
+        self.save = PushButton(label="", text="Save skeleton (JSON)")
+        self.extend([self.layer, self.node, self.name, *self.node_buttons.values(), self.other,
+                     *self.pair_buttons.values(), self.info, self.file, self.save])  # fmt: skip
+        for action, button in {**self.node_buttons, **self.pair_buttons}.items():
+            button.clicked.connect(lambda *_, action=action: self.run(action))
+        self.save.clicked.connect(lambda: sk.save_skeleton(self.skeleton, Path(self.file.value)))
+        self.layer.changed.connect(self._refresh)
+        viewer.layers.events.inserted.connect(self._refresh)
+        viewer.layers.events.removed.connect(self._refresh)
+        self._refresh()
+
+    @property
+    def labels(self):
+        return self.layer.value.metadata[POSE_KEY].labels if self.layer.value else None
+
+    @property
+    def skeleton(self):
+        layer = self.layer.value
+        return layer.metadata[POSE_KEY].arrays.skeleton if layer is not None else None
+
+    def _layers(self, _=None):
+        return [(layer.name, layer) for layer in user_label_layers(self._viewer)]
+
+    def _nodes(self, _=None) -> list[str]:
+        return self.skeleton.node_names if self.skeleton is not None else []
+
+    def _refresh(self, event=None) -> None:
+        self.layer.reset_choices()
+        self.node.reset_choices()
+        self.other.reset_choices()
+        skeleton = self.skeleton
+        if skeleton is None:
+            self.info.value = "no labels layer"
+            return
+        edges = ", ".join(f"{a.name}-{b.name}" for a, b in skeleton.edges) or "none"
+        pairs = ", ".join(f"{a.name}/{b.name}" for a, b in skeleton.symmetries) or "none"
+        self.info.value = f"nodes: {', '.join(skeleton.node_names)}\nedges: {edges}\nsymmetric: {pairs}"
+
+    def run(self, action: str) -> None:
+        """Carry out one editing action on the current node(s)."""
+        skeleton, node, other, name = self.skeleton, self.node.value, self.other.value, self.name.value.strip()
+        names = skeleton.node_names
+        if action == "add":
+            change_nodes(self._viewer, self.labels, lambda arrays: sk.with_node(arrays, name))
+        elif action == "rename":
+            sk.rename_node(skeleton, node, name)
+            change_nodes(self._viewer, self.labels, lambda arrays: arrays)
+        elif action == "delete":
+            layers = [l for l in self._viewer.layers if l.metadata.get(POSE_KEY) is not None
+                      and l.metadata[POSE_KEY].labels is self.labels]  # fmt: skip
+            lost = sum(sk.points_lost(l.metadata[POSE_KEY].merged(l.data, l.features), node)
+                       for l in layers)  # fmt: skip
+            if lost and not self.confirm(f"Delete node '{node}' and its {lost} points?"):
+                return
+            change_nodes(self._viewer, self.labels, lambda arrays: sk.delete_node(arrays, node))
+        elif action in ("move up", "move down"):
+            i = names.index(node)
+            j = max(0, i - 1) if action == "move up" else min(len(names) - 1, i + 1)
+            names[i], names[j] = names[j], names[i]
+            change_nodes(self._viewer, self.labels, lambda arrays: sk.reorder_nodes(arrays, names))
+        else:
+            edit = {"add edge": sk.add_edge, "remove edge": sk.remove_edge,
+                    "set symmetric": sk.set_symmetry, "remove symmetry": sk.remove_symmetry}[action]  # fmt: skip
+            edit(skeleton, node, other)
+            change_nodes(self._viewer, self.labels, lambda arrays: arrays)
+        self._refresh()
+        if action in ("add", "rename"):
+            self.node.value = name
