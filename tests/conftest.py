@@ -46,3 +46,14 @@ def sleap_dir(data_dir: Path) -> Path:
 def openfield(data_dir: Path) -> Path:
     """DeepLabCut's openfield example project (single animal, 116 labelled frames)."""
     return data_dir / "deeplabcut" / "openfield"
+
+
+@pytest.fixture(autouse=True)
+def _no_modal_dialogs(monkeypatch):
+    """Dialogs would block a headless run: answer them the way a test expects by default."""
+    try:
+        from napari_pose.napari import _label_widget, _skeleton_widget
+    except ImportError:  # no Qt in this environment: nothing would show a dialog
+        return
+    monkeypatch.setattr(_label_widget, "ask_unsaved", lambda: "discard")
+    monkeypatch.setattr(_skeleton_widget, "ask", lambda question: False)

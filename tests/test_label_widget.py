@@ -154,3 +154,85 @@ def test_skeleton_edits_follow_into_every_instance(make_napari_viewer, qtbot, da
     assert ("Head", "eyeL") in [(a.name, b.name) for a, b in skeleton.edges]
     after = labels_to_arrays(saved)
     np.testing.assert_array_equal(after.xy[:, 1], head)  # Head's points moved with it
+
+
+@pytest.fixture
+def sample_project(tmp_path, monkeypatch):
+    from napari_pose.core.synthetic import write_sample_project
+
+    monkeypatch.setenv("NAPARI_POSE_CACHE", str(tmp_path / "cache"))
+    return write_sample_project(tmp_path / "project")
+
+
+def test_suggestions_colours_and_names(make_napari_viewer, qtbot, sample_project):
+    viewer = make_napari_viewer()
+    viewer.open(str(sample_project), plugin="napari-pose")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    layer = widget.labeller.layer
+    labels = layer.metadata["napari_pose"].labels
+    # The sample labels every frame: delete frame 5's instances so there is something to suggest.
+    viewer.dims.set_current_step(0, 5)
+    for inst in set(layer.features["instance"][layer.data[:, 0] == 5]):
+        widget.labeller.select(inst)
+        press(qtbot, widget.buttons["delete_instance"])
+    assert not (layer.data[:, 0] == 5).any()
+    before = {s.frame_idx for s in labels.suggestions}
+
+    widget.method.value, widget.n_suggestions.value = "diverse", 3
+    worker = widget.start_suggestions()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    new = {s.frame_idx for s in labels.suggestions} - before
+    assert new == {5}  # the only unlabelled frame
+    assert 5 in widget.suggested.choices
+    viewer.dims.set_current_step(0, 100)
+    widget.labeller.next_suggestion()
+    after_100 = sorted(f for f in {s.frame_idx for s in labels.suggestions} if f > 100)
+    assert viewer.dims.current_step[0] == (after_100[0] if after_100 else min(before | new))
+
+    widget.color_by.value = "track"
+    assert layer.face_color_mode == "cycle"
+    colours = {tuple(c) for c in layer.face_color}
+    assert len(colours) == len(set(layer.features["track"]))
+    widget.names.value = True
+    assert layer.text.visible and "head" in set(layer.text.values)
+
+
+def test_autosave_restore_and_close_guard(make_napari_viewer, qtbot, sample_project):
+    from qtpy.QtGui import QCloseEvent
+    from qtpy.QtWidgets import QApplication
+
+    from napari_pose.core.autosave import recovery_for
+
+    viewer = make_napari_viewer()
+    viewer.open(str(sample_project), plugin="napari-pose")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    assert widget.restore.native.isHidden()
+    layer = widget.labeller.layer
+    viewer.dims.set_current_step(0, 7)
+    widget.labeller.new_instance()
+    click(viewer, layer, (33.0, 44.0))
+    assert widget.autosaver.dirty
+    widget.autosaver.flush()
+    assert recovery_for(sample_project) is not None
+
+    # Closing with unsaved labels asks; "cancel" keeps napari open.
+    qtbot.wait(10)  # let the widget find its window
+    widget.confirm_close = lambda: "cancel"
+    event = QCloseEvent()
+    QApplication.sendEvent(widget.native.window(), event)
+    assert not event.isAccepted()
+    widget.confirm_close = lambda: "discard"
+
+    # A new session (as after a crash) offers the newer autosave and restores it.
+    viewer2 = make_napari_viewer()
+    viewer2.open(str(sample_project), plugin="napari-pose")
+    _, widget2 = viewer2.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    assert not widget2.restore.native.isHidden() and "Restore autosave" in widget2.restore.text
+    press(qtbot, widget2.restore)
+    restored = widget2.labeller.layer
+    assert any(np.allclose(row, [7, 33.0, 44.0]) for row in restored.data)
+    widget2.save_labels()
+    saved = labels_to_arrays(sio.load_slp(sample_project, open_videos=False))
+    assert np.any(np.all(np.isclose(saved.xy[saved.frame == 7], [44.0, 33.0]), axis=-1))
+    assert recovery_for(sample_project) is None  # saving removed the autosave

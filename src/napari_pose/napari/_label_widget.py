@@ -6,18 +6,41 @@ table edits of ``core/labelling.py``. The same actions have keyboard shortcuts o
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import napari
 import napari.viewer
 import numpy as np
 import sleap_io as sio
-from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, RadioButtons
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    RadioButtons,
+    SpinBox,
+)
+from napari.qt.threading import thread_worker
 
-from napari_pose.core.autosave import Autosaver
+from napari_pose.core import suggestions as sg
+from napari_pose.core.autosave import Autosaver, recovery_for
+from napari_pose.core.io import load_labels
 from napari_pose.core.skeleton import TEMPLATES
-from napari_pose.napari.convert import POSE_KEY, layers_to_labels, new_project_layers
-from napari_pose.napari.labelling import SHORTCUTS, Labeller
+from napari_pose.napari.convert import (
+    POSE_KEY,
+    labels_to_layers,
+    layers_to_labels,
+    new_project_layers,
+    palette,
+)
+from napari_pose.napari.labelling import SHORTCUTS, Labeller, project_layers
+
+#: Seconds between autosaves of pending edits even when no new edit arrives.
+AUTOSAVE_INTERVAL_S = 30
 
 
 def user_label_layers(viewer: napari.Viewer) -> list[napari.layers.Points]:
@@ -51,6 +74,40 @@ def labels_path(layer: napari.layers.Points) -> Path | None:
     return Path(str(filename)) if filename else None
 
 
+def ask_unsaved() -> str:
+    """Ask whether to save unsaved labels before closing: "save", "discard" or "cancel"."""
+    from qtpy.QtWidgets import QMessageBox
+
+    buttons = (QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+               | QMessageBox.StandardButton.Cancel)  # fmt: skip
+    answer = QMessageBox.question(None, "napari-pose", "Save your labels before closing?", buttons)
+    return {QMessageBox.StandardButton.Save: "save",
+            QMessageBox.StandardButton.Discard: "discard"}.get(answer, "cancel")  # fmt: skip
+
+
+class PlaneFrames:
+    """An image layer's planes as frames (``shape`` and ``[i]``), for frame suggestions.
+
+    Works for any image: a lazily decoded video, a TIFF stack whose (t, z) planes are frames.
+    """
+
+    def __init__(self, image: napari.layers.Image, plane_shape: tuple[int, ...]) -> None:
+        self._data, self._plane_shape = image.data, plane_shape
+        self.shape = (int(np.prod(plane_shape)), *image.data.shape[len(plane_shape):])
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return np.asarray(self._data[np.unravel_index(index, self._plane_shape)])
+
+
+def color_points_by(layer: napari.layers.Points, feature: str) -> None:
+    """Colour point faces by a categorical feature (node, track or instance)."""
+    values = layer.features[feature]
+    n = len(values.cat.categories) if hasattr(values, "cat") else len(np.unique(values))
+    layer.face_color_cycle = palette(max(n, 1))
+    layer.face_color = feature
+    layer.face_color_mode = "cycle"
+
+
 class LabelWidget(Container):
     """Label keypoints: nodes in order, instances, occlusion, tracks, copy, undo, save."""
 
@@ -78,11 +135,21 @@ class LabelWidget(Container):
         self.buttons = {name: PushButton(label="", text=text) for name, text in buttons.items()}
         self.set_track_button = PushButton(label="", text="Set track of instance")
         self.save = PushButton(label="", text="Save labels")
+        self.restore = PushButton(label="", text="Restore autosave", visible=False)
+        self.color_by = ComboBox(label="colour by", choices=["node", "track", "instance"])
+        self.names = CheckBox(label="node names", value=False)
+        self.method = ComboBox(label="suggest", choices=["diverse", "random", "strided"])
+        self.n_suggestions = SpinBox(label="frames", value=20, min=1, max=10_000)
+        self.suggest = PushButton(label="", text="Suggest frames to label")
+        self.progress = ProgressBar(label="", value=0, visible=False)
+        self.suggested = ComboBox(label="suggested", choices=self._suggestion_choices)
         self.shortcuts = Label(label="keys", value="\n".join(
             f"{key}: {text}" for key, (_, text) in SHORTCUTS.items()))  # fmt: skip
         self.extend([self.layer, self.image, self.template, self.start, self.mode, self.node,
                      self.status, *self.buttons.values(), self.track, self.new_track,
-                     self.set_track_button, self.save, self.shortcuts])  # fmt: skip
+                     self.set_track_button, self.color_by, self.names, self.method,
+                     self.n_suggestions, self.suggest, self.progress, self.suggested, self.save,
+                     self.restore, self.shortcuts])  # fmt: skip
 
         self.layer.changed.connect(self._bind)
         self.start.clicked.connect(self._start_on_image)
@@ -92,6 +159,16 @@ class LabelWidget(Container):
             button.clicked.connect(lambda *_, name=name: self.labeller and getattr(self.labeller, name)())
         self.set_track_button.clicked.connect(self._set_track)
         self.save.clicked.connect(self.save_labels)
+        self.restore.clicked.connect(self.restore_autosave)
+        self.color_by.changed.connect(lambda f: self.labeller and color_points_by(self.labeller.layer, f))
+        self.names.changed.connect(self._show_names)
+        self.suggest.clicked.connect(self.start_suggestions)
+        self.suggested.changed.connect(self._go_to_suggestion)
+        self._timer = self._autosave_timer()
+        self.confirm_close = ask_unsaved
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, self._guard_close)  # once docked, watch napari's window close
         viewer.layers.events.inserted.connect(self._reset_choices)
         viewer.layers.events.removed.connect(self._reset_choices)
         viewer.dims.events.current_step.connect(self._refresh)
@@ -112,6 +189,14 @@ class LabelWidget(Container):
             return []
         return list(self.labeller.layer.features["track"].cat.categories)
 
+    def _suggestion_choices(self, _=None) -> list[tuple[str, int]]:
+        if self.labeller is None:
+            return []
+        video = self.labeller.binding.labels.videos[self.labeller.binding.video]
+        frames = sorted({s.frame_idx for s in self.labeller.binding.labels.suggestions
+                         if s.video is video})  # fmt: skip
+        return [(f"frame {f}", f) for f in frames]
+
     def _reset_choices(self, event=None) -> None:
         self.layer.reset_choices()
         self.image.reset_choices()
@@ -131,6 +216,12 @@ class LabelWidget(Container):
         self._viewer.layers.selection.active = layer
         self.node.reset_choices()
         self.track.reset_choices()
+        self.suggested.reset_choices()
+        recovery = recovery_for(labels_path(layer))
+        self.restore.visible = recovery is not None
+        if recovery is not None:
+            stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(recovery.stat().st_mtime))
+            self.restore.text = f"Restore autosave of {stamp} (newer than the file)"
         self._refresh()
 
     def _start_on_image(self) -> None:
@@ -152,6 +243,107 @@ class LabelWidget(Container):
             self.new_track.value = ""
             self.track.reset_choices()
             self.track.value = name
+
+    def _show_names(self, visible: bool) -> None:
+        if self.labeller is not None:
+            layer = self.labeller.layer
+            layer.text = {"string": "{node}", "size": 9, "color": "white",
+                          "anchor": "upper_left", "translation": [0, -2, 2][-layer.ndim:]}  # fmt: skip
+            layer.text.visible = visible
+
+    def _image_of(self, layer: napari.layers.Points) -> napari.layers.Image | None:
+        """The image layer a labels layer annotates: same video name, or the only image."""
+        images = [l for l in self._viewer.layers if isinstance(l, napari.layers.Image)]
+        named = [l for l in images if layer.name.startswith(l.name + " ")]
+        return (named or images or [None])[0]
+
+    def start_suggestions(self):
+        """Compute frame suggestions in a worker thread; progress shows in the dock."""
+        labeller = self.labeller
+        binding = labeller.binding
+        image = self._image_of(labeller.layer)
+        n_frames = int(np.prod(binding.plane_shape))
+        done = binding.merged(labeller.layer.data, labeller.layer.features).frame
+        k, method = int(self.n_suggestions.value), self.method.value
+
+        @thread_worker
+        def work():
+            if method == "diverse":
+                frames = yield from sg.iter_diverse_frames(
+                    PlaneFrames(image, binding.plane_shape), k, exclude=done)
+                return frames
+            picker = sg.random_frames if method == "random" else sg.strided_frames
+            return picker(n_frames, k, exclude=done)
+
+        worker = work()
+        self.progress.visible = True
+        worker.yielded.connect(self._progressed)
+        worker.returned.connect(self._suggested)
+        worker.start()
+        return worker
+
+    def _progressed(self, progress: tuple[int, int]) -> None:
+        self.progress.max, self.progress.value = progress[1], progress[0]
+
+    def _suggested(self, frames: np.ndarray) -> None:
+        binding = self.labeller.binding
+        video = binding.labels.videos[binding.video]
+        sg.merge_suggestions(binding.labels, sg.to_suggestions(frames, video))
+        self.progress.visible = False
+        self.suggested.reset_choices()
+        self.autosaver.edited()
+
+    def _go_to_suggestion(self, frame: int | None) -> None:
+        if self.labeller is not None and frame is not None:
+            plane = np.unravel_index(int(frame), self.labeller.binding.plane_shape)
+            self.labeller.go_to_plane(tuple(int(v) for v in plane))
+
+    def _autosave_timer(self):
+        """Flush pending edits to the autosave every ``AUTOSAVE_INTERVAL_S`` seconds."""
+        from qtpy.QtCore import QTimer
+
+        timer = QTimer(self.native)
+        timer.timeout.connect(lambda: self.autosaver and self.autosaver.flush())
+        timer.start(AUTOSAVE_INTERVAL_S * 1000)
+        return timer
+
+    def _guard_close(self) -> None:
+        from qtpy.QtCore import QEvent, QObject
+
+        widget = self
+
+        class CloseGuard(QObject):
+            def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt's name)
+                if event.type() == QEvent.Type.Close and not widget.close_allowed():
+                    event.ignore()
+                    return True
+                return False
+
+        self._close_guard = CloseGuard(self.native)
+        self.native.window().installEventFilter(self._close_guard)
+
+    def close_allowed(self) -> bool:
+        """Whether napari may close: asks first when labels are not saved yet."""
+        if self.autosaver is None or not self.autosaver.dirty:
+            return True
+        answer = self.confirm_close()
+        if answer == "save":
+            self.save_labels()
+        return answer != "cancel"
+
+    def restore_autosave(self) -> None:
+        """Replace the project's layers by the newer autosave; saving then writes the file."""
+        layer = self.labeller.layer
+        original, binding = labels_path(layer), layer.metadata[POSE_KEY]
+        labels = load_labels(recovery_for(original), lazy=False)
+        labels.provenance["filename"] = str(original)
+        self.labeller, self.autosaver = None, None
+        for old in project_layers(self._viewer, binding.labels):
+            self._viewer.layers.remove(old)
+        for data, kwargs, kind in labels_to_layers(labels, plane_shapes={0: binding.plane_shape}):
+            getattr(self._viewer, f"add_{kind}")(data, **kwargs)
+        self.autosaver.edited()  # the restored labels are not in the file yet
+        self.restore.visible = False
 
     def _current_labels(self) -> sio.Labels:
         """The project of the bound layer, all its layers merged (for saving and autosave)."""

@@ -18,7 +18,14 @@ import psygnal
 
 from napari_pose.core import labelling as lab
 from napari_pose.core.skeleton import relayout
-from napari_pose.napari.convert import POSE_KEY, PoseBinding, arrays_to_points, palette
+from napari_pose.napari.convert import (
+    EDGES_KEY,
+    POSE_KEY,
+    TRACKS_KEY,
+    PoseBinding,
+    arrays_to_points,
+    palette,
+)
 from napari_pose.napari.sync import attach
 
 Mode = Literal["label", "move"]
@@ -300,6 +307,19 @@ def project_points_layers(viewer: napari.Viewer, labels) -> list[napari.layers.P
         and layer.metadata.get(POSE_KEY) is not None
         and layer.metadata[POSE_KEY].labels is labels
     ]
+
+
+def project_layers(viewer: napari.Viewer, labels) -> list:
+    """Every layer showing the project ``labels``: points, their skeleton edges, trajectories."""
+    points = project_points_layers(viewer, labels)
+    bindings = [layer.metadata[POSE_KEY] for layer in points]
+    others = [
+        layer
+        for layer in viewer.layers
+        if any(layer.metadata.get(EDGES_KEY) is b for b in bindings)
+        or any(b in getattr(layer.metadata.get(TRACKS_KEY), "bindings", ()) for b in bindings)
+    ]
+    return points + others
 
 
 def change_nodes(viewer: napari.Viewer, labels, edit) -> None:
