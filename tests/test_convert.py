@@ -10,7 +10,7 @@ import sleap_io as sio
 from napari_pose.core.pose_arrays import labels_to_arrays
 from napari_pose.napari.convert import (
     POSE_KEY,
-    frame_edges,
+    skeleton_edges,
     labels_to_layers,
     layers_to_labels,
     points_to_arrays,
@@ -69,11 +69,15 @@ def test_occluded_points_survive_and_look_different():
     assert back.labeled_frames[0].user_instances[0].from_predicted is not None
 
 
-def test_frame_edges_connect_the_right_points(data_dir):
+def test_skeleton_edges_connect_the_right_points(data_dir):
     labels = sio.load_slp(data_dir / "sleap/tracks/clip.slp", lazy=True, open_videos=False)
     data, kw = _points(labels_to_layers(labels))[0]
     binding = kw["metadata"][POSE_KEY]
-    vectors, colors = frame_edges(data, kw["features"], binding, frame=500)
+    vectors, colors = skeleton_edges(data, kw["features"], binding)
+    edges_ok = np.isfinite(binding.arrays.xy[:, labels.skeletons[0].edge_inds, 0]).all(axis=-1)
+    assert len(vectors) == edges_ok.sum()  # every drawable edge of every frame
+    on_500 = vectors[:, 0, 0] == 500
+    vectors, colors = vectors[on_500], colors[on_500]
     arrays = binding.arrays.select(binding.arrays.frame == 500)
     edges = np.array(labels.skeletons[0].edge_inds)
     ok = np.isfinite(arrays.xy[:, edges[:, 0], 0]) & np.isfinite(arrays.xy[:, edges[:, 1], 0])

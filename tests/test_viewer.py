@@ -34,12 +34,12 @@ def test_open_clip_project(make_napari_viewer, data_dir):
     tracks, = _by_type(viewer, "Tracks")
     assert points.name == "clip labels" and len(points.data) == 38363
 
-    # Step to frame 700: the skeleton shows that frame's edges, between that frame's points.
+    # Frame 700's edges join frame 700's points (napari shows each frame's vectors).
     viewer.dims.set_current_step(0, 700)
-    assert len(edges.data) > 0 and np.all(edges.data[:, 0, 0] == 700)
+    frame_edges = edges.data[edges.data[:, 0, 0] == 700]
     on_frame = points.data[points.data[:, 0] == 700]
-    starts = {tuple(p) for p in edges.data[:, 0, 1:]}
-    assert starts <= {tuple(p) for p in on_frame[:, 1:]}
+    starts = {tuple(p) for p in frame_edges[:, 0, 1:]}
+    assert len(frame_edges) > 0 and starts <= {tuple(p) for p in on_frame[:, 1:]}
 
     # Frame 700 of the image is exactly frame 700 of the video (frame-accurate, lazy).
     from napari_pose.core.video import VideoReader
@@ -52,8 +52,9 @@ def test_open_clip_project(make_napari_viewer, data_dir):
     moved = points.data.copy()
     moved[row, 1:] += 25
     points.data = moved
-    assert tuple(moved[row, 1:]) in {tuple(p) for p in edges.data[:, 0, 1:]} | {
-        tuple(p) for p in (edges.data[:, 0, 1:] + edges.data[:, 1, 1:])}
+    frame_edges = edges.data[edges.data[:, 0, 0] == 700]
+    assert tuple(moved[row, 1:]) in {tuple(p) for p in frame_edges[:, 0, 1:]} | {
+        tuple(p) for p in (frame_edges[:, 0, 1:] + frame_edges[:, 1, 1:])}
     assert tracks.data.shape == (3000, 4)
 
 
@@ -128,7 +129,8 @@ def test_big_file_is_windowed_and_window_follows_frame(make_napari_viewer, data_
     assert binding.window[0] <= 1400 < binding.window[1]
     assert 1400 in predictions.data[:, 0] and predictions.data[:, 0].min() >= binding.window[0]
     edges = next(l for l in viewer.layers if l.metadata.get(EDGES_KEY) is binding)
-    assert np.all(edges.data[:, 0, 0] == 1400) and len(edges.data) > 0
+    assert (edges.data[:, 0, 0] == 1400).any()
+    assert edges.data[:, 0, 0].min() >= binding.window[0]  # the window's edges only
     assert tracks.data[:, 1].max() >= 1400
 
     # Edits made in one window survive moving away and saving (every frame is written).

@@ -141,7 +141,7 @@ def labels_to_layers(
             if n_points > window_threshold:
                 binding.window = window_around(0)
             layers.append(points_layer(binding))
-            layers.append(edges_layer(binding, frame=0))
+            layers.append(edges_layer(binding))
         video_bindings = [kw["metadata"][POSE_KEY] for _, kw, kind in layers
                           if kind == "points" and kw["metadata"][POSE_KEY].video == v]  # fmt: skip
         windowed = any(b.window is not None for b in video_bindings)
@@ -271,10 +271,14 @@ def _feature_defaults(features: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def edges_layer(binding: PoseBinding, frame: int) -> LayerData:
-    """The Vectors layer-data tuple of the skeleton edges shown on ``frame``."""
+def edges_layer(binding: PoseBinding) -> LayerData:
+    """The Vectors layer-data tuple of the skeleton edges of every frame the layer holds.
+
+    napari shows the vectors of the frame on screen itself, so stepping frames costs nothing
+    here; the edges are rebuilt only when points are edited or the window moves.
+    """
     data, features = arrays_to_points(binding.arrays.select(binding.shown_rows()), binding)
-    vectors, colors = frame_edges(data, features, binding, frame)
+    vectors, colors = skeleton_edges(data, features, binding)
     kind = "predictions" if binding.predicted else "labels"
     name = f"{video_name(binding.labels.videos[binding.video])} {kind} skeleton"
     kwargs = {
@@ -289,42 +293,44 @@ def edges_layer(binding: PoseBinding, frame: int) -> LayerData:
     return vectors, kwargs, "vectors"
 
 
-def frame_edges(
-    data: np.ndarray, features: pd.DataFrame, binding: PoseBinding, frame: int
+def skeleton_edges(
+    data: np.ndarray, features: pd.DataFrame, binding: PoseBinding
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Skeleton edges of every instance on ``frame``: vectors ``(n, 2, ndim)`` and RGBA colours.
+    """Skeleton edges of every instance in a point table: vectors ``(n, 2, ndim)``, RGBA colours.
 
-    Vectorised over points: each (instance, node) gets a key, and each edge looks up the keys of
-    its two ends with one ``searchsorted`` over the frame's points.
+    Vectorised over points: each (plane, instance, node) gets an integer key, and each edge of
+    each instance looks up the keys of its two ends with one ``searchsorted``.
     """
     n_lead = len(binding.plane_shape)
     ndim = n_lead + 2
-    plane = np.unravel_index(frame, binding.plane_shape)
-    on_frame = np.all(np.round(data[:, :n_lead]) == plane, axis=1) if len(data) else []
-    pts = data[on_frame]
-    if not len(pts):
+    if not len(data):
         return np.zeros((0, 2, ndim)), np.zeros((0, 4))
-    inst = features["instance"].to_numpy()[on_frame]
-    node = features["node"].cat.codes.to_numpy()[on_frame]
-    track = features["track"].cat.codes.to_numpy()[on_frame]
     n_nodes = len(binding.arrays.skeleton.nodes)
-    keys = inst.astype(np.int64) * n_nodes + node
+    plane = np.ravel_multi_index(
+        tuple(np.round(data[:, :n_lead]).astype(np.int64).T), binding.plane_shape, mode="clip"
+    )
+    inst = features["instance"].to_numpy(np.int64, na_value=-1)
+    node = features["node"].cat.codes.to_numpy().astype(np.int64)
+    track = features["track"].cat.codes.to_numpy()
+    # One id per (plane, instance): instance ids may repeat across planes while labelling.
+    owner = np.unique(np.stack([plane, inst]), axis=1, return_inverse=True)[1].ravel()
+    keys = owner * n_nodes + node
     order = np.argsort(keys)
     keys = keys[order]
     edges = np.asarray(binding.arrays.skeleton.edge_inds, dtype=np.int64).reshape(-1, 2)
-    uniq_inst = np.unique(inst)
-    src = uniq_inst[:, None] * n_nodes + edges[:, 0]
-    dst = uniq_inst[:, None] * n_nodes + edges[:, 1]
+    owners = np.arange(owner.max() + 1)[:, None]
+    src, dst = owners * n_nodes + edges[:, 0], owners * n_nodes + edges[:, 1]
     src_pos = np.clip(np.searchsorted(keys, src), 0, len(keys) - 1)
     dst_pos = np.clip(np.searchsorted(keys, dst), 0, len(keys) - 1)
     found = (keys[src_pos] == src) & (keys[dst_pos] == dst)
-    a = pts[order[src_pos[found]]]
-    b = pts[order[dst_pos[found]]]
+    a = data[order[src_pos[found]]]
+    b = data[order[dst_pos[found]]]
     vectors = np.stack([a, b - a], axis=1)
     vectors[:, 1, :n_lead] = 0
-    n_tracks = len(binding.arrays.tracks)
-    colors = np.vstack([palette(n_tracks), [[1, 1, 1, 1]]])[
-        np.minimum(track[order[src_pos[found]]], n_tracks)
+    categories = list(features["track"].cat.categories)
+    untracked = (track < 0) | (track == (categories.index(NO_TRACK) if NO_TRACK in categories else -1))
+    colors = np.vstack([palette(len(categories)), [[1, 1, 1, 1]]])[
+        np.where(untracked, len(categories), track)[order[src_pos[found]]]
     ]
     return vectors, colors
 

@@ -127,12 +127,13 @@ class Labeller:
 
     def _show(self, table: lab.PointTable) -> None:
         layer = self.layer
+        symbols = np.where(table.features["visible"].to_numpy(bool), "disc", "ring")
         with layer.events.data.blocker():
             layer.selected_data = set()
             layer.data = table.data
             layer.features = table.features
-            layer.symbol = np.where(table.features["visible"].to_numpy(bool), "disc", "ring")
-        layer.refresh()
+            if (symbols != "disc").any() or len(np.unique(layer.symbol)) > 1:
+                layer.symbol = symbols  # only when some point is drawn as occluded
         self._sync.refresh(layer)
         self.changed.emit()
 

@@ -3,8 +3,8 @@
 Readers return plain layer data and cannot wire events, so each viewer gets one ``PoseSync``
 (``attach(viewer)``, idempotent) that watches for layers carrying a ``PoseBinding``:
 
-- when the frame changes or a Points layer is edited, the matching Vectors layer is redrawn
-  with the skeleton edges of the frame on screen (a few dozen vectors: cheap at every step);
+- when a Points layer is edited, the matching Vectors layer is rebuilt with the skeleton edges
+  of every frame the layer holds (napari then shows each frame's edges as the user steps);
 - when a windowed Points layer (a very large file) is scrolled near the edge of the frames it
   holds, its edits are merged into the full arrays and a new window around the frame is loaded.
 """
@@ -24,7 +24,7 @@ from napari_pose.napari.convert import (
     WINDOW_HALF_WIDTH,
     PoseBinding,
     arrays_to_points,
-    frame_edges,
+    skeleton_edges,
     trajectories,
     window_around,
 )
@@ -82,8 +82,11 @@ class PoseSync:
         ]
 
     def _on_step(self, event=None) -> None:
+        """Only windows move with the frame; napari itself shows each frame's edges."""
         for layer in self._points_layers():
-            self.refresh(layer)
+            binding = layer.metadata[POSE_KEY]
+            if binding.window is not None and _near_edge(binding.window, self.current_frame(layer)):
+                self.refresh(layer)
         viewer = self._viewer()
         for layer in viewer.layers if viewer is not None else []:
             if TRACKS_KEY in layer.metadata and layer.metadata[TRACKS_KEY].window is not None:
@@ -106,7 +109,7 @@ class PoseSync:
     def _on_points_edited(self, layer_ref, event=None) -> None:
         layer = layer_ref()
         if layer is not None:
-            self._redraw_edges(layer, layer.metadata[POSE_KEY], self.current_frame(layer))
+            self._redraw_edges(layer, layer.metadata[POSE_KEY])
 
     def current_frame(self, layer: napari.layers.Points) -> int:
         """The frame (plane index of the labels' video) that ``layer`` shows now."""
@@ -125,7 +128,7 @@ class PoseSync:
         frame = self.current_frame(layer)
         if binding.window is not None and _near_edge(binding.window, frame):
             self._move_window(layer, binding, frame)
-        self._redraw_edges(layer, binding, frame)
+        self._redraw_edges(layer, binding)
 
     def _move_window(self, layer: napari.layers.Points, binding: PoseBinding, frame: int) -> None:
         binding.arrays = binding.merged(layer.data, layer.features)
@@ -136,7 +139,7 @@ class PoseSync:
             layer.features = features
             layer.symbol = np.where(features["visible"].to_numpy(), "disc", "ring")
 
-    def _redraw_edges(self, layer: napari.layers.Points, binding: PoseBinding, frame: int) -> None:
+    def _redraw_edges(self, layer: napari.layers.Points, binding: PoseBinding) -> None:
         viewer = self._viewer()
         edges = [
             other
@@ -145,7 +148,7 @@ class PoseSync:
         ]
         if not edges:
             return
-        vectors, colors = frame_edges(layer.data, layer.features, binding, frame)
+        vectors, colors = skeleton_edges(layer.data, layer.features, binding)
         for edge_layer in edges:
             edge_layer.data = vectors
             if len(colors):
