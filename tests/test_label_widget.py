@@ -236,3 +236,40 @@ def test_autosave_restore_and_close_guard(make_napari_viewer, qtbot, sample_proj
     saved = labels_to_arrays(sio.load_slp(sample_project, open_videos=False))
     assert np.any(np.all(np.isclose(saved.xy[saved.frame == 7], [44.0, 33.0]), axis=-1))
     assert recovery_for(sample_project) is None  # saving removed the autosave
+
+
+def test_start_from_skeleton_file_and_double_click_prediction(make_napari_viewer, qtbot, data_dir):
+    """A skeleton from a DLC config; a double click turns a prediction into a user instance."""
+    viewer = make_napari_viewer()
+    viewer.open(str(data_dir / "sleap/tracks/clip.mp4"), plugin="napari-pose")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    widget.skeleton_file.value = data_dir / "deeplabcut/openfield/config.yaml"
+    press(qtbot, widget.start)
+    assert widget.labeller.node_names == ["snout", "leftear", "rightear", "tailbase"]
+
+    viewer2 = make_napari_viewer()
+    viewer2.open(str(data_dir / "sleap/tracks/clip.slp"), plugin="napari-pose")
+    _, widget2 = viewer2.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    labeller = widget2.labeller
+    viewer2.dims.set_current_step(0, 10)
+    # A predictions layer holding copies of frame 10's instances (as after running a model).
+    layer = labeller.layer
+    on10 = layer.data[:, 0] == 10
+    target = layer.data[on10][0, 1:]
+    before = len(layer.data)
+    from napari.utils.interactions import mouse_double_click_callbacks
+
+    pred_layer = viewer2.add_points(layer.data[on10], features=layer.features[on10].assign(
+        predicted=True, score=0.9), metadata={"napari_pose": type(labeller.binding)(
+        labeller.binding.labels, labeller.binding.arrays.select(labeller.binding.arrays.frame < 0),
+        labeller.binding.video, True, labeller.binding.plane_shape)}, name="clip predictions")
+    assert labeller._predictions_layer() is pred_layer
+    world = np.array(viewer2.dims.point, float)
+    world[-2:] = target
+    event = SimpleNamespace(type="mouse_double_click", position=tuple(world), button=1,
+                            modifiers=(), handled=False, dims_displayed=[1, 2], view_direction=None)
+    mouse_double_click_callbacks(layer, event)
+    added = layer.data[before:]
+    assert len(added) > 0 and np.all(added[:, 0] == 10)
+    assert set(layer.features["from_predicted"][before:]) <= set(pred_layer.features["instance"])
+    assert not layer.features["predicted"][before:].any()

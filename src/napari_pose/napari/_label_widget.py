@@ -17,6 +17,7 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
+    FileEdit,
     Label,
     LineEdit,
     ProgressBar,
@@ -29,7 +30,7 @@ from napari.qt.threading import thread_worker
 from napari_pose.core import suggestions as sg
 from napari_pose.core.autosave import Autosaver, recovery_for
 from napari_pose.core.io import load_labels
-from napari_pose.core.skeleton import TEMPLATES
+from napari_pose.core.skeleton import TEMPLATES, load_skeleton
 from napari_pose.napari.convert import (
     POSE_KEY,
     labels_to_layers,
@@ -120,6 +121,8 @@ class LabelWidget(Container):
         self.layer = ComboBox(label="labels layer", choices=self._layer_choices)
         self.image = ComboBox(label="image", choices=self._image_choices)
         self.template = ComboBox(label="skeleton", choices=list(TEMPLATES))
+        self.skeleton_file = FileEdit(label="or from file", mode="r",
+                                      filter="*.json *.slp *.yaml")  # fmt: skip
         self.start = PushButton(label="", text="Start labelling this image")
         self.mode = RadioButtons(label="mode", choices=["label", "move"], value="label",
                                  orientation="horizontal")  # fmt: skip
@@ -145,7 +148,7 @@ class LabelWidget(Container):
         self.suggested = ComboBox(label="suggested", choices=self._suggestion_choices)
         self.shortcuts = Label(label="keys", value="\n".join(
             f"{key}: {text}" for key, (_, text) in SHORTCUTS.items()))  # fmt: skip
-        self.extend([self.layer, self.image, self.template, self.start, self.mode, self.node,
+        self.extend([self.layer, self.image, self.template, self.skeleton_file, self.start, self.mode, self.node,
                      self.status, *self.buttons.values(), self.track, self.new_track,
                      self.set_track_button, self.color_by, self.names, self.method,
                      self.n_suggestions, self.suggest, self.progress, self.suggested, self.save,
@@ -225,7 +228,9 @@ class LabelWidget(Container):
         self._refresh()
 
     def _start_on_image(self) -> None:
-        skeleton = TEMPLATES[self.template.value]()
+        chosen = Path(str(self.skeleton_file.value))
+        # A SLEAP skeleton JSON, a labels file's skeleton or a DLC config; else the template.
+        skeleton = load_skeleton(chosen) if chosen.is_file() else TEMPLATES[self.template.value]()
         layer = start_labels_on_image(self._viewer, self.image.value, skeleton)
         self.layer.reset_choices()
         self.layer.value = layer

@@ -73,6 +73,7 @@ class Labeller:
         self._shown_plane = self.plane()
         viewer.dims.events.current_step.connect(self._on_step)
         layer.mouse_drag_callbacks.append(self._on_mouse)
+        layer.mouse_double_click_callbacks.append(self._on_double_click)
         layer.selected_data.events.items_changed.connect(self._on_selection)
         layer.events.features.connect(self._on_features)
         for key, (method, _) in SHORTCUTS.items():
@@ -278,6 +279,11 @@ class Labeller:
             n_lead = len(self.binding.plane_shape)
             plane = tuple(int(v) for v in np.round(coords[:n_lead]))
             self.place((float(coords[-2]), float(coords[-1])), plane)
+
+    def _on_double_click(self, layer, event) -> None:
+        """A double click on a prediction turns it into a user instance (as the ``u`` key)."""
+        coords = layer.world_to_data(event.position)
+        self.use_prediction(near=(float(coords[-2]), float(coords[-1])))
 
     def _on_features(self, event=None) -> None:
         """Features replaced (an edit, or the skeleton changed): keep the node in range."""
