@@ -34,11 +34,10 @@ from napari_pose.core.skeleton import TEMPLATES, load_skeleton
 from napari_pose.napari.convert import (
     POSE_KEY,
     labels_to_layers,
-    layers_to_labels,
     new_project_layers,
     palette,
 )
-from napari_pose.napari.labelling import SHORTCUTS, Labeller, project_layers
+from napari_pose.napari.labelling import SHORTCUTS, Labeller, current_project, project_layers
 
 #: Seconds between autosaves of pending edits even when no new edit arrives.
 AUTOSAVE_INTERVAL_S = 30
@@ -352,12 +351,7 @@ class LabelWidget(Container):
 
     def _current_labels(self) -> sio.Labels:
         """The project of the bound layer, all its layers merged (for saving and autosave)."""
-        binding = self.labeller.binding
-        layers = [l for l in self._viewer.layers if isinstance(l, napari.layers.Points)
-                  and l.metadata.get(POSE_KEY) is not None
-                  and l.metadata[POSE_KEY].labels is binding.labels]  # fmt: skip
-        return layers_to_labels([(l.data, {"metadata": l.metadata, "features": l.features})
-                                 for l in layers])  # fmt: skip
+        return current_project(self._viewer, self.labeller.binding.labels)
 
     def save_labels(self, path: str | Path | None = None) -> Path:
         """Save the project atomically to ``path`` (default: the file it came from)."""

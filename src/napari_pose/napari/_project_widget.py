@@ -16,19 +16,9 @@ from napari.utils.notifications import show_info
 
 from napari_pose.core.io import missing_videos, save_labels
 from napari_pose.core.video import open_video, video_to_dask
-from napari_pose.napari.convert import POSE_KEY, layers_to_labels, video_name
+from napari_pose.napari.convert import POSE_KEY, video_name
+from napari_pose.napari.labelling import current_project
 from napari_pose.napari.sync import attach
-
-
-def project_layers_of(viewer: napari.Viewer, labels: sio.Labels) -> list[napari.layers.Points]:
-    """The Points layers of ``viewer`` that belong to the project ``labels``."""
-    return [
-        layer
-        for layer in viewer.layers
-        if isinstance(layer, napari.layers.Points)
-        and layer.metadata.get(POSE_KEY) is not None
-        and layer.metadata[POSE_KEY].labels is labels
-    ]
 
 
 def summary(labels: sio.Labels) -> str:
@@ -123,10 +113,7 @@ class ProjectWidget(Container):
 
     def save_project(self) -> Path:
         """Save every layer of the project (all frames) to the chosen path, atomically."""
-        labels = self.current_labels()
-        layers = project_layers_of(self._viewer, labels)
-        merged = layers_to_labels([(l.data, {"metadata": l.metadata, "features": l.features}) for l in layers])
         path = Path(self.save_path.value)
-        save_labels(merged, path)
+        save_labels(current_project(self._viewer, self.current_labels()), path)
         show_info(f"saved {path}")
         return path

@@ -15,6 +15,7 @@ from typing import Literal
 import napari
 import numpy as np
 import psygnal
+import sleap_io as sio
 
 from napari_pose.core import labelling as lab
 from napari_pose.core.skeleton import relayout
@@ -24,6 +25,7 @@ from napari_pose.napari.convert import (
     TRACKS_KEY,
     PoseBinding,
     arrays_to_points,
+    layers_to_labels,
     palette,
 )
 from napari_pose.napari.sync import attach
@@ -314,6 +316,13 @@ def project_points_layers(viewer: napari.Viewer, labels) -> list[napari.layers.P
         and layer.metadata.get(POSE_KEY) is not None
         and layer.metadata[POSE_KEY].labels is labels
     ]
+
+
+def current_project(viewer: napari.Viewer, labels) -> sio.Labels:
+    """The project ``labels`` as its layers hold it now: every layer merged, every frame."""
+    layers = project_points_layers(viewer, labels)
+    return layers_to_labels([(l.data, {"metadata": l.metadata, "features": l.features})
+                             for l in layers])  # fmt: skip
 
 
 def project_layers(viewer: napari.Viewer, labels) -> list:
