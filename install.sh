@@ -23,6 +23,6 @@ fi
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q --upgrade pip setuptools
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[qt,test]"
 echo "napari-pose installed in $(pwd)/.venv"
