@@ -273,3 +273,20 @@ def test_start_from_skeleton_file_and_double_click_prediction(make_napari_viewer
     assert len(added) > 0 and np.all(added[:, 0] == 10)
     assert set(layer.features["from_predicted"][before:]) <= set(pred_layer.features["instance"])
     assert not layer.features["predicted"][before:].any()
+
+
+def test_rebinding_detaches_the_previous_layer(make_napari_viewer, qtbot, data_dir):
+    viewer = make_napari_viewer()
+    viewer.open(str(data_dir / "sleap/tracks/clip.mp4"), plugin="napari-pose")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    press(qtbot, widget.start)
+    first = widget.labeller.layer
+    widget.template.value = "mouse"
+    press(qtbot, widget.start)  # a second labels layer on the same image
+    second = widget.labeller.layer
+    assert second is not first
+    n = len(first.data)
+    click(viewer, first, (50.0, 50.0))  # the old layer no longer labels
+    assert len(first.data) == n
+    click(viewer, second, (50.0, 50.0))
+    assert len(second.data) == 1

@@ -212,6 +212,8 @@ class LabelWidget(Container):
             return
         if self.autosaver is not None:
             self.autosaver.flush()
+        if self.labeller is not None:
+            self.labeller.close()
         self.autosaver = Autosaver(labels_path(layer), self._current_labels)
         self.labeller = Labeller(self._viewer, layer, on_edit=self.autosaver.edited)
         self.labeller.changed.connect(self._refresh)
@@ -341,6 +343,7 @@ class LabelWidget(Container):
         original, binding = labels_path(layer), layer.metadata[POSE_KEY]
         labels = load_labels(recovery_for(original), lazy=False)
         labels.provenance["filename"] = str(original)
+        self.labeller.close()
         self.labeller, self.autosaver = None, None
         for old in project_layers(self._viewer, binding.labels):
             self._viewer.layers.remove(old)

@@ -82,6 +82,19 @@ class Labeller:
             layer.bind_key(key, self._shortcut(method), overwrite=True)
         self.set_mode("label")
 
+    def close(self) -> None:
+        """Detach from the layer and viewer (the widget binds another layer, or is closed)."""
+        layer = self.layer
+        for callbacks, callback in ((layer.mouse_drag_callbacks, self._on_mouse),
+                                    (layer.mouse_double_click_callbacks, self._on_double_click)):  # fmt: skip
+            if callback in callbacks:
+                callbacks.remove(callback)
+        for key in SHORTCUTS:
+            layer.bind_key(key, None)
+        self.viewer.dims.events.current_step.disconnect(self._on_step)
+        layer.selected_data.events.items_changed.disconnect(self._on_selection)
+        layer.events.features.disconnect(self._on_features)
+
     # ------------------------------------------------------------------ state
     @property
     def n_nodes(self) -> int:
