@@ -10,6 +10,7 @@ import sleap_io as sio
 from napari_pose.core.pose_arrays import labels_to_arrays
 from napari_pose.napari.convert import (
     POSE_KEY,
+    WINDOW_HALF_WIDTH,
     skeleton_edges,
     labels_to_layers,
     layers_to_labels,
@@ -38,7 +39,7 @@ def test_round_trip_real_files(data_dir, name):
 
 def test_layers_of_clip(data_dir):
     labels = sio.load_slp(data_dir / "sleap/tracks/clip.slp", lazy=True, open_videos=False)
-    layers = labels_to_layers(labels)
+    layers = labels_to_layers(labels, window_threshold=10**9)  # every frame in the layer
     kinds = [(kw["name"], kind) for _, kw, kind in layers]
     assert kinds == [("clip labels", "points"), ("clip labels skeleton", "vectors"),
                      ("clip tracks", "tracks")]  # fmt: skip
@@ -71,7 +72,7 @@ def test_occluded_points_survive_and_look_different():
 
 def test_skeleton_edges_connect_the_right_points(data_dir):
     labels = sio.load_slp(data_dir / "sleap/tracks/clip.slp", lazy=True, open_videos=False)
-    data, kw = _points(labels_to_layers(labels))[0]
+    data, kw = _points(labels_to_layers(labels, window_threshold=10**9))[0]
     binding = kw["metadata"][POSE_KEY]
     vectors, colors = skeleton_edges(data, kw["features"], binding)
     edges_ok = np.isfinite(binding.arrays.xy[:, labels.skeletons[0].edge_inds, 0]).all(axis=-1)
@@ -103,7 +104,8 @@ def test_windowed_layer_holds_window_and_saves_everything(data_dir):
     layers = labels_to_layers(labels, window_threshold=1000)
     data, kw = _points(layers)[0]
     binding = kw["metadata"][POSE_KEY]
-    assert binding.window == (0, 501) and data[:, 0].max() <= 500
+    last = WINDOW_HALF_WIDTH  # the window around frame 0 is frames 0..WINDOW_HALF_WIDTH
+    assert binding.window == (0, last + 1) and data[:, 0].max() == last
 
     # Edit inside the window: move one point, delete one instance, add a new instance.
     features = kw["features"].copy()
@@ -122,8 +124,8 @@ def test_windowed_layer_holds_window_and_saves_everything(data_dir):
     original = labels_to_arrays(labels)
     assert len(saved) == len(original) == len(labels_to_arrays(written))  # one gone, one new
     assert not np.isin(gone, saved.instance_id)
-    outside = original.frame > 500
-    np.testing.assert_array_equal(saved.select(saved.frame > 500).xy, original.select(outside).xy)
+    outside = original.frame > last
+    np.testing.assert_array_equal(saved.select(saved.frame > last).xy, original.select(outside).xy)
     new = saved.select(~np.isin(saved.instance_id, original.instance_id))
     assert new.frame.tolist() == [42] and new.xy[0, 0].tolist() == [20.0, 10.0]
     moved = saved.select(saved.instance_id == kw["features"]["instance"][0])

@@ -30,10 +30,13 @@ POSE_KEY = "napari_pose"
 EDGES_KEY = "napari_pose_edges"
 TRACKS_KEY = "napari_pose_tracks"
 
-#: Points layers holding more than this many points show a window of frames instead.
-WINDOW_THRESHOLD = 200_000
-#: Frames on each side of the current frame that a windowed layer holds.
-WINDOW_HALF_WIDTH = 500
+#: Points layers holding more than this many points show a window of frames instead. napari
+#: re-slices every point of a layer at each frame step (about 0.5 ms per 1,000 points here),
+#: so a small window keeps stepping under 50 ms (benchmarks/bench_labelling.py).
+WINDOW_THRESHOLD = 20_000
+#: Frames on each side of the current frame that a windowed layer holds; it moves when the
+#: user comes within half of this of its edge (every ~50 frames of stepping).
+WINDOW_HALF_WIDTH = 100
 
 #: Categorical palette shared by node faces, track borders, edges and trajectories.
 PALETTE = np.array(
