@@ -1,0 +1,295 @@
+"""SLEAP-style fully convolutional pose models: a UNet backbone plus 1x1-conv output heads.
+
+Every SLEAP model type (single instance, centroid, centred instance, bottom-up) is the same shape:
+a UNet that turns an image into a feature map at ``output_stride``, and one or more heads that
+turn those features into confidence maps or part-affinity fields. So one ``PoseModel`` built
+from a plain-dict ``ModelConfig`` covers all of them, and the config can live in a YAML file next
+to the checkpoint so a model is always rebuilt exactly as it was trained.
+
+The backbone only accepts images whose height and width are multiples of ``max_stride`` (every
+max-pool must halve evenly so the skip connections line up); callers use ``pad_to_stride``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMS = ("batch", "group", "none")
+UPSAMPLINGS = ("bilinear", "transpose")
+
+
+def _power_of_two(instance: Any, attribute: attrs.Attribute, value: int) -> None:
+    if value < 1 or value & (value - 1):
+        raise ValueError(f"{attribute.name} must be a power of 2, got {value}")
+
+
+@attrs.frozen
+class UNetConfig:
+    """Hyper-parameters of the UNet backbone.
+
+    ``max_stride`` sets the receptive field (log2(max_stride) down blocks); ``output_stride`` sets
+    where the decoder stops upsampling, trading localisation precision for memory and speed
+    (sub-pixel refinement recovers most of the precision).
+    """
+
+    in_channels: int = attrs.field(default=1, validator=attrs.validators.in_((1, 3)))
+    filters: int = attrs.field(default=16, validator=attrs.validators.ge(1))
+    filters_rate: float = attrs.field(
+        default=2.0, converter=float, validator=attrs.validators.gt(0)
+    )
+    max_stride: int = attrs.field(default=16, validator=_power_of_two)
+    output_stride: int = attrs.field(default=4, validator=_power_of_two)
+    convs_per_block: int = attrs.field(default=2, validator=attrs.validators.ge(1))
+    norm: str = attrs.field(default="batch", validator=attrs.validators.in_(NORMS))
+    upsampling: str = attrs.field(default="bilinear", validator=attrs.validators.in_(UPSAMPLINGS))
+
+    def __attrs_post_init__(self) -> None:
+        if self.output_stride > self.max_stride:
+            raise ValueError(
+                f"output_stride ({self.output_stride}) must be <= max_stride ({self.max_stride})"
+            )
+
+    @property
+    def down_blocks(self) -> int:
+        """Number of encoder blocks, each followed by a 2x max-pool."""
+        return int(math.log2(self.max_stride))
+
+    @property
+    def up_blocks(self) -> int:
+        """Number of decoder blocks, each doubling resolution until ``output_stride``."""
+        return int(math.log2(self.max_stride // self.output_stride))
+
+    def filters_at(self, level: int) -> int:
+        """Channel count of the block at ``level`` (stride 2**level)."""
+        return max(1, round(self.filters * self.filters_rate**level))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for YAML/JSON."""
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
+        """Inverse of ``to_dict``; unknown keys raise so that YAML typos don't pass silently."""
+        return cls(**data)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> UNetConfig:
+        """A named preset from ``PRESETS`` with some fields replaced (e.g. ``in_channels=3``)."""
+        try:
+            return attrs.evolve(PRESETS[name], **overrides)
+        except KeyError:
+            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}") from None
+
+
+PRESETS: dict[str, UNetConfig] = {
+    "small": UNetConfig(filters=16, max_stride=16),
+    "medium": UNetConfig(filters=24, max_stride=32),
+    "large": UNetConfig(filters=32, max_stride=32),
+}
+
+
+def pad_to_stride(image: torch.Tensor, max_stride: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Zero-pad the bottom and right of ``image`` (..., H, W) so H and W divide by ``max_stride``.
+
+    Padding only the bottom/right keeps pixel coordinates unchanged, so peaks found in the padded
+    output need no offset; callers crop with the returned ``(pad_h, pad_w)`` if they want to.
+    """
+    height, width = image.shape[-2:]
+    pad_h = -height % max_stride
+    pad_w = -width % max_stride
+    if pad_h or pad_w:
+        image = F.pad(image, (0, pad_w, 0, pad_h))
+    return image, (pad_h, pad_w)
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        # GroupNorm suits the tiny batches of interactive training; 8 groups unless indivisible.
+        return nn.GroupNorm(math.gcd(8, channels), channels)
+    return nn.Identity()
+
+
+class ConvBlock(nn.Sequential):
+    """``n_convs`` x (3x3 conv -> norm -> ReLU), the unit of both encoder and decoder."""
+
+    def __init__(self, in_channels: int, out_channels: int, n_convs: int, norm: str) -> None:
+        layers: list[nn.Module] = []
+        for i in range(n_convs):
+            layers += [
+                # The conv bias is redundant when a norm layer follows.
+                nn.Conv2d(
+                    in_channels if i == 0 else out_channels,
+                    out_channels,
+                    kernel_size=3,
+                    padding=1,
+                    bias=norm == "none",
+                ),
+                _norm(norm, out_channels),
+                nn.ReLU(inplace=True),
+            ]
+        super().__init__(*layers)
+
+
+class UpBlock(nn.Module):
+    """Upsample 2x, concatenate the encoder skip at that stride, then a ConvBlock."""
+
+    def __init__(
+        self, in_channels: int, skip_channels: int, out_channels: int, config: UNetConfig
+    ) -> None:
+        super().__init__()
+        self.transpose = (
+            nn.ConvTranspose2d(in_channels, in_channels, kernel_size=2, stride=2)
+            if config.upsampling == "transpose"
+            else None
+        )
+        self.block = ConvBlock(
+            in_channels + skip_channels, out_channels, config.convs_per_block, config.norm
+        )
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        if self.transpose is not None:
+            x = self.transpose(x)
+        else:
+            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return self.block(torch.cat([x, skip], dim=1))
+
+
+class UNet(nn.Module):
+    """Encoder/decoder with skip connections, returning features at ``config.output_stride``."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = nn.ModuleList()
+        channels = config.in_channels
+        for level in range(config.down_blocks):
+            self.encoder.append(
+                ConvBlock(channels, config.filters_at(level), config.convs_per_block, config.norm)
+            )
+            channels = config.filters_at(level)
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.bottleneck = ConvBlock(
+            channels,
+            config.filters_at(config.down_blocks),
+            config.convs_per_block,
+            config.norm,
+        )
+        channels = config.filters_at(config.down_blocks)
+        self.decoder = nn.ModuleList()
+        for i in range(config.up_blocks):
+            level = config.down_blocks - 1 - i
+            self.decoder.append(
+                UpBlock(channels, config.filters_at(level), config.filters_at(level), config)
+            )
+            channels = config.filters_at(level)
+        self.out_channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        stride = self.config.max_stride
+        if height % stride or width % stride:
+            raise ValueError(
+                f"input size {height}x{width} is not divisible by max_stride {stride}; "
+                "use pad_to_stride first"
+            )
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for up, skip in zip(self.decoder, reversed(skips), strict=False):
+            x = up(x, skip)
+        return x
+
+
+class ConfmapHead(nn.Conv2d):
+    """1x1 conv to ``n_maps`` confidence maps (one per node, or one for the centroid)."""
+
+    def __init__(self, in_channels: int, n_maps: int) -> None:
+        super().__init__(in_channels, n_maps, kernel_size=1)
+
+
+class PafHead(nn.Conv2d):
+    """1x1 conv to part-affinity fields: an (x, y) vector channel pair per skeleton edge."""
+
+    def __init__(self, in_channels: int, n_edges: int) -> None:
+        super().__init__(in_channels, 2 * n_edges, kernel_size=1)
+
+
+def _is_paf(head_name: str) -> bool:
+    return head_name.endswith("pafs")
+
+
+@attrs.frozen
+class ModelConfig:
+    """Backbone plus named heads: ``{name: n_maps}``, or ``{name: n_edges}`` for ``*pafs`` heads.
+
+    E.g. single instance ``{"confmaps": n_nodes}``, centroid ``{"centroids": 1}``, bottom-up
+    ``{"confmaps": n_nodes, "pafs": n_edges}``.
+    """
+
+    backbone: UNetConfig = attrs.field(factory=UNetConfig)
+    heads: dict[str, int] = attrs.field(factory=lambda: {"confmaps": 1})
+
+    @heads.validator
+    def _check_heads(self, attribute: attrs.Attribute, value: dict[str, int]) -> None:
+        if not value:
+            raise ValueError("a model needs at least one head")
+        for name, count in value.items():
+            if count < 1:
+                raise ValueError(f"head {name!r} needs at least one map/edge, got {count}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict for YAML/JSON."""
+        return {"backbone": self.backbone.to_dict(), "heads": dict(self.heads)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Inverse of ``to_dict``."""
+        return cls(
+            backbone=UNetConfig.from_dict(data["backbone"]),
+            heads={str(k): int(v) for k, v in data["heads"].items()},
+        )
+
+
+class PoseModel(nn.Module):
+    """A UNet backbone shared by several heads; ``forward`` returns ``{head name: maps}``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = UNet(config.backbone)
+        self.heads = nn.ModuleDict(
+            {
+                name: (PafHead if _is_paf(name) else ConfmapHead)(self.backbone.out_channels, n)
+                for name, n in config.heads.items()
+            }
+        )
+
+    @property
+    def max_stride(self) -> int:
+        """Input sizes must divide by this (see ``pad_to_stride``)."""
+        return self.config.backbone.max_stride
+
+    @property
+    def output_stride(self) -> int:
+        """Input pixels per output map pixel."""
+        return self.config.backbone.output_stride
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.backbone(x)
+        return {name: head(features) for name, head in self.heads.items()}
+
+
+def build_model(config: ModelConfig) -> PoseModel:
+    """Build an untrained model from a config (or one loaded with ``ModelConfig.from_dict``)."""
+    return PoseModel(config)
