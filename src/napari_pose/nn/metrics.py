@@ -1,0 +1,288 @@
+"""Pose-estimation accuracy metrics with SLEAP's definitions, in plain numpy.
+
+The numbers this module reports are meant to be comparable with what ``sleap-evaluate`` prints,
+so the definitions follow SLEAP's ``sleap.nn.evals`` (itself COCO's keypoint evaluation):
+
+* **OKS** (object keypoint similarity): per visible ground-truth node
+  ``exp(-d² / (2 · (2σ)² · (area + ε)))``, averaged over the ground-truth instance's visible
+  nodes, with ``σ = 0.025`` for every node and ``area`` the bounding-box area of those visible
+  nodes. A predicted node that is missing (NaN) scores 0 at that node, as if infinitely far away.
+* **Matching**: per frame, greedily one-to-one in order of descending OKS; only pairs with OKS > 0
+  can match, so a prediction with no node near a ground-truth instance stays unmatched.
+* **mAP / mAR**: for each OKS threshold 0.50, 0.55, …, 0.95, predictions are ranked by score and
+  a prediction is a true positive when its matched OKS reaches the threshold; precision is made
+  monotone and read at 101 recall points (COCO), and the average precisions and final recalls
+  are averaged over thresholds. Unlike SLEAP, which ranks only *matched* predictions, unmatched
+  predictions count as false positives here, so extra detections lower precision as in COCO.
+
+Only frames that carry ground truth are evaluated: a predictions file usually covers a whole
+video, and a prediction on a frame nobody labelled can be neither right nor wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import sleap_io as sio
+
+#: SLEAP's (and COCO's fallback) per-node OKS standard deviation.
+DEFAULT_SIGMA = 0.025
+#: OKS thresholds of the COCO-style mAP: 0.50, 0.55, ..., 0.95.
+OKS_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+#: The 101 recall points at which COCO reads the interpolated precision.
+RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+#: Pixel radii of the PCK (percentage of correct keypoints) figures.
+PCK_RADII_PX = (2, 5, 10)
+
+FrameKey = Hashable
+
+
+@dataclass(frozen=True)
+class FramePoses:
+    """The instances of one frame as arrays, the unit :func:`evaluate` compares.
+
+    ``points`` is ``(n, k, 2)`` with NaN for nodes that are absent, ``visible`` is ``(n, k)``
+    (ground truth only counts visible nodes) and ``scores`` is ``(n,)`` (the ranking of
+    predictions for mAP; ground truth instances carry 1). ``area`` ``(n,)`` is the OKS scale of
+    ground truth; left out, it is the bounding box of the visible ``points``. It is worth giving
+    when only some nodes are compared: the animal's size is that of its whole skeleton, and a
+    box around two nodes can be nearly flat, which would make OKS punish a pixel like a mile.
+    """
+
+    points: np.ndarray
+    visible: np.ndarray
+    scores: np.ndarray
+    area: np.ndarray | None = None
+
+    @classmethod
+    def from_points(cls, points: np.ndarray, scores: np.ndarray | None = None) -> FramePoses:
+        """Frame whose visibility is "the coordinates are finite" and whose scores default to 1."""
+        points = np.asarray(points, dtype=np.float64)
+        visible = np.isfinite(points).all(axis=-1)
+        if scores is None:
+            scores = np.ones(len(points))
+        return cls(points, visible, np.asarray(scores, dtype=np.float64))
+
+
+def instance_area(points: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """Bounding-box area ``(n,)`` of each instance's visible nodes, SLEAP's OKS scale.
+
+    An instance with no visible node gets area 0; its OKS is 0 anyway (nothing to compare).
+    """
+    masked = np.where(visible[..., None], points, np.nan)
+    has_any = visible.any(axis=-1)
+    safe = np.where(has_any[:, None, None], masked, 0.0)  # all-NaN rows would warn in nanmax
+    extent = np.nanmax(safe, axis=-2) - np.nanmin(safe, axis=-2)
+    return np.where(has_any, extent.prod(axis=-1), 0.0)
+
+
+def oks(
+    gt: np.ndarray,
+    pred: np.ndarray,
+    gt_visible: np.ndarray,
+    sigma: float | np.ndarray = DEFAULT_SIGMA,
+    scale: np.ndarray | None = None,
+) -> np.ndarray:
+    """Pairwise object keypoint similarity ``(n_gt, n_pred)``.
+
+    ``gt`` is ``(n_gt, k, 2)``, ``pred`` ``(n_pred, k, 2)``, ``gt_visible`` ``(n_gt, k)``;
+    ``sigma`` is one value or one per node; ``scale`` is each ground-truth instance's area
+    (default: the bounding box of its visible nodes, plus machine epsilon as SLEAP does, so a
+    single visible node does not divide by zero). Ground-truth nodes that are not visible are
+    ignored; missing (NaN) predicted nodes contribute 0.
+    """
+    gt = np.asarray(gt, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.float64)
+    gt_visible = np.asarray(gt_visible, dtype=bool) & np.isfinite(gt).all(axis=-1)
+    if scale is None:
+        scale = instance_area(gt, gt_visible)
+    scale = np.asarray(scale, dtype=np.float64)
+    spread = (2.0 * np.broadcast_to(np.asarray(sigma, dtype=np.float64), gt.shape[1:2])) ** 2
+    norm = spread[None, None, :] * 2.0 * (scale[:, None, None] + np.spacing(1))
+    sq_dist = ((gt[:, None] - pred[None, :]) ** 2).sum(axis=-1)  # (n_gt, n_pred, k), NaN if missing
+    ks = np.exp(-np.nan_to_num(sq_dist, nan=np.inf) / norm)
+    ks = np.where(gt_visible[:, None, :], ks, 0.0)
+    n_visible = gt_visible.sum(axis=-1)[:, None]
+    return np.divide(ks.sum(axis=-1), n_visible, out=np.zeros(ks.shape[:2]), where=n_visible > 0)
+
+
+def match_frame(
+    gt: np.ndarray,
+    pred: np.ndarray,
+    gt_visible: np.ndarray,
+    pred_scores: np.ndarray | None = None,
+    sigma: float | np.ndarray = DEFAULT_SIGMA,
+    scale: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy one-to-one matching of one frame's instances by descending OKS.
+
+    Returns ``pairs`` ``(m, 2)`` of (gt index, pred index) and their OKS ``(m,)``, best first.
+    Ties in OKS go to the higher-scoring prediction, the one COCO would consider first. Pairs
+    with OKS 0 never match: such a prediction shares nothing with that ground truth.
+    ``sigma`` and ``scale`` are passed to :func:`oks`.
+    """
+    similarity = oks(gt, pred, gt_visible, sigma=sigma, scale=scale)
+    n_gt, n_pred = similarity.shape
+    scores = np.zeros(n_pred) if pred_scores is None else np.asarray(pred_scores, dtype=np.float64)
+    flat = similarity.ravel()
+    order = np.lexsort((-np.tile(scores, n_gt), -flat))
+    order = order[flat[order] > 0]
+    gt_used, pred_used = np.zeros(n_gt, bool), np.zeros(n_pred, bool)
+    pairs = []
+    for gi, pi in zip(*np.unravel_index(order, similarity.shape), strict=True):
+        if not (gt_used[gi] or pred_used[pi]):
+            gt_used[gi] = pred_used[pi] = True
+            pairs.append((gi, pi))
+            if len(pairs) == min(n_gt, n_pred):
+                break
+    pairs_arr = np.array(pairs, dtype=np.intp).reshape(-1, 2)
+    return pairs_arr, similarity[pairs_arr[:, 0], pairs_arr[:, 1]]
+
+
+def _average_precision(ranked_oks: np.ndarray, n_gt: int) -> tuple[np.ndarray, np.ndarray]:
+    """COCO average precision and final recall per OKS threshold.
+
+    ``ranked_oks`` holds every prediction's matched OKS (0 when unmatched), ordered by
+    descending prediction score.
+    """
+    hits = ranked_oks[None, :] >= OKS_THRESHOLDS[:, None]  # (T, n_pred)
+    tp = np.cumsum(hits, axis=1)
+    fp = np.cumsum(~hits, axis=1)
+    recall = tp / n_gt
+    precision = tp / (tp + fp + np.spacing(1))
+    # Interpolated precision: the best precision at this recall or any higher one.
+    precision = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
+    ap = np.empty(len(OKS_THRESHOLDS))
+    for t in range(len(OKS_THRESHOLDS)):  # each threshold has its own recall curve
+        idx = np.searchsorted(recall[t], RECALL_POINTS, side="left")
+        padded = np.append(precision[t], 0.0)  # recall points never reached read precision 0
+        ap[t] = padded[np.minimum(idx, len(precision[t]))].mean()
+    final_recall = recall[:, -1] if recall.shape[1] else np.zeros(len(OKS_THRESHOLDS))
+    return ap, final_recall
+
+
+def evaluate(
+    gt_frames: Mapping[FrameKey, FramePoses],
+    pred_frames: Mapping[FrameKey, FramePoses],
+    sigma: float | np.ndarray = DEFAULT_SIGMA,
+) -> dict[str, float | int | list[float]]:
+    """Compare predictions with ground truth over the frames that carry ground truth.
+
+    Both mappings share frame keys (e.g. ``(video, frame_idx)`` from :func:`labels_to_frames`)
+    and node order. A ground-truth frame with no predictions counts all its instances as
+    missed; predicted frames without ground truth are ignored.
+
+    Distances are over matched pairs and visible ground-truth nodes whose prediction exists;
+    predicted nodes that are missing are counted in ``n_missing_pred_nodes`` instead. PCK is the
+    fraction of *all* visible ground-truth nodes (of every ground-truth instance) predicted
+    within the radius, so unmatched instances and missing nodes count as misses.
+    """
+    ranked: list[tuple[np.ndarray, np.ndarray]] = []  # (pred scores, matched OKS) per frame
+    gt_points, pred_points, gt_vis = [], [], []
+    n_gt = n_pred = n_gt_visible = 0
+    n_nodes: int | None = None
+    for key, truth in gt_frames.items():
+        n_nodes = truth.points.shape[1]
+        guess = pred_frames.get(key)
+        if guess is None:
+            guess = FramePoses(np.empty((0, n_nodes, 2)), np.empty((0, n_nodes), bool), np.empty(0))
+        pairs, pair_oks = match_frame(
+            truth.points, guess.points, truth.visible, guess.scores, sigma=sigma, scale=truth.area
+        )
+        matched_oks = np.zeros(len(guess.scores))
+        matched_oks[pairs[:, 1]] = pair_oks
+        ranked.append((guess.scores, matched_oks))
+        gt_points.append(truth.points[pairs[:, 0]])
+        pred_points.append(guess.points[pairs[:, 1]])
+        gt_vis.append(truth.visible[pairs[:, 0]])
+        n_gt += len(truth.points)
+        n_pred += len(guess.points)
+        n_gt_visible += int(truth.visible.sum())
+    if n_nodes is None:
+        raise ValueError("no ground-truth frames to evaluate")
+
+    scores = np.concatenate([s for s, _ in ranked])
+    matched = np.concatenate([m for _, m in ranked])
+    ranked_oks = matched[np.argsort(-scores, kind="mergesort")]
+    ap, final_recall = _average_precision(ranked_oks, n_gt) if n_gt else (np.nan, np.nan)
+
+    gt_m, pred_m, vis_m = (np.concatenate(a) for a in (gt_points, pred_points, gt_vis))
+    dist = np.linalg.norm(gt_m - pred_m, axis=-1)  # (n_matched, k), NaN where pred missing
+    dist = np.where(vis_m, dist, np.nan)
+    found = vis_m & np.isfinite(dist)
+    d = dist[found]
+    per_node = [float(np.median(dist[found[:, j], j])) if found[:, j].any() else float("nan")
+                for j in range(n_nodes)]
+    stats = np.percentile(d, [50, 90, 95]) if d.size else np.full(3, np.nan)
+    result: dict[str, float | int | list[float]] = {
+        "oks_map": float(np.mean(ap)),
+        "oks_mar": float(np.mean(final_recall)),
+        "dist_median_px": float(stats[0]),
+        "dist_p90_px": float(stats[1]),
+        "dist_p95_px": float(stats[2]),
+        "dist_mean_px": float(d.mean()) if d.size else float("nan"),
+        "per_node_dist_median": per_node,
+        "n_gt": n_gt,
+        "n_pred": n_pred,
+        "n_matched": len(gt_m),
+        "n_missing_pred_nodes": int((vis_m & ~np.isfinite(dist)).sum()),
+    }
+    for radius in PCK_RADII_PX:
+        hits = int((d <= radius).sum())
+        result[f"pck_{radius}px"] = hits / n_gt_visible if n_gt_visible else float("nan")
+    return result
+
+
+def _video_key(video: sio.Video) -> str:
+    """A video's identity across labels files: its (first) file name, not its list position."""
+    filename = video.filename
+    return str(filename[0] if isinstance(filename, list) else filename)
+
+
+def labels_to_frames(
+    labels: sio.Labels,
+    predicted: bool | None = None,
+    nodes: Sequence[str] | None = None,
+) -> dict[tuple[str, int], FramePoses]:
+    """Per-frame arrays of a sleap_io ``Labels``, keyed by ``(video filename, frame index)``.
+
+    ``predicted=False`` takes user instances (ground truth), ``True`` predicted instances,
+    ``None`` both. ``nodes`` picks and orders nodes by name, so files whose skeletons differ
+    (e.g. a full-body ground truth and a head/thorax model) compare on their common nodes;
+    by default the first skeleton's nodes are used. Invisible nodes become NaN; frames without
+    an instance of the requested kind are left out. Each instance's ``area`` is the bounding box
+    of all its visible nodes, chosen or not, so OKS scales with the whole animal.
+    """
+    if nodes is None:
+        nodes = labels.skeletons[0].node_names
+    columns: dict[int, np.ndarray] = {}  # skeleton id -> indices of ``nodes`` in that skeleton
+
+    def node_index(skeleton: sio.Skeleton) -> np.ndarray:
+        if id(skeleton) not in columns:
+            names = skeleton.node_names
+            missing = [n for n in nodes if n not in names]
+            if missing:
+                raise ValueError(f"skeleton {skeleton.name!r} has no node(s) {missing}")
+            columns[id(skeleton)] = np.array([names.index(n) for n in nodes], dtype=np.intp)
+        return columns[id(skeleton)]
+
+    frames: dict[tuple[str, int], FramePoses] = {}
+    for lf in labels.labeled_frames:
+        instances = [
+            inst for inst in lf.instances
+            if predicted is None or isinstance(inst, sio.PredictedInstance) == predicted
+        ]
+        if not instances:
+            continue
+        full = [inst.points for inst in instances]
+        area = np.array([instance_area(p["xy"][None], p["visible"][None])[0] for p in full])
+        table = [p[node_index(inst.skeleton)] for p, inst in zip(full, instances, strict=True)]
+        xy = np.stack([t["xy"] for t in table]).astype(np.float64)
+        visible = np.stack([t["visible"] for t in table]) & np.isfinite(xy).all(axis=-1)
+        scores = np.array([getattr(inst, "score", 1.0) for inst in instances], dtype=np.float64)
+        frames[(_video_key(lf.video), lf.frame_idx)] = FramePoses(
+            np.where(visible[..., None], xy, np.nan), visible, scores, area
+        )
+    return frames
