@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import sleap_io as sio
 
+from napari_pose.core.pose_arrays import labels_to_arrays
+
 #: SLEAP's (and COCO's fallback) per-node OKS standard deviation.
 DEFAULT_SIGMA = 0.025
 #: OKS thresholds of the COCO-style mAP: 0.50, 0.55, ..., 0.95.
@@ -251,38 +253,33 @@ def labels_to_frames(
     ``predicted=False`` takes user instances (ground truth), ``True`` predicted instances,
     ``None`` both. ``nodes`` picks and orders nodes by name, so files whose skeletons differ
     (e.g. a full-body ground truth and a head/thorax model) compare on their common nodes;
-    by default the first skeleton's nodes are used. Invisible nodes become NaN; frames without
-    an instance of the requested kind are left out. Each instance's ``area`` is the bounding box
-    of all its visible nodes, chosen or not, so OKS scales with the whole animal.
+    by default the skeleton's nodes are used. Invisible nodes become NaN; frames without an
+    instance of the requested kind are left out. Each instance's ``area`` is the bounding box
+    of all its visible nodes, chosen or not, so OKS scales with the whole animal. Built on
+    ``PoseArrays`` (no loop over instances; lazily loaded files read their tables directly).
     """
-    if nodes is None:
-        nodes = labels.skeletons[0].node_names
-    columns: dict[int, np.ndarray] = {}  # skeleton id -> indices of ``nodes`` in that skeleton
+    arrays = labels_to_arrays(labels)
+    if predicted is not None:
+        arrays = arrays.select(arrays.predicted == predicted)
+    names = arrays.skeleton.node_names
+    nodes = names if nodes is None else list(nodes)
+    missing = [n for n in nodes if n not in names]
+    if missing:
+        raise ValueError(f"skeleton {arrays.skeleton.name!r} has no node(s) {missing}")
+    columns = [names.index(n) for n in nodes]
+    area = instance_area(arrays.xy, arrays.visible)
+    xy = arrays.xy[:, columns]
+    visible = arrays.visible[:, columns] & np.isfinite(xy).all(axis=-1)
+    points = np.where(visible[..., None], xy, np.nan)
+    scores = np.where(arrays.predicted, arrays.score, 1.0).astype(np.float64)
 
-    def node_index(skeleton: sio.Skeleton) -> np.ndarray:
-        if id(skeleton) not in columns:
-            names = skeleton.node_names
-            missing = [n for n in nodes if n not in names]
-            if missing:
-                raise ValueError(f"skeleton {skeleton.name!r} has no node(s) {missing}")
-            columns[id(skeleton)] = np.array([names.index(n) for n in nodes], dtype=np.intp)
-        return columns[id(skeleton)]
-
-    frames: dict[tuple[str, int], FramePoses] = {}
-    for lf in labels.labeled_frames:
-        instances = [
-            inst for inst in lf.instances
-            if predicted is None or isinstance(inst, sio.PredictedInstance) == predicted
-        ]
-        if not instances:
-            continue
-        full = [inst.points for inst in instances]
-        area = np.array([instance_area(p["xy"][None], p["visible"][None])[0] for p in full])
-        table = [p[node_index(inst.skeleton)] for p, inst in zip(full, instances, strict=True)]
-        xy = np.stack([t["xy"] for t in table]).astype(np.float64)
-        visible = np.stack([t["visible"] for t in table]) & np.isfinite(xy).all(axis=-1)
-        scores = np.array([getattr(inst, "score", 1.0) for inst in instances], dtype=np.float64)
-        frames[(_video_key(lf.video), lf.frame_idx)] = FramePoses(
-            np.where(visible[..., None], xy, np.nan), visible, scores, area
+    # Rows are sorted by (video, frame): one FramePoses per run of equal keys.
+    keys = np.stack([arrays.video, arrays.frame], axis=1)
+    starts = np.flatnonzero(np.any(np.diff(keys, axis=0, prepend=-1), axis=1))
+    stops = np.append(starts[1:], len(arrays))
+    return {
+        (_video_key(arrays.videos[arrays.video[a]]), int(arrays.frame[a])): FramePoses(
+            points[a:b], visible[a:b], scores[a:b], area[a:b]
         )
-    return frames
+        for a, b in zip(starts, stops)
+    }
