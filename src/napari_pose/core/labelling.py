@@ -49,13 +49,6 @@ def concat(table: PointTable, data: np.ndarray, features: pd.DataFrame) -> Point
     )
 
 
-def instances_on(table: PointTable, plane: tuple[int, ...]) -> np.ndarray:
-    """Instance ids with points on ``plane``, in order of first appearance."""
-    ids = table.features["instance"].to_numpy()[table.on_plane(plane)]
-    _, first = np.unique(ids, return_index=True)
-    return ids[np.sort(first)]
-
-
 def next_instance_id(*tables: PointTable, floor: int = 0) -> int:
     """An id no point of ``tables`` uses (and at least ``floor``, e.g. past saved instances)."""
     used = [int(t.features["instance"].max()) for t in tables if len(t.features)]
