@@ -51,10 +51,10 @@ def get_labels_reader(path: Any) -> Reader | None:
 def read_labels(path: Any) -> list[LayerData]:
     """Layers for a pose project: its videos (lazy), labels, predictions, skeleton and tracks."""
     labels = load_labels(_single_path(path))
-    return project_layers(labels)
+    return layers_with_videos(labels)
 
 
-def project_layers(labels: sio.Labels) -> list[LayerData]:
+def layers_with_videos(labels: sio.Labels) -> list[LayerData]:
     """Open every video of ``labels`` that can be found, warn about the rest, build layers."""
     images = {}
     missing = set(missing_videos(labels))
