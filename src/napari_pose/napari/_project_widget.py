@@ -16,8 +16,8 @@ from napari.utils.notifications import show_info
 
 from napari_pose.core.io import missing_videos, save_labels
 from napari_pose.core.video import open_video, video_to_dask
-from napari_pose.napari.convert import POSE_KEY, video_name
-from napari_pose.napari.labelling import current_project
+from napari_pose.napari.convert import video_name
+from napari_pose.napari.labelling import current_project, open_projects
 from napari_pose.napari.sync import attach
 
 
@@ -65,13 +65,7 @@ class ProjectWidget(Container):
 
     # ------------------------------------------------------------------ state shown
     def _projects(self) -> dict[str, sio.Labels]:
-        found: dict[str, sio.Labels] = {}
-        for layer in self._viewer.layers:
-            binding = layer.metadata.get(POSE_KEY) if isinstance(layer, napari.layers.Points) else None
-            if binding is not None and all(binding.labels is not l for l in found.values()):
-                source = binding.labels.provenance.get("filename") or layer.name
-                found[Path(str(source)).name] = binding.labels
-        return found
+        return open_projects(self._viewer)
 
     def _project_choices(self, _widget=None) -> list[str]:
         return list(self._projects())

@@ -10,6 +10,7 @@ redraws the skeleton edges and is counted by the autosaver, if one is attached.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import napari
@@ -329,6 +330,17 @@ def project_points_layers(viewer: napari.Viewer, labels) -> list[napari.layers.P
         and layer.metadata.get(POSE_KEY) is not None
         and layer.metadata[POSE_KEY].labels is labels
     ]
+
+
+def open_projects(viewer: napari.Viewer) -> dict[str, sio.Labels]:
+    """The projects open in ``viewer`` by file name (or first layer name), in layer order."""
+    found: dict[str, sio.Labels] = {}
+    for layer in viewer.layers:
+        binding = layer.metadata.get(POSE_KEY) if isinstance(layer, napari.layers.Points) else None
+        if binding is not None and all(binding.labels is not l for l in found.values()):
+            source = binding.labels.provenance.get("filename") or layer.name
+            found[Path(str(source)).name] = binding.labels
+    return found
 
 
 def current_project(viewer: napari.Viewer, labels) -> sio.Labels:

@@ -1,0 +1,233 @@
+"""The *Train model* dock widget: pick labels and settings, watch training, read the result.
+
+Thin by design: ``nn.train.train`` does all the work and is a generator of ``Progress``, so the
+widget only runs it in a ``thread_worker`` (napari stays responsive) and shows what it yields.
+The CLI drives the same generator, so both give identical models.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Generator
+from pathlib import Path
+
+import napari
+import napari.viewer
+import sleap_io as sio
+from magicgui.widgets import (
+    ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox,
+)  # fmt: skip
+from napari.qt.threading import GeneratorWorker, thread_worker
+from napari.utils.notifications import show_error
+from qtpy.QtCore import QPointF, QRectF, Qt
+from qtpy.QtGui import QColor, QPainter, QPaintEvent, QPalette, QPen, QPolygonF
+from qtpy.QtWidgets import QWidget
+
+from napari_pose.core.io import load_labels
+from napari_pose.napari.labelling import current_project, open_projects
+from napari_pose.napari.sync import attach
+from napari_pose.nn.train import Progress, TrainConfig, train
+
+#: ``auto`` lets ``train`` choose from the labels (one animal per frame: single instance).
+PIPELINE_CHOICES = ["auto", "single_instance", "topdown", "bottomup"]
+#: Steps between plot redraws: repainting on every step would cost more than a small step.
+REDRAW_EVERY = 10
+
+
+class LossPlot(QWidget):
+    """Training loss per step (line) and validation loss per epoch (dots), log scale.
+
+    Drawn with ``QPainter`` because two curves do not justify a plotting dependency; the data
+    are plain lists so they can be checked without looking at pixels.
+    """
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setMinimumHeight(150)
+        self.train_loss: list[float] = []
+        self.val_loss: list[float] = []
+        self.val_step: list[int] = []  # how many training steps preceded each validation
+        self.val_error: list[float] = []  # median pixel error of each validation
+
+    def clear(self) -> None:
+        for values in (self.train_loss, self.val_loss, self.val_step, self.val_error):
+            values.clear()
+        self.update()
+
+    def add_step(self, loss: float) -> None:
+        self.train_loss.append(loss)
+        if len(self.train_loss) % REDRAW_EVERY == 0:
+            self.update()
+
+    def add_epoch(self, val_loss: float, error: float) -> None:
+        self.val_loss.append(val_loss)
+        self.val_step.append(len(self.train_loss))
+        self.val_error.append(error)
+        self.update()
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 (Qt's name)
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        text = self.palette().color(QPalette.ColorRole.WindowText)
+        painter.setPen(text)
+        area = QRectF(self.rect()).adjusted(44, 20, -8, -8)
+        painter.drawRect(area)
+        error = self.val_error[-1] if self.val_error else math.nan
+        shown = f"{error:.2f} px" if math.isfinite(error) else "-"
+        painter.drawText(4, 14, f"val median error: {shown}")
+        values = self.train_loss + self.val_loss
+        logs = [math.log10(v) for v in values if v > 0 and math.isfinite(v)]
+        if not logs:
+            return
+        low, high = min(logs), max(logs)
+        high = max(high, low + 1e-3)
+        n = max(len(self.train_loss) - 1, 1)
+
+        def point(index: float, value: float) -> QPointF:
+            y = (math.log10(value) - low) / (high - low)
+            x = area.left() + area.width() * index / n
+            return QPointF(x, area.bottom() - area.height() * y)
+
+        painter.drawText(2, int(area.top()) + 10, f"{10**high:.0e}")
+        painter.drawText(2, int(area.bottom()), f"{10**low:.0e}")
+        painter.setPen(QPen(QColor("#4c9be8"), 1))
+        painter.drawPolyline(QPolygonF([point(i, v) for i, v in enumerate(self.train_loss)
+                                        if v > 0 and math.isfinite(v)]))  # fmt: skip
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(QColor("#f0a030"))
+        for step, value in zip(self.val_step, self.val_loss, strict=True):
+            if value > 0 and math.isfinite(value):
+                painter.drawEllipse(point(max(step - 1, 0), value), 3.0, 3.0)
+
+
+@thread_worker
+def _run_training(source: sio.Labels | Path, out: Path, config: TrainConfig,
+                  stop: threading.Event, labels_path: str | None,
+                  ) -> Generator[Progress, None, str | None]:  # fmt: skip
+    """Train in a worker thread; return the message of an input problem the user can fix.
+
+    Problems with the input (nothing labelled, a missing video, an unreadable file, an absent
+    device) are all ``ValueError``s or ``OSError``s and are returned rather than raised, so the
+    user sees one plain message instead of a traceback; anything else is a bug and is raised.
+    """
+    try:
+        labels = source if isinstance(source, sio.Labels) else load_labels(source)
+        yield from train(labels, out, config, stop=stop, labels_path=labels_path)
+    except (ValueError, OSError) as error:
+        return str(error)
+    return None
+
+
+class TrainWidget(Container):
+    """Train a pose model on an open project (or a labels file) while napari stays usable."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self._viewer = viewer
+        attach(viewer)
+        self.project = ComboBox(label="project", choices=self._project_choices)
+        self.labels_file = FileEdit(label="or labels file", mode="r",
+                                    filter="*.slp *.h5 *.csv *.yaml")  # fmt: skip
+        self.pipeline = ComboBox(label="pipeline", choices=PIPELINE_CHOICES)
+        self.preset = ComboBox(label="model size", choices=["small", "medium", "large"])
+        self.epochs = SpinBox(label="epochs", value=200, min=1, max=100_000)
+        self.time_limit = FloatSpinBox(label="time limit (min, 0: none)", value=0, min=0,
+                                       max=100_000)  # fmt: skip
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"])
+        self.output = FileEdit(label="output folder", mode="d")
+        self.start_button = PushButton(label="", text="Start")
+        self.cancel_button = PushButton(label="", text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
+        self.status = Label(label="status", value="")
+        self.results = Label(label="results", value="")
+        self.extend([self.project, self.labels_file, self.pipeline, self.preset, self.epochs,
+                     self.time_limit, self.device, self.output, self.start_button,
+                     self.cancel_button, self.progress, self.status, self.results])  # fmt: skip
+        self.plot = LossPlot()
+        self.native.layout().addWidget(self.plot)
+        self.worker: GeneratorWorker | None = None  # the running training
+        self._stop = threading.Event()
+        self._out: Path | None = None
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        viewer.layers.events.inserted.connect(self.project.reset_choices)
+        viewer.layers.events.removed.connect(self.project.reset_choices)
+
+    def _projects(self) -> dict[str, sio.Labels]:
+        return open_projects(self._viewer)
+
+    def _project_choices(self, _widget: ComboBox | None = None) -> list[str]:
+        return list(self._projects())
+
+    @staticmethod
+    def _chosen(edit: FileEdit) -> Path | None:
+        """The path in a file field, or ``None`` while it is empty (magicgui shows ``.``)."""
+        return None if str(edit.value) in ("", ".") else Path(edit.value)
+
+    def start(self) -> None:
+        """Start training with the chosen labels and settings (what the Start button does)."""
+        out, labels_file = self._chosen(self.output), self._chosen(self.labels_file)
+        project = self._projects().get(self.project.value)
+        if out is None:
+            show_error("choose an output folder for the model")
+            return
+        if labels_file is None and project is None:
+            show_error("open a pose project or choose a labels file to train on")
+            return
+        if labels_file is not None:
+            source, labels_path = labels_file, str(labels_file)
+        else:  # the layers' current state, unsaved edits included
+            source = current_project(self._viewer, project)
+            labels_path = project.provenance.get("filename")
+        config = TrainConfig(
+            pipeline=None if self.pipeline.value == "auto" else self.pipeline.value,
+            preset=self.preset.value,
+            epochs=int(self.epochs.value),
+            time_limit=float(self.time_limit.value) or None,
+            device=self.device.value,
+        )
+        self._stop = threading.Event()
+        self.plot.clear()
+        self.progress.value, self.status.value, self.results.value = 0, "starting", ""
+        self.start_button.enabled, self.cancel_button.enabled = False, True
+        self._out = out
+        self.worker = _run_training(source, out, config, self._stop, labels_path)
+        self.worker.yielded.connect(self._show)
+        self.worker.returned.connect(self._returned)
+        self.worker.finished.connect(self._finished)
+        self.worker.start()
+
+    def cancel(self) -> None:
+        """Stop after the current step; the best weights so far are kept and resumable."""
+        self._stop.set()
+        self.status.value = "stopping after this step"
+
+    def _show(self, progress: Progress) -> None:
+        self.progress.value = max(self.progress.value, round(100 * progress.fraction))
+        self.status.value = progress.message
+        if progress.stage == "done":
+            self.results.value = self._summary(progress.validation)
+        elif progress.validation is not None:
+            self.plot.add_epoch(progress.validation["val_loss"],
+                                progress.validation.get("dist_median_px", math.nan))  # fmt: skip
+        elif progress.loss is not None:
+            self.plot.add_step(progress.loss)
+
+    def _summary(self, metrics: dict | None) -> str:
+        if metrics is None:
+            return f"stopped before every stage was trained\nresumable model: {self._out}"
+        return (f"OKS mAP {metrics['oks_map']:.3f}\n"
+                f"error median {metrics['dist_median_px']:.2f} px, "
+                f"p90 {metrics['dist_p90_px']:.2f} px\n"
+                f"PCK@5px {metrics['pck_5px']:.2f}\nmodel: {self._out}")  # fmt: skip
+
+    def _returned(self, problem: str | None) -> None:
+        if problem is not None:
+            self.status.value = "failed"
+            show_error(problem)
+
+    def _finished(self) -> None:
+        self.worker = None
+        self.start_button.enabled, self.cancel_button.enabled = True, False
+        self.plot.update()
