@@ -112,3 +112,30 @@ def test_truncated_tiff(tmp_path: Path, movie: np.ndarray, options: dict, kept: 
     cut.write_bytes(data[: int(len(data) * kept)])
     with pytest.raises(VideoFileError, match="cut.tif: truncated TIFF"):
         open_tiff(cut)
+
+
+def test_planes_of_a_stack_are_frames_in_c_order(tmp_path: Path, hyperstack: np.ndarray) -> None:
+    """(t, z) planes are numbered as stack labels number them; channels move last."""
+    from napari_pose.core.stacks import StackPlaneReader
+    from napari_pose.core.video import open_video
+
+    path = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(path, hyperstack, ome=True, metadata={"axes": "TZCYX"})
+    reader = open_video(path)
+    assert isinstance(reader, StackPlaneReader)
+    assert len(reader) == 12 and reader.plane_shape == (3, 4) and reader.shape[1:] == (16, 20, 2)
+    t, z = np.unravel_index(7, (3, 4))
+    np.testing.assert_array_equal(reader[7], np.moveaxis(hyperstack[t, z], 0, -1))
+
+
+def test_16_bit_planes_are_stretched_to_8_bits(tmp_path: Path, movie: np.ndarray) -> None:
+    from napari_pose.core.stacks import to_uint8
+    from napari_pose.core.video import open_video
+
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, movie, photometric="minisblack")
+    plane = open_video(path)[3]
+    assert plane.dtype == np.uint8 and plane.min() == 0 and plane.max() == 255
+    expected = (movie[3].astype(float) - movie[3].min()) * 255 / np.ptp(movie[3])
+    np.testing.assert_allclose(plane, expected, atol=0.51)
+    assert to_uint8(np.full((4, 4), 7, np.uint16)).max() == 0  # flat plane: no division by 0

@@ -3,7 +3,12 @@
 Subcommands:
     demo      open napari with the synthetic sample project and the plugin's widgets docked
               (``--screenshot PATH`` renders the whole window to a PNG and exits);
-    convert   convert a pose file to another format (.slp, DLC .csv/.h5, .analysis.h5).
+    convert   convert a pose file to another format (.slp, DLC .csv/.h5, .analysis.h5);
+    train     train a model package from user labels (no display needed; progress bar);
+    predict   run a model package over videos (or the videos of .slp files) into a .slp,
+              several videos at once on a dask.distributed cluster;
+    track     assign identity tracks to predicted instances;
+    evaluate  compare predictions with ground truth (OKS mAP, errors, identity metrics).
 """
 
 from __future__ import annotations
@@ -11,6 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+import attrs
+import numpy as np
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -39,6 +47,221 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_settings(args: argparse.Namespace):
+    """``TrainConfig`` and optional stage configs from ``--config`` YAML, then flags on top.
+
+    ``--config`` takes a YAML file with ``training:`` (``TrainConfig`` fields) and/or
+    ``stages:`` (stage configs) sections; a model package's own ``config.yaml`` qualifies, so
+    a run can be repeated or tweaked from a previous one.
+    """
+    import attrs
+    import yaml
+
+    from napari_pose.nn.pipelines import StageConfig
+    from napari_pose.nn.train import TrainConfig, parse_frames
+
+    fields = {f.name for f in attrs.fields(TrainConfig)}
+    settings: dict = {}
+    stages = None
+    if args.config is not None:
+        recorded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+        settings = {k: v for k, v in (recorded.get("training") or {}).items() if k in fields}
+        if isinstance(settings.get("frames"), str):
+            settings["frames"] = parse_frames(settings["frames"])
+        if recorded.get("stages"):
+            stages = {k: StageConfig.from_dict(v) for k, v in recorded["stages"].items()}
+            settings["pipeline"] = recorded.get("pipeline", settings.get("pipeline"))
+    flags = {
+        "pipeline": args.pipeline,
+        "preset": args.preset,
+        "epochs": args.epochs,
+        "time_limit": args.time_limit,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "seed": args.seed,
+        "frames": parse_frames(args.frames) if args.frames else None,
+    }
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    return TrainConfig(**settings), stages
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from napari_pose.core.io import load_labels
+    from napari_pose.nn.train import train
+
+    config, stages = _train_settings(args)
+    labels = load_labels(args.labels)
+    bar = tqdm(total=1000, unit="", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
+               disable=args.quiet)  # fmt: skip
+    final = None
+    for progress in train(labels, args.output, config, stages=stages, resume=args.resume,
+                          labels_path=args.labels):  # fmt: skip
+        bar.set_description(progress.stage)
+        bar.update(max(0, round(progress.fraction * 1000) - bar.n))
+        if progress.loss is not None:
+            bar.set_postfix_str(f"epoch {progress.epoch} loss {progress.loss:.2e}", refresh=False)
+        if progress.validation is not None and progress.stage != "done":
+            bar.write(progress.message)
+        if progress.stage == "done":
+            final = progress
+    bar.close()
+    print(final.message if final else "stopped")
+    if final is not None and final.validation is not None:
+        m = final.validation
+        print(f"validation: OKS mAP {m['oks_map']:.3f}, median {m['dist_median_px']:.2f} px, "
+              f"p90 {m['dist_p90_px']:.2f} px, PCK@5px {m['pck_5px']:.3f}")
+    print(f"model package: {args.output}")
+    return 0
+
+
+def _input_videos(inputs: list[Path]):
+    """Videos to predict: media files and image folders as given, ``.slp`` files' videos."""
+    import sleap_io as sio
+
+    from napari_pose.core.io import load_labels, missing_videos
+
+    videos = []
+    for path in inputs:
+        if path.suffix.lower() == ".slp":
+            labels = load_labels(path)
+            missing = missing_videos(labels)
+            if missing:
+                from napari_pose.core.errors import MissingVideoError
+
+                raise MissingVideoError(path, f"its video {missing[0]} was not found")
+            videos += list(labels.videos)
+        elif not path.exists():
+            from napari_pose.core.errors import PoseFileError
+
+            raise PoseFileError(path, "input not found")
+        else:
+            videos.append(sio.Video(filename=str(path)))
+    return videos
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from napari_pose.core.io import save_labels
+    from napari_pose.core.video import open_video
+    from napari_pose.nn.inference import (
+        PredictConfig,
+        Predictor,
+        predict_video,
+        predictions_to_arrays,
+        to_labels,
+    )
+    from napari_pose.nn.train import parse_frames
+
+    config = PredictConfig(batch_size=args.batch_size, peak_threshold=args.peak_threshold,
+                           max_instances=args.max_instances, device=args.device)  # fmt: skip
+    frames = parse_frames(args.frames) if args.frames else None
+    videos = _input_videos(args.inputs)
+    if len(videos) == 1 and args.scheduler is None:
+        predictor = Predictor.load(args.model, config)
+        results = []
+        with open_video(videos[0], grayscale=predictor.channels == 1) as reader:
+            wanted = range(len(reader)) if frames is None else [f for f in frames if f < len(reader)]
+            with tqdm(total=len(wanted), unit="frame", disable=args.quiet) as bar:
+                for indices, predictions in predict_video(predictor, reader, wanted):
+                    results += [(0, int(i), p) for i, p in zip(indices, predictions, strict=True)]
+                    bar.update(len(indices))
+        arrays = predictions_to_arrays(predictor.skeleton, videos, results)
+    else:
+        from napari_pose.nn.scaleout import predict_videos
+
+        with tqdm(total=len(videos), unit="video", disable=args.quiet) as bar:
+            arrays = predict_videos(videos, args.model, config, frames, scheduler=args.scheduler,
+                                    workers=args.workers,
+                                    progress=lambda done, total: bar.update(done - bar.n))  # fmt: skip
+    if args.tracker:
+        from napari_pose.nn.tracking import track
+
+        arrays = track(arrays, _tracker_config(args))
+    save_labels(to_labels(arrays), args.output)
+    print(f"wrote {len(arrays)} predicted instances in {len(set(arrays.frame.tolist()))} "
+          f"frames to {args.output}")  # fmt: skip
+    return 0
+
+
+def _tracker_config(args: argparse.Namespace):
+    from napari_pose.nn.tracking import TrackerConfig
+
+    return TrackerConfig(similarity=args.similarity, max_tracks=args.max_tracks,
+                         window=args.window, kalman=args.kalman)  # fmt: skip
+
+
+def _add_tracker_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-tracks", type=int, help="number of animals (new tracks only "
+                        "while fewer)")  # fmt: skip
+    parser.add_argument("--similarity", choices=["oks", "centroid", "iou"], default="oks")
+    parser.add_argument("--window", type=int, default=5, help="frames a track stays matchable")
+    parser.add_argument("--kalman", action="store_true", help="constant-velocity prediction")
+
+
+def _track(args: argparse.Namespace) -> int:
+    from napari_pose.core.io import load_labels, save_labels
+    from napari_pose.core.pose_arrays import arrays_to_labels, labels_to_arrays
+    from napari_pose.nn.tracking import track
+
+    labels = load_labels(args.input)
+    tracked = track(labels_to_arrays(labels), _tracker_config(args))
+    out = arrays_to_labels(tracked)
+    out.suggestions = list(labels.suggestions)
+    save_labels(out, args.output)
+    n_tracks = len({int(t) for t in tracked.track[tracked.predicted] if t >= 0})
+    print(f"wrote {args.output}: {n_tracks} tracks")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from napari_pose.core.io import load_labels
+    from napari_pose.core.pose_arrays import labels_to_arrays
+    from napari_pose.nn.metrics import evaluate, identity_metrics, labels_to_frames
+
+    gt_labels, pred_labels = load_labels(args.ground_truth), load_labels(args.predictions)
+    nodes = [n for n in pred_labels.skeleton.node_names if n in gt_labels.skeleton.node_names]
+    if not nodes:
+        raise ValueError(f"{args.predictions} and {args.ground_truth} share no node names")
+    gt = labels_to_frames(gt_labels, predicted=False, nodes=nodes)
+    pred = labels_to_frames(pred_labels, predicted=True, nodes=nodes)
+    if args.frames:
+        from napari_pose.nn.train import parse_frames
+
+        wanted = set(parse_frames(args.frames))
+        gt = {k: v for k, v in gt.items() if k[1] in wanted}
+    metrics = evaluate(gt, pred)
+    gt_arrays, pred_arrays = labels_to_arrays(gt_labels), labels_to_arrays(pred_labels)
+    gt_arrays = gt_arrays.select(~gt_arrays.predicted)
+    pred_arrays = pred_arrays.select(pred_arrays.predicted)
+    if args.frames:
+        gt_arrays = gt_arrays.select(np.isin(gt_arrays.frame, sorted(wanted)))
+    columns = [gt_labels.skeleton.node_names.index(n) for n in nodes]
+    pred_columns = [pred_labels.skeleton.node_names.index(n) for n in nodes]
+    gt_arrays = attrs.evolve(gt_arrays, xy=gt_arrays.xy[:, columns],
+                             visible=gt_arrays.visible[:, columns])  # fmt: skip
+    pred_arrays = attrs.evolve(pred_arrays, xy=pred_arrays.xy[:, pred_columns],
+                               visible=pred_arrays.visible[:, pred_columns])  # fmt: skip
+    if (gt_arrays.track >= 0).any() and (pred_arrays.track >= 0).any():
+        metrics.update(identity_metrics(gt_arrays, pred_arrays))
+    metrics["nodes"] = nodes
+    for key in ("oks_map", "oks_mar", "dist_median_px", "dist_p95_px", "pck_5px",
+                "id_switches", "mota", "idf1"):  # fmt: skip
+        if key in metrics:
+            print(f"{key:>16}: {metrics[key]:.4g}" if isinstance(metrics[key], float)
+                  else f"{key:>16}: {metrics[key]}")  # fmt: skip
+    if args.json is not None:
+        from napari_pose.core.io import atomic_write
+
+        text = json.dumps(metrics, indent=2)
+        atomic_write(args.json, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-pose", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,16 +274,68 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("input", type=Path, help=".slp, DLC config.yaml/.csv/.h5, analysis .h5")
     convert.add_argument("output", type=Path, help=".slp, .csv, .h5 (DLC) or .analysis.h5")
     convert.set_defaults(run=_convert)
+
+    train = sub.add_parser("train", help="train a model package from user labels")
+    train.add_argument("labels", type=Path, help="labels file (.slp, DLC config.yaml/.csv/.h5)")
+    train.add_argument("-o", "--output", type=Path, required=True, help="model folder to write")
+    train.add_argument("--pipeline", choices=["single_instance", "topdown", "bottomup"],
+                       help="default: single_instance for one animal per frame, else topdown")
+    train.add_argument("--preset", choices=["small", "medium", "large"], help="model size")
+    train.add_argument("--config", type=Path, help="YAML with training:/stages: sections "
+                       "(a model package's config.yaml works)")
+    train.add_argument("--epochs", type=int, help="most epochs per stage (default 200)")
+    train.add_argument("--time-limit", type=float, help="minutes for the whole pipeline")
+    train.add_argument("--frames", help="frame indices to train on, e.g. 0-1199 or 0-1199:10")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=_train)
+
+    predict = sub.add_parser("predict", help="predict videos with a model package")
+    predict.add_argument("inputs", type=Path, nargs="+", help="videos, image folders or .slp "
+                         "files (their videos are predicted)")
+    predict.add_argument("-m", "--model", type=Path, required=True, help="model package folder")
+    predict.add_argument("-o", "--output", type=Path, required=True, help="predictions .slp")
+    predict.add_argument("--frames", help="frame indices, e.g. 1300-1499 or 0-99999:10")
+    predict.add_argument("--batch-size", type=int, default=4)
+    predict.add_argument("--peak-threshold", type=float, default=0.2)
+    predict.add_argument("--max-instances", type=int, help="default: most seen in training")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    predict.add_argument("--scheduler", help="dask scheduler address (default: local cluster)")
+    predict.add_argument("--workers", type=int, help="local cluster processes (default: cores)")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.add_argument("--tracker", action="store_true", help="track the predictions")
+    _add_tracker_flags(predict)
+    predict.set_defaults(run=_predict)
+
+    track = sub.add_parser("track", help="assign identity tracks to predictions")
+    track.add_argument("input", type=Path, help="predictions .slp")
+    track.add_argument("-o", "--output", type=Path, required=True, help="tracked .slp")
+    _add_tracker_flags(track)
+    track.set_defaults(run=_track)
+
+    evaluate = sub.add_parser("evaluate", help="score predictions against ground truth")
+    evaluate.add_argument("ground_truth", type=Path, help="labels with user instances")
+    evaluate.add_argument("predictions", type=Path, help="predictions .slp")
+    evaluate.add_argument("--frames", help="frame indices to score, e.g. 1300-1499")
+    evaluate.add_argument("--json", type=Path, help="also write every figure to this file")
+    evaluate.set_defaults(run=_evaluate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None and args.command in ("train", "predict"):
+        from napari_pose.runtime import preload_tcmalloc
+
+        preload_tcmalloc()  # ~2x faster CPU training; re-executes this command once
     from napari_pose.core.errors import PoseFileError
 
     try:
         return args.run(args)
-    except PoseFileError as error:
+    except (PoseFileError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

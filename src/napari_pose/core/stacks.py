@@ -24,6 +24,7 @@ import numpy as np
 import tifffile
 
 from napari_pose.core.errors import VideoFileError
+from napari_pose.core.video import FrameReader
 
 #: Lengths in OME's units, in micrometres (OME's default unit).
 _MICROMETRES = {
@@ -208,3 +209,48 @@ def _ome_scale(ome_xml: str | None, axes: str) -> dict[str, float]:
         if axis in axes and size is not None and unit in _MICROMETRES:
             scale[axis] = float(size) * _MICROMETRES[unit]
     return scale
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """``image`` as 8 bits, the range models are trained and run on.
+
+    8-bit images are returned as they are; anything else (12/16-bit microscopy, floats) is
+    stretched from its own minimum to its maximum, plane by plane, so a dim deep plane and a
+    bright surface one both use the full range, the same way in training and prediction.
+    """
+    if image.dtype == np.uint8:
+        return image
+    image = image.astype(np.float32)
+    if image.size == 0:
+        return image.astype(np.uint8)
+    low, high = float(image.min()), float(image.max())
+    if high <= low:
+        return np.zeros(image.shape, np.uint8)
+    return np.round((image - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+class StackPlaneReader(FrameReader):
+    """The 2-D planes of a stack as frames: every (t, z, ...) position in C order, each plane
+    ``(y, x)`` or ``(y, x, c)`` in 8 bits (``to_uint8``), read lazily.
+
+    This is the frame numbering labels of stacks use (``frame_idx`` is the flat plane index),
+    so predicting plane ``i`` lands on the plane the image layer shows at that index.
+    """
+
+    def __init__(self, stack: Stack) -> None:
+        channel_axes = [i for i, a in enumerate(stack.axes) if a in "CS"]
+        plane_axes = [i for i, a in enumerate(stack.axes) if a not in "CSYX"]
+        order = [*plane_axes, stack.axes.index("Y"), stack.axes.index("X"), *channel_axes]
+        data = stack.data.transpose(order)
+        lead = data.shape[: len(plane_axes)]
+        self.plane_shape: tuple[int, ...] = tuple(lead) or (1,)
+        self._planes = data.reshape(int(np.prod(lead)) if lead else 1, *data.shape[len(lead) :])
+        if len(channel_axes) > 1:  # e.g. C and S together: fold into one last axis
+            self._planes = self._planes.reshape(*self._planes.shape[:3], -1)
+        self.path = stack.path
+        self.shape = tuple(int(n) for n in self._planes.shape)
+        self.dtype = np.dtype(np.uint8)
+        self.fps = None
+
+    def _read(self, index: int) -> np.ndarray:
+        return to_uint8(np.asarray(self._planes[index]))

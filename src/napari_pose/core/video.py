@@ -653,8 +653,8 @@ class SleapVideoReader(FrameReader):
 def open_video(source: str | Path | sio.Video, *, grayscale: bool | None = None) -> FrameReader:
     """The right reader for a video file, an image folder or a ``sleap_io.Video``.
 
-    Media files go to PyAV (``VideoReader``), folders and image lists to
-    ``ImageSequenceReader``, and everything else sleap-io can read (embedded frames of a
+    Media files go to PyAV (``VideoReader``), (OME-)TIFF files to ``StackPlaneReader`` (each
+    plane of a (t, z) stack is a frame), folders and image lists to ``ImageSequenceReader``, and everything else sleap-io can read (embedded frames of a
     ``.pkg.slp``, HDF5 and TIFF videos) to ``SleapVideoReader``. For a ``sleap_io.Video`` the
     grayscale setting recorded in the labels file is kept unless ``grayscale`` says otherwise.
     """
@@ -665,12 +665,17 @@ def open_video(source: str | Path | sio.Video, *, grayscale: bool | None = None)
         if isinstance(filename, list):
             return ImageSequenceReader(filename, grayscale=grayscale)
         path = Path(filename)
-        if path.suffix.lower() not in MEDIA_SUFFIXES and not path.is_dir():
+        stack = path.suffix.lower() in (".tif", ".tiff")
+        if path.suffix.lower() not in MEDIA_SUFFIXES and not path.is_dir() and not stack:
             return SleapVideoReader(source, grayscale=grayscale)
     else:
         path = Path(source)
     if path.is_dir():
         return ImageSequenceReader(path, grayscale=grayscale)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        from napari_pose.core.stacks import StackPlaneReader, open_tiff  # stacks reads frames
+
+        return StackPlaneReader(open_tiff(path))
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return ImageSequenceReader([path], grayscale=grayscale)
     return VideoReader(path, grayscale=grayscale)

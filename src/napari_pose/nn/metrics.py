@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import sleap_io as sio
 
-from napari_pose.core.pose_arrays import labels_to_arrays
+from napari_pose.core.pose_arrays import PoseArrays, labels_to_arrays
 
 #: SLEAP's (and COCO's fallback) per-node OKS standard deviation.
 DEFAULT_SIGMA = 0.025
@@ -282,4 +282,63 @@ def labels_to_frames(
             points[a:b], visible[a:b], scores[a:b], area[a:b]
         )
         for a, b in zip(starts, stops)
+    }
+
+
+def identity_metrics(
+    gt: PoseArrays, pred: PoseArrays, min_oks: float = 0.5
+) -> dict[str, float | int]:
+    """Identity figures of tracked predictions against ground-truth tracks (CLEAR-MOT, IDF1).
+
+    Per frame, ground truth and predictions are matched greedily by OKS (as in ``evaluate``);
+    a pair counts when its OKS reaches ``min_oks``. Then:
+
+    * ``id_switches``: times a ground-truth track is matched to a different predicted track
+      than at its previous match;
+    * ``mota``: ``1 - (missed + false positives + id switches) / ground-truth instances``;
+    * ``idf1``: ``2 IDTP / (ground-truth + predicted instances)``, where IDTP counts matches
+      whose tracks agree with the best one-to-one mapping of ground-truth to predicted tracks
+      (the mapping that maximises frames in agreement).
+
+    Both arrays share a skeleton's node order; instances without a track are skipped.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    gt = gt.select(gt.track >= 0)
+    pred = pred.select(pred.track >= 0)
+    gt_vis = gt.visible & np.isfinite(gt.xy).all(axis=-1)
+    gt_xy = np.where(gt_vis[..., None], gt.xy, np.nan)
+    pred_xy = np.where(pred.visible[..., None], pred.xy, np.nan)
+    key = lambda a: a.video.astype(np.int64) << 40 | a.frame  # noqa: E731
+    gt_key, pred_key = key(gt), key(pred)
+    pairs: list[tuple[int, int]] = []  # (gt track, pred track) per frame match, in frame order
+    matches = switches = 0
+    last: dict[int, int] = {}
+    for k in np.unique(gt_key):
+        g = np.flatnonzero(gt_key == k)
+        p = np.flatnonzero(pred_key == k)
+        if len(p) == 0:
+            continue
+        found, similarity = match_frame(gt_xy[g], pred_xy[p], gt_vis[g])
+        for (gi, pi), value in zip(found, similarity, strict=True):
+            if value < min_oks:
+                continue
+            gt_track, pred_track = int(gt.track[g[gi]]), int(pred.track[p[pi]])
+            matches += 1
+            if gt_track in last and last[gt_track] != pred_track:
+                switches += 1
+            last[gt_track] = pred_track
+            pairs.append((gt_track, pred_track))
+    n_gt, n_pred = len(gt), int(np.isin(pred_key, gt_key).sum())  # predictions on gt frames
+    counts = np.zeros((max(gt.track.max(initial=-1) + 1, 1), max(pred.track.max(initial=-1) + 1, 1)))
+    for a, b in pairs:
+        counts[a, b] += 1
+    rows, cols = linear_sum_assignment(-counts)
+    idtp = counts[rows, cols].sum()
+    missed, false_pos = n_gt - matches, n_pred - matches
+    return {
+        "id_switches": switches,
+        "mota": 1.0 - (missed + false_pos + switches) / n_gt if n_gt else float("nan"),
+        "idf1": 2 * idtp / (n_gt + n_pred) if n_gt + n_pred else float("nan"),
+        "n_matched": matches,
     }

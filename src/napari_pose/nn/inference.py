@@ -1,0 +1,269 @@
+"""Predict with a model package: batches of frames, whole videos, and ``Labels`` out.
+
+``Predictor`` wraps a loaded package (``nn.package``) with the settings of a run (batch size,
+peak threshold, instance limits) and turns frames into ``FramePrediction``s through the
+pipeline functions of ``nn.predict``. ``predict_video`` streams a video through it with the
+decoder running in a background thread, so decoding the next batch overlaps inference on
+this one; it yields as it goes, so the dock widget can show results while a run continues
+and the CLI can draw a progress bar. ``predictions_to_arrays`` / ``to_labels`` make SLEAP
+predicted instances of the results.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import attrs
+import numpy as np
+import sleap_io as sio
+import torch
+
+from napari_pose.core.pose_arrays import PoseArrays, arrays_to_labels
+from napari_pose.core.stacks import to_uint8
+from napari_pose.core.video import FrameReader
+from napari_pose.nn.package import ModelPackage, load_package
+from napari_pose.nn.augment import warp
+from napari_pose.nn.data import crop_matrices
+from napari_pose.nn.predict import (
+    FramePrediction,
+    frame_inputs,
+    run_model,
+    find_centroids,
+    frames_to_tensor,
+    predict_bottomup,
+    predict_single_instance,
+    predict_topdown,
+)
+from napari_pose.nn.train import resolve_device
+
+
+@attrs.frozen
+class PredictConfig:
+    """Settings of a prediction run.
+
+    Attributes:
+        batch_size: Frames per forward pass.
+        peak_threshold: Confidence-map peaks below this are not keypoints (nor animals).
+        max_instances: Most animals kept per frame (``None``: the most seen in training).
+        min_score: Instances scoring below this are dropped.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    """
+
+    batch_size: int = attrs.field(default=4, validator=attrs.validators.ge(1))
+    peak_threshold: float = 0.2
+    max_instances: int | None = None
+    min_score: float = 0.0
+    device: str = "auto"
+
+
+class Predictor:
+    """A model package ready to predict frames (``uint8``, ``(B, H, W)`` or ``(B, H, W, C)``)."""
+
+    def __init__(self, package: ModelPackage, config: PredictConfig | None = None) -> None:
+        self.package = package
+        self.config = config or PredictConfig()
+        self.device = next(iter(package.models.values())).parameters().__next__().device
+
+    @classmethod
+    def load(cls, folder: str | Path, config: PredictConfig | None = None) -> Predictor:
+        """Load the package at ``folder`` onto the configured device."""
+        config = config or PredictConfig()
+        return cls(load_package(folder, resolve_device(config.device)), config)
+
+    @property
+    def skeleton(self) -> sio.Skeleton:
+        return self.package.skeleton
+
+    @property
+    def channels(self) -> int:
+        """Image channels the model takes (1: grayscale, 3: RGB)."""
+        return next(iter(self.package.stages.values())).model.backbone.in_channels
+
+    @property
+    def max_instances(self) -> int:
+        return self.config.max_instances or self.package.max_instances
+
+    def check_frames(self, frames: np.ndarray, source: str = "input") -> np.ndarray:
+        """Frames as ``(B, H, W, C)`` with the model's channel count, or a clear ``ValueError``.
+
+        Frames with the wrong channel count are refused rather than guessed at (videos are
+        decoded gray or RGB to suit the model by ``open_video``'s ``grayscale``).
+        """
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[..., None]
+        if frames.ndim != 4 or frames.shape[-1] != self.channels:
+            raise ValueError(
+                f"{source}: the model takes {self.channels}-channel images "
+                f"({'grayscale' if self.channels == 1 else 'RGB'}), got frames of shape "
+                f"{frames.shape[1:]}"
+            )
+        if frames.dtype != np.uint8:  # microscopy planes: stretched one by one, as in training
+            frames = np.stack([to_uint8(frame) for frame in frames])
+        return frames
+
+    def predict(self, frames: np.ndarray) -> list[FramePrediction]:
+        """Instances in each of ``frames``, best first, filtered by ``min_score``."""
+        frames = self.check_frames(frames)
+        out: list[FramePrediction] = []
+        for start in range(0, len(frames), self.config.batch_size):
+            batch = frames_to_tensor(frames[start : start + self.config.batch_size], self.device)
+            out += self._predict_batch(batch)
+        return [_filter(p, self.config.min_score) for p in out]
+
+    def _predict_batch(self, batch: torch.Tensor) -> list[FramePrediction]:
+        models, stages, threshold = self.package.models, self.package.stages, self.config.peak_threshold
+        if self.package.pipeline == "topdown":
+            return predict_topdown(models["centroid"], stages["centroid"],
+                                   models["centered_instance"], stages["centered_instance"],
+                                   batch, self.max_instances, threshold)  # fmt: skip
+        if self.package.pipeline == "bottomup":
+            edges = np.asarray(self.skeleton.edge_inds, dtype=np.int64).reshape(-1, 2)
+            return predict_bottomup(models["bottomup"], stages["bottomup"], batch, edges,
+                                    self.max_instances, threshold)  # fmt: skip
+        return predict_single_instance(models["single_instance"], stages["single_instance"],
+                                       batch, threshold)  # fmt: skip
+
+
+    @torch.inference_mode()
+    def confidence_maps(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+        """What the models see, in frame pixels: ``{"confmaps": (B, H, W)}`` the maximum over
+        nodes (for top-down: the centroid map and every crop's node maps pasted where the crop
+        came from), plus ``"pafs"`` (the largest PAF vector length) for bottom-up models.
+        Values are the models' raw outputs (about ``[0, 1]``)."""
+        frames = self.check_frames(frames)
+        batch = frames_to_tensor(frames, self.device)
+        size = tuple(batch.shape[-2:])
+        models, stages = self.package.models, self.package.stages
+        kind = "centroid" if self.package.pipeline == "topdown" else next(iter(stages))
+        inputs, to_input = frame_inputs(batch, stages[kind])
+        outputs = run_model(models[kind], inputs)
+        stride = models[kind].output_stride
+        grid_to_frame = torch.linalg.inv(to_input) @ _scale_matrix(stride, batch.device)
+        result = {}
+        for name, maps in outputs.items():
+            if name == "pafs":
+                pairs = maps.reshape(len(maps), -1, 2, *maps.shape[-2:])
+                reduced = pairs.norm(dim=2).amax(dim=1, keepdim=True)
+            else:
+                reduced = maps.amax(dim=1, keepdim=True)
+            frame_maps = warp(reduced, grid_to_frame, size)
+            result["pafs" if name == "pafs" else "confmaps"] = frame_maps[:, 0]
+        if self.package.pipeline == "topdown":
+            result["confmaps"] = torch.maximum(result["confmaps"], self._crop_maps(batch, size))
+        return {name: maps.clamp_min(0).cpu().numpy() for name, maps in result.items()}
+
+    def _crop_maps(self, batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Centred-instance maps of every found animal, pasted into frame coordinates."""
+        models, stages = self.package.models, self.package.stages
+        found = find_centroids(models["centroid"], stages["centroid"], batch, self.max_instances,
+                               self.config.peak_threshold)  # fmt: skip
+        out = torch.zeros(len(batch), *size, device=batch.device)
+        stage, model = stages["centered_instance"], models["centered_instance"]
+        side = stage.input_size[0]
+        for i, (anchors, _) in enumerate(found):
+            if len(anchors) == 0:
+                continue
+            to_crop = crop_matrices(anchors.float().cpu(), stage.scale, side).to(batch.device)
+            crops = warp(batch[[i] * len(anchors)], to_crop, (side, side))
+            maps = run_model(model, crops)["confmaps"].amax(dim=1, keepdim=True)
+            grid_to_frame = torch.linalg.inv(to_crop) @ _scale_matrix(model.output_stride,
+                                                                        batch.device)  # fmt: skip
+            pasted = warp(maps, grid_to_frame, size)[:, 0]
+            out[i] = pasted.amax(dim=0)
+        return out
+
+
+def _scale_matrix(factor: float, device: torch.device) -> torch.Tensor:
+    m = torch.eye(3, device=device)
+    m[0, 0] = m[1, 1] = factor
+    return m[None]
+
+
+def _filter(prediction: FramePrediction, min_score: float) -> FramePrediction:
+    keep = prediction.scores >= min_score
+    if keep.all():
+        return prediction
+    return FramePrediction(prediction.points[keep], prediction.point_scores[keep],
+                           prediction.scores[keep])  # fmt: skip
+
+
+def _decode_ahead(reader: FrameReader, frames: Sequence[int], batch_size: int,
+                  out: queue.Queue, stop: threading.Event) -> None:  # fmt: skip
+    """Background decoder: put ``(indices, frames)`` batches on ``out``, then ``None``."""
+    try:
+        for start in range(0, len(frames), batch_size):
+            if stop.is_set():
+                break
+            indices = np.asarray(frames[start : start + batch_size], dtype=np.int64)
+            out.put((indices, np.stack([reader[int(i)] for i in indices])))
+        out.put(None)
+    except BaseException as error:  # hand decoding errors to the consumer
+        out.put(error)
+
+
+def predict_video(
+    predictor: Predictor,
+    reader: FrameReader,
+    frames: Sequence[int] | None = None,
+    *,
+    prefetch: int = 2,
+) -> Iterator[tuple[np.ndarray, list[FramePrediction]]]:
+    """Predict ``frames`` (default: all) of a video, yielding ``(frame indices, predictions)``
+    per batch in order. A decoder thread keeps up to ``prefetch`` batches ready; closing the
+    generator stops it."""
+    frames = range(len(reader)) if frames is None else frames
+    batches: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+    worker = threading.Thread(
+        target=_decode_ahead,
+        args=(reader, frames, predictor.config.batch_size, batches, stop),
+        daemon=True,
+    )
+    worker.start()
+    try:
+        while (item := batches.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            indices, images = item
+            yield indices, predictor.predict(images)
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a decoder waiting on a full queue
+            try:
+                batches.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.05)
+
+
+def predictions_to_arrays(
+    skeleton: sio.Skeleton,
+    videos: list[sio.Video],
+    results: Sequence[tuple[int, int, FramePrediction]],
+) -> PoseArrays:
+    """Predicted instances as ``PoseArrays`` from ``(video index, frame index, prediction)``."""
+    counts = np.array([len(p.scores) for _, _, p in results], dtype=np.int64)
+    n = int(counts.sum())
+    arrays = PoseArrays.empty(skeleton, videos, [], n)
+    if n == 0:
+        return arrays
+    xy = np.concatenate([p.points for _, _, p in results]).astype(np.float64)
+    return attrs.evolve(
+        arrays,
+        video=np.repeat([v for v, _, _ in results], counts).astype(np.int32),
+        frame=np.repeat([f for _, f, _ in results], counts).astype(np.int64),
+        predicted=np.ones(n, bool),
+        score=np.concatenate([p.scores for _, _, p in results]).astype(np.float32),
+        xy=xy,
+        visible=np.isfinite(xy).all(axis=-1),
+        complete=np.zeros((n, len(skeleton.nodes)), bool),
+        point_score=np.concatenate([p.point_scores for _, _, p in results]).astype(np.float32),
+    )
+
+
+def to_labels(arrays: PoseArrays) -> sio.Labels:
+    """A ``Labels`` holding predicted instances (save it with ``core.io.save_labels``)."""
+    return arrays_to_labels(arrays)

@@ -1,0 +1,109 @@
+"""Predict many videos at once on a ``dask.distributed`` cluster.
+
+Each input video is one task: a worker loads the model package (from a path every worker can
+read), streams the video through ``inference.predict_video`` and sends back plain arrays,
+which the client gathers into one ``Labels``. By default the cluster is a ``LocalCluster`` on
+this machine (one single-threaded worker process per core, up to the number of videos); give
+``scheduler`` the address of an existing one (e.g. started with dask-jobqueue on SLURM) to
+spread the videos over many nodes. Results are identical to a single-process run: the same
+frames go through the same model, only on different processes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import attrs
+import numpy as np
+import sleap_io as sio
+
+from napari_pose.core.pose_arrays import PoseArrays, concat
+from napari_pose.core.video import open_video
+from napari_pose.nn.inference import PredictConfig, Predictor, predict_video, predictions_to_arrays
+
+
+def predict_one(video: sio.Video | str, model_dir: str | Path, config: PredictConfig,
+                frames: range | None = None, threads: int | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    """Predict one video; returns plain arrays (``frame``, ``xy``, ``point_score``, ``score``)
+    so results travel between processes without pickling sleap-io objects."""
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    predictor = Predictor.load(model_dir, config)
+    results = []
+    with open_video(video, grayscale=predictor.channels == 1) as reader:
+        wanted = range(len(reader)) if frames is None else [f for f in frames if f < len(reader)]
+        for indices, predictions in predict_video(predictor, reader, wanted):
+            results += [(0, int(i), p) for i, p in zip(indices, predictions, strict=True)]
+    arrays = predictions_to_arrays(predictor.skeleton, [], results)
+    return {"frame": arrays.frame, "xy": arrays.xy, "point_score": arrays.point_score,
+            "score": arrays.score}  # fmt: skip
+
+
+def _as_arrays(result: dict[str, np.ndarray], video_index: int, skeleton: sio.Skeleton,
+               videos: list[sio.Video]) -> PoseArrays:  # fmt: skip
+    n = len(result["frame"])
+    arrays = PoseArrays.empty(skeleton, videos, [], n)
+    return attrs.evolve(
+        arrays,
+        video=np.full(n, video_index, np.int32),
+        frame=result["frame"],
+        predicted=np.ones(n, bool),
+        score=result["score"],
+        xy=result["xy"],
+        visible=np.isfinite(result["xy"]).all(axis=-1),
+        point_score=result["point_score"],
+    )
+
+
+def predict_videos(
+    videos: Sequence[sio.Video],
+    model_dir: str | Path,
+    config: PredictConfig | None = None,
+    frames: range | None = None,
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> PoseArrays:
+    """Predicted instances of every video, one cluster task per video.
+
+    ``scheduler``: address of an existing dask scheduler; otherwise a ``LocalCluster`` of
+    ``workers`` processes (default: one per core, at most one per video) is started and
+    closed. ``progress(done, total)`` is called as videos finish.
+    """
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    from napari_pose.nn.package import load_package
+
+    config = config or PredictConfig()
+    skeleton = load_package(model_dir).skeleton  # fails early, here, on a bad model folder
+    model_dir = str(Path(model_dir).resolve())
+    videos = list(videos)
+    if scheduler is not None:
+        client, cluster = Client(scheduler), None
+        threads = None
+    else:
+        n = workers or max(1, min(len(videos), os.cpu_count() or 1))
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                               dashboard_address=None)  # fmt: skip
+        client = Client(cluster)
+        threads = max(1, (os.cpu_count() or 1) // n)
+    try:
+        futures = {
+            client.submit(predict_one, video, model_dir, config, frames, threads, pure=False): i
+            for i, video in enumerate(videos)
+        }
+        parts: dict[int, PoseArrays] = {}
+        for done, future in enumerate(as_completed(futures), start=1):
+            parts[futures[future]] = _as_arrays(future.result(), futures[future], skeleton, videos)
+            if progress is not None:
+                progress(done, len(videos))
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return concat([parts[i] for i in range(len(videos))])

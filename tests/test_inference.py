@@ -1,0 +1,130 @@
+"""Prediction with a model package: frames, videos, Labels out, confidence maps, clusters."""
+
+from __future__ import annotations
+
+import attrs
+import numpy as np
+import pytest
+import sleap_io as sio
+
+from napari_pose.cli import main
+from napari_pose.core.io import load_labels, save_labels
+from napari_pose.core.synthetic import make_synthetic, to_labels, write_video
+from napari_pose.core.video import open_video
+from napari_pose.nn.data import load_frames
+from napari_pose.nn.inference import (
+    PredictConfig,
+    Predictor,
+    predict_video,
+    predictions_to_arrays,
+    to_labels as predictions_to_labels,
+)
+from napari_pose.nn.models import UNetConfig
+from napari_pose.nn.pipelines import default_stages
+from napari_pose.nn.scaleout import predict_one, predict_videos
+from napari_pose.nn.train import TrainConfig, train
+
+TINY = UNetConfig(filters=8, filters_rate=1.5, max_stride=16, output_stride=2)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny single-animal model trained on 48 synthetic frames, and two unseen videos."""
+    folder = tmp_path_factory.mktemp("inference")
+    data = make_synthetic(n_frames=80, size=64, n_animals=1, seed=4)
+    write_video(data.frames[:48], folder / "train.mp4")
+    labels = to_labels(attrs.evolve(data, frames=data.frames[:48], points=data.points[:48],
+                                    visible=data.visible[:48]), str(folder / "train.mp4"))  # fmt: skip
+    stages = default_stages(load_frames(labels), "single_instance")
+    stages = {k: attrs.evolve(s, model=attrs.evolve(s.model, backbone=TINY)) for k, s in stages.items()}
+    config = TrainConfig(pipeline="single_instance", epochs=6, steps_per_epoch=40, batch_size=8,
+                         learning_rate=3e-3)  # fmt: skip
+    list(train(labels, folder / "model", config, stages=stages))
+    write_video(data.frames[48:64], folder / "a.mp4")
+    write_video(data.frames[64:80], folder / "b.mp4")
+    return folder, data
+
+
+def _errors(predictions, truth):
+    """Per-node distances of single-instance predictions to the truth ``(n, k, 2)``."""
+    points = np.stack([p.points[0] if len(p.scores) else np.full(truth.shape[1:], np.nan)
+                       for p in predictions])  # fmt: skip
+    return np.linalg.norm(points - truth, axis=-1)
+
+
+def test_predictor_finds_the_animal_in_unseen_frames(trained):
+    folder, data = trained
+    predictor = Predictor.load(folder / "model", PredictConfig(batch_size=3, device="cpu"))
+    predictions = predictor.predict(data.frames[48:64])
+    assert len(predictions) == 16 and all(len(p.scores) == 1 for p in predictions)
+    assert np.nanmedian(_errors(predictions, data.points[48:64, 0])) < 3.0
+    assert all(0 < p.scores[0] <= 1.5 for p in predictions)
+
+
+def test_predictor_refuses_frames_with_the_wrong_channels(trained):
+    folder, data = trained
+    predictor = Predictor.load(folder / "model", PredictConfig(device="cpu"))
+    rgb = np.repeat(data.frames[:2, ..., None], 3, axis=-1)
+    with pytest.raises(ValueError, match="1-channel images"):
+        predictor.predict(rgb)
+
+
+def test_confidence_maps_peak_on_the_animal(trained):
+    folder, data = trained
+    predictor = Predictor.load(folder / "model", PredictConfig(device="cpu"))
+    maps = predictor.confidence_maps(data.frames[50:52])["confmaps"]
+    assert maps.shape == (2, 64, 64)
+    y, x = np.unravel_index(maps[0].argmax(), maps[0].shape)
+    assert np.linalg.norm(data.points[50, 0] - [x, y], axis=-1).min() < 3.0
+
+
+def test_video_predictions_stream_in_order_and_save_as_slp(trained, tmp_path):
+    folder, data = trained
+    predictor = Predictor.load(folder / "model", PredictConfig(batch_size=4, device="cpu"))
+    video = sio.Video(filename=str(folder / "a.mp4"))
+    results = []
+    with open_video(video) as reader:
+        for indices, predictions in predict_video(predictor, reader, range(2, 13)):
+            results += [(0, int(i), p) for i, p in zip(indices, predictions, strict=True)]
+    assert [f for _, f, _ in results] == list(range(2, 13))
+    save_labels(predictions_to_labels(predictions_to_arrays(predictor.skeleton, [video],
+                                                            results)), tmp_path / "p.slp")  # fmt: skip
+    labels = sio.load_slp(str(tmp_path / "p.slp"))
+    assert [lf.frame_idx for lf in labels.labeled_frames] == list(range(2, 13))
+    instance = labels.labeled_frames[0].instances[0]
+    assert isinstance(instance, sio.PredictedInstance) and instance.score > 0
+    np.testing.assert_allclose(instance.numpy(), results[0][2].points[0], atol=1e-4)
+
+
+def test_closing_a_video_stream_early_stops_the_decoder(trained):
+    folder, _ = trained
+    predictor = Predictor.load(folder / "model", PredictConfig(batch_size=2, device="cpu"))
+    with open_video(folder / "a.mp4") as reader:
+        stream = predict_video(predictor, reader)
+        next(stream)
+        stream.close()  # must return, not hang on the decoder thread
+
+
+def test_two_videos_on_a_local_cluster_equal_a_single_process_run(trained):
+    folder, _ = trained
+    config = PredictConfig(batch_size=4, device="cpu")
+    videos = [sio.Video(filename=str(folder / "a.mp4")), sio.Video(filename=str(folder / "b.mp4"))]
+    arrays = predict_videos(videos, folder / "model", config, workers=2)
+    for v, video in enumerate(videos):
+        alone = predict_one(video, folder / "model", config)
+        rows = arrays.video == v
+        np.testing.assert_array_equal(arrays.frame[rows], alone["frame"])
+        np.testing.assert_allclose(arrays.xy[rows], alone["xy"], atol=1e-5)
+    assert arrays.videos == videos and len(arrays) == 32
+
+
+def test_predict_command(trained, tmp_path, capsys):
+    folder, data = trained
+    out = tmp_path / "pred.slp"
+    assert main(["predict", str(folder / "a.mp4"), "-m", str(folder / "model"), "-o", str(out),
+                 "--frames", "0-9", "--device", "cpu", "--quiet"]) == 0  # fmt: skip
+    assert "wrote 10 predicted instances in 10 frames" in capsys.readouterr().out
+    labels = load_labels(out)
+    assert len(labels.labeled_frames) == 10 and labels.videos[0].filename.endswith("a.mp4")
+    assert main(["predict", str(folder / "a.mp4"), "-m", str(tmp_path), "-o", str(out)]) == 2
+    assert str(tmp_path) in capsys.readouterr().err
