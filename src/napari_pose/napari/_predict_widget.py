@@ -1,0 +1,446 @@
+"""The *Predict* dock widget: run a trained model over frames of any image layer.
+
+Thin like the *Train model* dock: ``nn.inference.predict_video`` does the work and yields per
+batch, so the widget runs it in a ``thread_worker`` (napari stays responsive) and redraws one
+predictions Points layer with everything predicted so far, so points appear while the run goes
+on. Frames are read from the image layer's data, not from a file, so a lazily decoded video, a
+TIFF stack (whose planes are numbered in C order over the leading axes) and an in-memory array
+all work the same way. Confidence maps are a lazy dask array: napari asks for the frame on
+screen and only that frame goes through the model.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable, Generator
+from contextlib import closing
+from pathlib import Path
+
+import attrs
+import dask.array as da
+import napari
+import napari.viewer
+import numpy as np
+import sleap_io as sio
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from napari.layers import Image, Points
+from napari.qt.threading import GeneratorWorker, thread_worker
+from napari.utils.notifications import show_error
+
+from napari_pose.core.io import save_labels
+from napari_pose.core.pose_arrays import PoseArrays
+from napari_pose.napari._label_widget import PlaneFrames
+from napari_pose.napari.convert import (
+    POSE_KEY,
+    WINDOW_THRESHOLD,
+    PoseBinding,
+    arrays_to_points,
+    edges_layer,
+    layers_to_labels,
+    points_layer,
+    replace_frames,
+    video_name,
+    window_around,
+)
+from napari_pose.napari.labelling import open_projects, project_points_layers
+from napari_pose.napari.sync import attach
+from napari_pose.nn.inference import PredictConfig, Predictor, predict_video, predictions_to_arrays
+from napari_pose.nn.predict import FramePrediction
+
+FRAME_CHOICES = ["current frame", "range", "all", "suggested", "labelled"]
+DEVICE_CHOICES = ["auto", "cpu", "cuda", "mps"]
+#: Seconds between redraws of the predictions layer during a run: redrawing every point of a
+#: long run after every small batch would cost more than the inference.
+REDRAW_INTERVAL_S = 0.5
+
+#: What the worker yields per batch: the model (loaded in the worker), frame indices, results.
+Batch = tuple[Predictor, np.ndarray, list[FramePrediction]]
+
+
+@thread_worker
+def _run_prediction(load: Callable[[], Predictor], frames: PlaneFrames, indices: list[int],
+                    name: str, stop: threading.Event,
+                    ) -> Generator[Batch, None, str | None]:  # fmt: skip
+    """Predict ``indices`` of the image ``name`` batch by batch until done or ``stop`` is set.
+
+    Problems the user can fix (a bad model folder, frames the model cannot take, an absent
+    device) are ``ValueError``s or ``OSError``s and are returned as one plain message rather
+    than raised as a traceback; anything else is a bug and is raised.
+    """
+    try:
+        predictor = load()
+        predictor.check_frames(frames[indices[0]][None], source=repr(name))  # say which image
+        with closing(predict_video(predictor, frames, indices)) as batches:
+            for done, predictions in batches:
+                yield predictor, done, predictions
+                if stop.is_set():
+                    break
+    except (ValueError, OSError) as error:
+        return str(error)
+    return None
+
+
+def plane_shape(image: Image) -> tuple[int, ...]:
+    """The image axes before (y, x): ``(n_frames,)`` for a video, ``(t, z)`` for a stack."""
+    return tuple(int(n) for n in image.data.shape[: image.ndim - 2])
+
+
+def shows_video(image: Image, video: sio.Video) -> bool:
+    """Whether ``image`` shows ``video``: opened from its file, or named after it by a project."""
+    filename = video.filename[0] if isinstance(video.filename, list) else video.filename
+    source = image.source.path
+    same_file = source is not None and Path(str(source)).resolve() == Path(filename).resolve()
+    return same_file or video_name(video) == image.name
+
+
+def project_video(viewer: napari.Viewer, image: Image) -> tuple[sio.Labels, int] | None:
+    """The open project with user labels on the video ``image`` shows, and that video's index."""
+    for labels in open_projects(viewer).values():
+        bindings = [layer.metadata[POSE_KEY] for layer in project_points_layers(viewer, labels)]
+        user_videos = {binding.video for binding in bindings if not binding.predicted}
+        for v in sorted(user_videos):
+            if shows_video(image, labels.videos[v]):
+                return labels, v
+    return None
+
+
+def confidence_map_arrays(predictor: Predictor, image: Image) -> dict[str, da.Array]:
+    """Lazy ``(*planes, H, W)`` float32 maps of ``image``, one chunk per frame.
+
+    ``"confmaps"`` always, ``"pafs"`` (PAF magnitude) for bottom-up models. A frame goes through
+    the model only when napari reads its chunk; the last few frames are kept so the PAF layer
+    does not run the model again for the frame the confidence map layer just read.
+    """
+    planes = plane_shape(image)
+    height, width = image.data.shape[len(planes) : len(planes) + 2]
+    frames = PlaneFrames(image, planes)
+
+    @functools.lru_cache(maxsize=4)
+    def maps_of(frame: int) -> dict[str, np.ndarray]:
+        return predictor.confidence_maps(frames[frame][None])
+
+    def block(name: str, frame: np.ndarray) -> np.ndarray:
+        return maps_of(int(frame.flat[0]))[name].reshape(frame.shape + (height, width))
+
+    names = ["confmaps", "pafs"] if predictor.package.pipeline == "bottomup" else ["confmaps"]
+    # One chunk per plane holding its frame index: dask's ``block_info`` would do too, but it
+    # is built for every chunk up front (seconds for a long video), this in milliseconds.
+    index = da.from_array(np.arange(int(np.prod(planes))).reshape(planes), chunks=1, name=False)
+    ndim = len(planes) + 2
+    return {name: index.map_blocks(functools.partial(block, name), new_axis=[ndim - 2, ndim - 1],
+                                   chunks=(1,) * len(planes) + (height, width), dtype=np.float32,
+                                   meta=np.empty((0,) * ndim, np.float32))  # fmt: skip
+            for name in names}  # fmt: skip
+
+
+def _chosen(edit: FileEdit) -> Path | None:
+    """The path in a file field, or ``None`` while it is empty (magicgui shows ``.``)."""
+    return None if str(edit.value) in ("", ".") else Path(edit.value)
+
+
+def _folder_stamp(folder: Path) -> float | None:
+    """When a model folder last changed, so a retrained model is reloaded rather than reused."""
+    try:
+        return max((p.stat().st_mtime for p in folder.iterdir()), default=0.0)
+    except OSError:
+        return None
+
+
+@attrs.define(eq=False)
+class _Run:
+    """One prediction run: what is predicted, into which layer, and what came back so far.
+
+    Attributes:
+        image: The image layer predicted on.
+        model: The model folder.
+        frames: Frame (plane) indices to predict.
+        layer: The predictions Points layer, made or found when the model has loaded.
+        kept: Predictions the layer held before this run; the frames redone are replaced.
+        results: ``(frame, prediction)`` of every frame predicted so far.
+        drawn_at: ``time.monotonic()`` of the last redraw of the layer.
+    """
+
+    image: Image
+    model: Path
+    frames: list[int]
+    layer: Points | None = None
+    kept: PoseArrays | None = None
+    results: list[tuple[int, FramePrediction]] = attrs.Factory(list)
+    drawn_at: float = 0.0
+
+
+class PredictWidget(Container):
+    """Predict poses on frames of an image layer with a trained model, and look inside it."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self._viewer = viewer
+        attach(viewer)
+        self.model = FileEdit(label="model folder", mode="d")
+        self.image = ComboBox(label="image", choices=self._image_choices)
+        self.frames = ComboBox(label="frames", choices=FRAME_CHOICES)
+        self.first = SpinBox(label="from frame", value=0, min=0, max=10**9, visible=False)
+        self.last = SpinBox(label="to frame", value=99, min=0, max=10**9, visible=False)
+        self.batch_size = SpinBox(label="batch size", value=4, min=1, max=1024)
+        self.device = ComboBox(label="device", choices=DEVICE_CHOICES)
+        self.start_button = PushButton(label="", text="Start")
+        self.cancel_button = PushButton(label="", text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
+        self.status = Label(label="status", value="")
+        self.save_path = FileEdit(label="save to", mode="w", filter="*.slp")
+        self.save_button = PushButton(label="", text="Save predictions")
+        self.maps_button = PushButton(label="", text="Show confidence maps")
+        self.extend([self.model, self.image, self.frames, self.first, self.last, self.batch_size,
+                     self.device, self.start_button, self.cancel_button, self.progress,
+                     self.status, self.save_path, self.save_button, self.maps_button])  # fmt: skip
+        self.worker: GeneratorWorker | None = None  # the running prediction
+        self.predictions_layer: Points | None = None  # what Save writes
+        self._run: _Run | None = None
+        self._stop = threading.Event()
+        self._cache: tuple[tuple, Predictor] | None = None  # the last model loaded, by key
+        self.frames.changed.connect(self._show_range)
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.save_button.clicked.connect(self.save)
+        self.maps_button.clicked.connect(self.show_confidence_maps)
+        viewer.layers.events.inserted.connect(self.image.reset_choices)
+        viewer.layers.events.removed.connect(self.image.reset_choices)
+
+    def _image_choices(self, _widget: ComboBox | None = None) -> list[tuple[str, Image]]:
+        return [(l.name, l) for l in self._viewer.layers if isinstance(l, Image)]
+
+    def _show_range(self, choice: str) -> None:
+        self.first.visible = self.last.visible = choice == "range"
+
+    # ------------------------------------------------------------------ the model
+    def _config(self) -> PredictConfig:
+        return PredictConfig(batch_size=int(self.batch_size.value), device=self.device.value)
+
+    def _key(self, folder: Path, config: PredictConfig) -> tuple:
+        return folder.resolve(), config.device, _folder_stamp(folder)
+
+    def _cached(self, folder: Path, config: PredictConfig) -> Predictor | None:
+        """The model already loaded from ``folder``, set up for ``config``, if any.
+
+        Loading takes a while for large models; reusing it is what makes predicting the
+        current frame instant when the user steps and predicts again.
+        """
+        if self._cache is None or self._cache[0] != self._key(folder, config):
+            return None
+        predictor = self._cache[1]
+        predictor.config = config
+        return predictor
+
+    def _load(self, folder: Path, config: PredictConfig) -> Predictor:
+        predictor = self._cached(folder, config) or Predictor.load(folder, config)
+        self._cache = (self._key(folder, config), predictor)
+        return predictor
+
+    def _chosen_model_and_image(self) -> tuple[Path, Image]:
+        folder, image = _chosen(self.model), self.image.value
+        if folder is None:
+            raise ValueError("choose a model folder (made by Train model or `napari-pose train`)")
+        if image is None:
+            raise ValueError("open an image or a video to predict on")
+        if image.ndim < 3:  # poses are stored per frame: a lone image is not a frame of anything
+            raise ValueError(f"{image.name!r} is a single 2D image; predict on a video or a stack "
+                             "of frames (add it as one with `viewer.add_image(image[None])`)")
+        return folder, image
+
+    # ------------------------------------------------------------------ frames
+    def current_frame(self, image: Image) -> int:
+        """The frame (flattened plane index) of ``image`` on screen."""
+        planes = plane_shape(image)
+        position = image.world_to_data(self._viewer.dims.point)[: len(planes)]
+        plane = np.clip(np.round(position).astype(np.int64), 0, np.array(planes) - 1)
+        return int(np.ravel_multi_index(tuple(plane), planes))
+
+    def _frames(self, image: Image) -> list[int]:
+        """The frames the chosen option names, or a ``ValueError`` saying why there are none."""
+        choice, n_frames = self.frames.value, int(np.prod(plane_shape(image)))
+        if choice == "current frame":
+            frames = [self.current_frame(image)]
+        elif choice == "all":
+            frames = list(range(n_frames))
+        elif choice == "range":
+            frames = list(range(int(self.first.value), min(int(self.last.value) + 1, n_frames)))
+        else:
+            frames = [f for f in self._project_frames(image, choice) if f < n_frames]
+        if not frames:
+            raise ValueError(f"nothing to predict: no {choice} frames in {image.name!r}")
+        return frames
+
+    def _project_frames(self, image: Image, choice: str) -> list[int]:
+        """Suggested or user-labelled frames of the project open on ``image``'s video."""
+        found = project_video(self._viewer, image)
+        if found is None:
+            raise ValueError(f"no open pose project labels {image.name!r}, so it has no {choice} "
+                             "frames; open its project or choose other frames")  # fmt: skip
+        labels, v = found
+        if choice == "suggested":
+            return sorted({s.frame_idx for s in labels.suggestions if s.video is labels.videos[v]})
+        frames: set[int] = set()
+        for layer in project_points_layers(self._viewer, labels):
+            binding = layer.metadata[POSE_KEY]
+            if binding.video == v and not binding.predicted:
+                frames.update(binding.merged(layer.data, layer.features).frame.tolist())
+        return sorted(frames)
+
+    # ------------------------------------------------------------------ running
+    def start(self) -> None:
+        """Predict the chosen frames (what the Start button does)."""
+        try:
+            folder, image = self._chosen_model_and_image()
+            frames = self._frames(image)
+        except ValueError as error:
+            show_error(str(error))
+            return
+        config = self._config()
+        cached = self._cached(folder, config)
+
+        def load() -> Predictor:  # in the worker: loading a large model takes a while
+            return cached if cached is not None else Predictor.load(folder, config)
+
+        self._run = _Run(image, folder, frames)
+        self._stop = threading.Event()
+        self.progress.value, self.status.value = 0, "starting"
+        self.start_button.enabled, self.cancel_button.enabled = False, True
+        self.worker = _run_prediction(load, PlaneFrames(image, plane_shape(image)), frames,
+                                      image.name, self._stop)  # fmt: skip
+        self.worker.yielded.connect(self._add_batch)
+        self.worker.returned.connect(self._returned)
+        self.worker.finished.connect(self._finished)
+        self.worker.start()
+
+    def cancel(self) -> None:
+        """Stop after the current batch; the frames predicted so far stay in the layer."""
+        self._stop.set()
+        self.status.value = "stopping after this batch"
+
+    def _add_batch(self, batch: Batch) -> None:
+        predictor, indices, predictions = batch
+        run = self._run
+        if run.layer is None:
+            self._cache = (self._key(run.model, predictor.config), predictor)
+            run.layer, run.kept = self._predictions_layer(run, predictor.skeleton)
+        run.results.extend(zip(indices.tolist(), predictions, strict=True))
+        self.progress.value = round(100 * len(run.results) / len(run.frames))
+        if not self._stop.is_set():
+            self.status.value = f"predicted {len(run.results)} of {len(run.frames)} frames"
+        if time.monotonic() - run.drawn_at >= REDRAW_INTERVAL_S:
+            self._draw(run)
+
+    def _returned(self, problem: str | None) -> None:
+        if problem is not None:
+            self.status.value = "failed"
+            show_error(problem)
+
+    def _finished(self) -> None:
+        run, self._run, self.worker = self._run, None, None
+        if run.layer is not None:
+            self._draw(run)
+            if self._stop.is_set():
+                done = f"{len(run.results)} of {len(run.frames)} frames"
+                self.status.value = f"cancelled after {done}"
+        self.start_button.enabled, self.cancel_button.enabled = True, False
+
+    # ------------------------------------------------------------------ the predictions layer
+    def _predictions_layer(self, run: _Run, skeleton: sio.Skeleton
+                           ) -> tuple[Points, PoseArrays]:  # fmt: skip
+        """The layer this model's predictions on this image go to, and what it holds already.
+
+        A layer from an earlier run of the same model is reused (frames predicted again are
+        replaced, others kept); otherwise a new one is added with its skeleton edges.
+        """
+        name = f"{run.image.name} predictions [{run.model.name}]"
+        for layer in self._viewer.layers:
+            binding = layer.metadata.get(POSE_KEY) if isinstance(layer, Points) else None
+            if (layer.name == name and binding is not None and binding.predicted
+                    and binding.arrays.skeleton.node_names == skeleton.node_names):  # fmt: skip
+                self.predictions_layer = layer
+                return layer, binding.merged(layer.data, layer.features)
+        binding = self._new_binding(run.image, skeleton)
+        self.predictions_layer = self._add_layers(run.image, name, binding)
+        return self.predictions_layer, binding.arrays
+
+    def _new_binding(self, image: Image, skeleton: sio.Skeleton) -> PoseBinding:
+        """An empty predictions binding of its own, on the project's video object if one is open
+        (so saved predictions point at the same file), else on the image's source."""
+        planes = plane_shape(image)
+        found = project_video(self._viewer, image)
+        if found is not None:
+            video = found[0].videos[found[1]]
+        else:
+            shape = (int(np.prod(planes)), *image.data.shape[len(planes) :])
+            video = sio.Video(filename=str(image.source.path or image.name),
+                              backend_metadata={"shape": shape}, open_backend=False)  # fmt: skip
+        labels = sio.Labels(videos=[video], skeletons=[skeleton])
+        return PoseBinding(labels, PoseArrays.empty(skeleton, labels.videos, []), 0, True, planes)
+
+    def _add_layers(self, image: Image, name: str, binding: PoseBinding) -> Points:
+        n_axes = len(binding.plane_shape) + 2
+        added = []
+        layers = [(points_layer(binding), name), (edges_layer(binding), f"{name} skeleton")]
+        for (data, kwargs, kind), layer_name in layers:
+            kwargs.update(name=layer_name, scale=image.scale[:n_axes],
+                          translate=image.translate[:n_axes])  # fmt: skip
+            added.append(getattr(self._viewer, f"add_{kind}")(data, **kwargs))
+        return added[0]
+
+    def _draw(self, run: _Run) -> None:
+        """Show everything predicted so far (and what the layer kept) in the predictions layer."""
+        layer = run.layer
+        binding: PoseBinding = layer.metadata[POSE_KEY]
+        new = predictions_to_arrays(binding.arrays.skeleton, binding.labels.videos,
+                                    [(binding.video, f, p) for f, p in run.results])  # fmt: skip
+        binding.arrays = replace_frames(run.kept, new)
+        sync = attach(self._viewer)
+        n_points = np.isfinite(binding.arrays.xy[..., 0]).sum()
+        if binding.window is None and n_points > WINDOW_THRESHOLD:
+            binding.window = window_around(sync.current_frame(layer))
+        data, features = arrays_to_points(binding.arrays.select(binding.shown_rows()), binding)
+        with layer.events.data.blocker():
+            layer.data = data
+            layer.features = features
+            layer.symbol = np.where(features["visible"].to_numpy(bool), "disc", "ring")
+        layer.refresh()
+        sync.refresh(layer)
+        run.drawn_at = time.monotonic()
+
+    def save(self) -> Path | None:
+        """Write the predictions layer to the chosen file (``.slp`` unless it says otherwise)."""
+        layer, path = self.predictions_layer, _chosen(self.save_path)
+        if layer is None or layer not in self._viewer.layers:
+            show_error("nothing to save: predict some frames first")
+            return None
+        if path is None:
+            show_error("choose a file to save the predictions to")
+            return None
+        path = path if path.suffix else path.with_suffix(".slp")
+        content = {"metadata": layer.metadata, "features": layer.features}
+        try:
+            save_labels(layers_to_labels([(layer.data, content)]), path)
+        except ValueError as error:  # PoseFileError: the file could not be written
+            show_error(str(error))
+            return None
+        self.status.value = f"saved {path}"
+        return path
+
+    # ------------------------------------------------------------------ confidence maps
+    def show_confidence_maps(self) -> list[Image]:
+        """Add lazy confidence-map layers (PAF magnitudes too for bottom-up models) on the image."""
+        try:
+            folder, image = self._chosen_model_and_image()
+            predictor = self._load(folder, self._config())
+        except ValueError as error:
+            show_error(str(error))
+            return []
+        n_axes = image.ndim
+        titles = {"confmaps": "confidence maps", "pafs": "PAF magnitude"}
+        return [self._viewer.add_image(maps, name=f"{image.name} {titles[kind]} [{folder.name}]",
+                                       colormap="inferno", blending="additive",
+                                       contrast_limits=(0, 1), scale=image.scale[:n_axes],
+                                       translate=image.translate[:n_axes])  # fmt: skip
+                for kind, maps in confidence_map_arrays(predictor, image).items()]  # fmt: skip

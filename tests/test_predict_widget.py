@@ -1,0 +1,224 @@
+"""The *Predict* dock in a real viewer, with a tiny model trained once on synthetic animals.
+
+The synthetic video's ground truth is exact, so the tests check where points land, not just
+that some appear: on the right frames, near the right body parts.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import attrs
+import numpy as np
+import pytest
+import sleap_io as sio
+import torch
+
+from napari_pose.core.io import save_labels
+from napari_pose.core.pose_arrays import PoseArrays
+from napari_pose.core.synthetic import SyntheticData, make_synthetic, to_labels, write_video
+from napari_pose.napari.convert import replace_frames
+from napari_pose.nn.data import load_frames
+from napari_pose.nn.inference import Predictor
+from napari_pose.nn.models import UNetConfig
+from napari_pose.nn.pipelines import default_stages
+from napari_pose.nn.train import TrainConfig, train
+
+pytestmark = pytest.mark.gui
+
+N_FRAMES = 200
+TINY = UNetConfig(filters=8, filters_rate=1.5, max_stride=16, output_stride=2)
+
+
+@attrs.frozen
+class Setup:
+    """A synthetic video, its project (first 60 frames labelled) and a model trained on it."""
+
+    data: SyntheticData
+    video: Path
+    project: Path
+    model: Path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> Setup:
+    folder = tmp_path_factory.mktemp("predict")
+    data = make_synthetic(n_frames=N_FRAMES, size=64, n_animals=1, seed=2)
+    write_video(data.frames, folder / "v.mp4")
+    labels = to_labels(data, str(folder / "v.mp4"), labelled_frames=slice(0, 60))
+    save_labels(labels, folder / "p.slp")
+    frames = load_frames(labels, range(0, 60))
+    stages = {kind: attrs.evolve(stage, model=attrs.evolve(stage.model, backbone=attrs.evolve(
+        TINY, output_stride=stage.model.backbone.output_stride)))
+        for kind, stage in default_stages(frames, "single_instance").items()}  # fmt: skip
+    config = TrainConfig(pipeline="single_instance", epochs=4, steps_per_epoch=40, batch_size=8,
+                         learning_rate=3e-3, device="cpu", frames=range(0, 60))  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as fast for a tiny model, and many times faster on busy cores
+    try:
+        for _ in train(labels, folder / "model", config, stages=stages):
+            pass
+    finally:
+        torch.set_num_threads(threads)
+    return Setup(data, folder / "v.mp4", folder / "p.slp", folder / "model")
+
+
+def _dock(make_napari_viewer, path: Path, model: Path | None = None):
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-pose")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Predict")
+    if model is not None:
+        widget.model.value = model
+    widget.device.value = "cpu"
+    return viewer, widget
+
+
+def _press(qtbot, button) -> None:
+    from qtpy.QtCore import Qt
+
+    qtbot.mouseClick(button.native, Qt.MouseButton.LeftButton)
+
+
+def _idle(widget) -> bool:
+    """No prediction running and the buttons say so."""
+    buttons = widget.start_button.enabled and not widget.cancel_button.enabled
+    return widget.worker is None and buttons
+
+
+def _run(qtbot, widget) -> None:
+    _press(qtbot, widget.start_button)
+    qtbot.waitUntil(lambda: _idle(widget), timeout=60_000)
+
+
+def _frames(layer) -> set[int]:
+    return set(np.round(layer.data[:, 0]).astype(int).tolist())
+
+
+def _errors(layer, data: SyntheticData) -> np.ndarray:
+    """Distance in pixels of every predicted point to the true position of its node."""
+    frame = np.round(layer.data[:, 0]).astype(int)
+    node = layer.features["node"].cat.codes.to_numpy()
+    truth = data.points[frame, 0, node]  # (x, y)
+    return np.hypot(layer.data[:, 2] - truth[:, 0], layer.data[:, 1] - truth[:, 1])
+
+
+def test_a_range_lands_near_the_truth_and_saves_as_slp(make_napari_viewer, qtbot, tmp_path, setup):
+    viewer, widget = _dock(make_napari_viewer, setup.video, setup.model)
+    assert widget.image.value is viewer.layers["v"]
+    assert widget.first.native.isHidden() and widget.last.native.isHidden()
+    widget.frames.value = "range"
+    assert not widget.first.native.isHidden() and not widget.last.native.isHidden()
+    widget.first.value, widget.last.value = 0, 19
+    _run(qtbot, widget)
+
+    layer = widget.predictions_layer
+    assert layer.name == "v predictions [model]" and layer in viewer.layers
+    assert _frames(layer) == set(range(20))
+    assert np.median(_errors(layer, setup.data)) < 4
+    assert widget.progress.value == 100
+    assert len(viewer.layers["v predictions [model] skeleton"].data) > 0
+
+    widget.save_path.value = tmp_path / "predictions.slp"
+    _press(qtbot, widget.save_button)
+    saved = sio.load_slp(str(tmp_path / "predictions.slp"))
+    assert len(saved.labeled_frames) == 20
+    assert all(isinstance(inst, sio.PredictedInstance)
+               for lf in saved.labeled_frames for inst in lf.instances)  # fmt: skip
+    assert sorted(lf.frame_idx for lf in saved.labeled_frames) == list(range(20))
+
+
+def test_current_frame_predicts_only_the_frame_on_screen(make_napari_viewer, qtbot, setup):
+    viewer, widget = _dock(make_napari_viewer, setup.video, setup.model)
+    viewer.dims.set_current_step(0, 7)
+    assert widget.frames.value == "current frame"
+    _run(qtbot, widget)
+    assert _frames(widget.predictions_layer) == {7}
+
+    viewer.dims.set_current_step(0, 9)  # predicting again adds the new frame, keeps frame 7
+    _run(qtbot, widget)
+    assert _frames(widget.predictions_layer) == {7, 9}
+
+
+def test_cancel_keeps_what_was_predicted(make_napari_viewer, qtbot, setup, monkeypatch):
+    predict = Predictor.predict
+
+    def slow(self, frames):  # a video long enough to cancel on any machine
+        time.sleep(0.02)
+        return predict(self, frames)
+
+    monkeypatch.setattr(Predictor, "predict", slow)
+    viewer, widget = _dock(make_napari_viewer, setup.video, setup.model)
+    widget.frames.value = "all"
+    widget.batch_size.value = 1
+    _press(qtbot, widget.start_button)
+    assert not widget.start_button.enabled and widget.cancel_button.enabled
+    qtbot.waitUntil(lambda: widget.predictions_layer is not None
+                    and len(widget.predictions_layer.data) > 0, timeout=60_000)  # fmt: skip
+    _press(qtbot, widget.cancel_button)
+    qtbot.waitUntil(lambda: _idle(widget), timeout=60_000)
+
+    assert 0 < len(_frames(widget.predictions_layer)) < N_FRAMES
+    assert widget.progress.value < 100 and "cancelled" in widget.status.value
+
+
+def test_confidence_maps_are_lazy_and_peak_on_the_animal(make_napari_viewer, qtbot, setup):
+    import dask.array as da
+
+    viewer, widget = _dock(make_napari_viewer, setup.video, setup.model)
+    _press(qtbot, widget.maps_button)
+    layer = viewer.layers["v confidence maps [model]"]
+    assert isinstance(layer.data, da.Array) and layer.data.shape == (N_FRAMES, 64, 64)
+    assert layer.data.chunksize[0] == 1 and layer.colormap.name == "inferno"
+    assert tuple(layer.contrast_limits) == (0, 1) and layer.blending == "additive"
+    maps = np.asarray(layer.data[5])
+    assert maps.shape == (64, 64) and maps.dtype == np.float32
+    y, x = np.unravel_index(np.argmax(maps), maps.shape)
+    assert np.hypot(*(setup.data.points[5, 0] - [x, y]).T).min() < 4
+
+
+def test_suggested_and_labelled_frames_come_from_the_open_project(make_napari_viewer, qtbot, setup):
+    viewer, widget = _dock(make_napari_viewer, setup.project, setup.model)
+    widget.image.value = viewer.layers["v"]
+    widget.frames.value = "suggested"
+    _run(qtbot, widget)
+    suggested = {s.frame_idx for s in sio.load_slp(str(setup.project)).suggestions}
+    assert suggested and _frames(widget.predictions_layer) == suggested
+
+    widget.frames.value = "labelled"
+    _run(qtbot, widget)
+    assert _frames(widget.predictions_layer) == suggested | set(range(60))
+
+
+def test_bad_input_is_reported_and_leaves_the_widget_idle(make_napari_viewer, qtbot, setup,
+                                                          tmp_path, monkeypatch):  # fmt: skip
+    from napari_pose.napari import _predict_widget
+
+    errors: list[str] = []
+    monkeypatch.setattr(_predict_widget, "show_error", errors.append)
+    viewer, widget = _dock(make_napari_viewer, setup.video, tmp_path)
+    _run(qtbot, widget)
+    assert len(errors) == 1 and str(tmp_path) in errors[0]
+    assert widget.status.value == "failed" and widget.predictions_layer is None
+
+    widget.model.value = setup.model
+    widget.frames.value = "suggested"  # a bare video has no project, so no suggestions
+    _press(qtbot, widget.start_button)
+    assert len(errors) == 2 and "no open pose project" in errors[1] and _idle(widget)
+
+
+def test_replace_frames_swaps_redone_frames_and_keeps_ids_unique():
+    skeleton = sio.Skeleton(["a"])
+    videos = [sio.Video("v.mp4")]
+
+    def arrays(frames: list[int]) -> PoseArrays:
+        out = PoseArrays.empty(skeleton, videos, [], len(frames))
+        xy = np.array(frames, float)[:, None, None].repeat(2, axis=2)
+        return attrs.evolve(out, frame=np.array(frames, np.int64), xy=xy,
+                            predicted=np.ones(len(frames), bool))  # fmt: skip
+
+    base = attrs.evolve(arrays([1, 2, 3]), xy=np.full((3, 1, 2), -1.0))
+    merged = replace_frames(base, arrays([2, 4]))
+    assert merged.frame.tolist() == [1, 2, 3, 4]
+    assert merged.xy[:, 0, 0].tolist() == [-1, 2, -1, 4]  # frame 2 redone, 1 and 3 kept
+    assert len(set(merged.instance_id.tolist())) == 4
