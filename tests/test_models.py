@@ -58,7 +58,7 @@ def test_unknown_preset() -> None:
         {"max_stride": 12},
         {"output_stride": 3},
         {"max_stride": 8, "output_stride": 16},
-        {"in_channels": 2},
+        {"in_channels": 0},
         {"norm": "layer"},
     ],
 )

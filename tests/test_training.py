@@ -130,7 +130,8 @@ def _tiny_stages(labels, pipeline: str, frames: range | None = None):
     data = load_frames(labels, frames)
     stages = default_stages(data, pipeline)
     return {k: attrs.evolve(s, model=attrs.evolve(s.model, backbone=attrs.evolve(
-        TINY, output_stride=s.model.backbone.output_stride))) for k, s in stages.items()}  # fmt: skip
+        TINY, output_stride=s.model.backbone.output_stride,
+        in_channels=s.model.backbone.in_channels))) for k, s in stages.items()}  # fmt: skip
 
 
 def test_single_instance_training_learns_the_synthetic_animal(synthetic_project, tmp_path):
@@ -226,3 +227,20 @@ def test_package_refuses_code_and_names_bad_files(synthetic_project, tmp_path):
         package.load_package(tmp_path / "m")
     with pytest.raises(PoseFileError, match="no model config"):
         package.load_package(tmp_path)
+
+
+def test_frame_ranges_and_devices_are_parsed_with_clear_errors():
+    from napari_pose.nn.train import format_frames, resolve_device
+
+    assert parse_frames("0-1199:10") == range(0, 1200, 10)
+    assert parse_frames("7") == range(7, 8)
+    assert format_frames(range(0, 1200, 10)) == "0-1199:10"
+    with pytest.raises(ValueError, match="frames must look like"):
+        parse_frames("all")
+    with pytest.raises(ValueError, match="empty"):
+        parse_frames("9-3")
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")

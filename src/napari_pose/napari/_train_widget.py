@@ -141,9 +141,11 @@ class TrainWidget(Container):
         self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
         self.status = Label(label="status", value="")
         self.results = Label(label="results", value="")
+        self.predict_button = PushButton(label="", text="Predict with this model", visible=False)
         self.extend([self.project, self.labels_file, self.pipeline, self.preset, self.epochs,
                      self.time_limit, self.device, self.output, self.start_button,
-                     self.cancel_button, self.progress, self.status, self.results])  # fmt: skip
+                     self.cancel_button, self.progress, self.status, self.results,
+                     self.predict_button])  # fmt: skip
         self.plot = LossPlot()
         self.native.layout().addWidget(self.plot)
         self.worker: GeneratorWorker | None = None  # the running training
@@ -151,6 +153,7 @@ class TrainWidget(Container):
         self._out: Path | None = None
         self.start_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
+        self.predict_button.clicked.connect(self.open_predict)
         viewer.layers.events.inserted.connect(self.project.reset_choices)
         viewer.layers.events.removed.connect(self.project.reset_choices)
 
@@ -188,6 +191,7 @@ class TrainWidget(Container):
             device=self.device.value,
         )
         self._stop = threading.Event()
+        self.predict_button.visible = False
         self.plot.clear()
         self.progress.value, self.status.value, self.results.value = 0, "starting", ""
         self.start_button.enabled, self.cancel_button.enabled = False, True
@@ -197,6 +201,12 @@ class TrainWidget(Container):
         self.worker.returned.connect(self._returned)
         self.worker.finished.connect(self._finished)
         self.worker.start()
+
+    def open_predict(self):
+        """Dock the *Predict* widget with the model just trained chosen in it."""
+        _, widget = self._viewer.window.add_plugin_dock_widget("napari-pose", "Predict")
+        widget.model.value = self._out
+        return widget
 
     def cancel(self) -> None:
         """Stop after the current step; the best weights so far are kept and resumable."""
@@ -208,6 +218,7 @@ class TrainWidget(Container):
         self.status.value = progress.message
         if progress.stage == "done":
             self.results.value = self._summary(progress.validation)
+            self.predict_button.visible = progress.validation is not None
         elif progress.validation is not None:
             self.plot.add_epoch(progress.validation["val_loss"],
                                 progress.validation.get("dist_median_px", math.nan))  # fmt: skip

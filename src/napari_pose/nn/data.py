@@ -24,6 +24,7 @@ import torch
 
 from napari_pose.core.errors import MissingVideoError, VideoFileError
 from napari_pose.core.pose_arrays import labels_to_arrays
+from napari_pose.core.skeleton import name_symmetries
 from napari_pose.core.stacks import to_uint8
 from napari_pose.core.video import open_video
 from napari_pose.nn.augment import (
@@ -77,10 +78,17 @@ class LabelledFrames:
         return np.asarray(self.skeleton.edge_inds, dtype=np.int64).reshape(-1, 2)
 
     @property
+    def symmetric_pairs(self) -> list[tuple[int, int]]:
+        """Left/right node pairs: the skeleton's symmetries or, when it declares none, the
+        pairs its node names tell (``eyeL``/``eyeR``; ``core.skeleton.name_symmetries``)."""
+        declared = [tuple(sorted(pair)) for pair in self.skeleton.symmetry_inds]
+        return declared or name_symmetries(self.skeleton.node_names)
+
+    @property
     def mirror(self) -> np.ndarray:
         """``mirror[j]``: the node ``j`` becomes under a left/right flip (itself if unpaired)."""
         mirror = np.arange(self.n_nodes)
-        for a, b in self.skeleton.symmetry_inds:
+        for a, b in self.symmetric_pairs:
             mirror[a], mirror[b] = b, a
         return mirror
 

@@ -25,6 +25,7 @@ from napari_pose.core.pose_arrays import PoseArrays, arrays_to_labels
 from napari_pose.core.stacks import to_uint8
 from napari_pose.core.video import FrameReader
 from napari_pose.nn.package import ModelPackage, load_package
+from napari_pose.nn.pipelines import with_centre_cue
 from napari_pose.nn.augment import warp
 from napari_pose.nn.data import crop_matrices
 from napari_pose.nn.predict import (
@@ -80,7 +81,7 @@ class Predictor:
     @property
     def channels(self) -> int:
         """Image channels the model takes (1: grayscale, 3: RGB)."""
-        return next(iter(self.package.stages.values())).model.backbone.in_channels
+        return next(iter(self.package.stages.values())).image_channels
 
     @property
     def max_instances(self) -> int:
@@ -169,7 +170,8 @@ class Predictor:
                 continue
             to_crop = crop_matrices(anchors.float().cpu(), stage.scale, side).to(batch.device)
             crops = warp(batch[[i] * len(anchors)], to_crop, (side, side))
-            maps = run_model(model, crops)["confmaps"].amax(dim=1, keepdim=True)
+            maps = run_model(model, with_centre_cue(crops, stage))["confmaps"]
+            maps = maps.amax(dim=1, keepdim=True)
             grid_to_frame = torch.linalg.inv(to_crop) @ _scale_matrix(model.output_stride,
                                                                         batch.device)  # fmt: skip
             pasted = warp(maps, grid_to_frame, size)[:, 0]

@@ -38,7 +38,7 @@ class UNetConfig:
     (sub-pixel refinement recovers most of the precision).
     """
 
-    in_channels: int = attrs.field(default=1, validator=attrs.validators.in_((1, 3)))
+    in_channels: int = attrs.field(default=1, validator=attrs.validators.ge(1))
     filters: int = attrs.field(default=16, validator=attrs.validators.ge(1))
     filters_rate: float = attrs.field(
         default=2.0, converter=float, validator=attrs.validators.gt(0)

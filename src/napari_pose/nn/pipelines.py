@@ -54,6 +54,11 @@ class StageConfig:
             of the bounding box of the visible nodes).
         paf_width: Half-width of the PAF limbs (bottom-up), in input pixels.
         augment: Augmentation ranges used in training.
+        centre_cue: Give the model an extra input channel with a Gaussian at the input's
+            centre (centred-instance crops: where the centroid model put the animal to pose).
+            When two animals touch, the crop shows both; convolutions see position only
+            through the zero padding of their deepest layers, and this channel says at every
+            level which one is meant (clip.slp frames 1300-1499: see docs/benchmarks.md).
     """
 
     kind: str = attrs.field(validator=attrs.validators.in_(STAGE_KINDS))
@@ -64,6 +69,12 @@ class StageConfig:
     anchor: int | None = None
     paf_width: float = attrs.field(default=4.0, converter=float)
     augment: AugmentConfig = attrs.field(factory=AugmentConfig)
+    centre_cue: bool = False
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the images the stage reads (the model's inputs minus the cue)."""
+        return self.model.backbone.in_channels - int(self.centre_cue)
 
     @property
     def crops(self) -> bool:
@@ -86,6 +97,7 @@ class StageConfig:
             "anchor": self.anchor,
             "paf_width": self.paf_width,
             "augment": self.augment.to_dict(),
+            "centre_cue": self.centre_cue,
         }
 
     @classmethod
@@ -161,7 +173,8 @@ def default_stages(
     stages = {}
     for kind in PIPELINES[pipeline]:
         size = "small" if kind == "centroid" else preset
-        backbone = UNetConfig.preset(size, in_channels=channels)
+        cue = kind == "centered_instance"
+        backbone = UNetConfig.preset(size, in_channels=channels + int(cue))
         if kind in ("single_instance", "centered_instance"):
             backbone = attrs.evolve(backbone, output_stride=2)
         if kind == "centroid":
@@ -186,6 +199,7 @@ def default_stages(
             scale=scale,
             anchor=anchor,
             augment=stage_augment,
+            centre_cue=cue,
         )
     return stages
 
@@ -211,8 +225,9 @@ def stage_batch(
     augment: bool = False,
     generator: torch.Generator | None = None,
 ) -> Batch:
-    """``make_batch`` with the stage's size, scale, anchor and (optionally) augmentation."""
-    return make_batch(
+    """``make_batch`` with the stage's size, scale, anchor, centre cue and (optionally)
+    augmentation."""
+    batch = make_batch(
         data,
         examples,
         size=stage.input_size,
@@ -222,6 +237,18 @@ def stage_batch(
         augment=stage.augment if augment else None,
         generator=generator,
     )
+    return attrs.evolve(batch, images=with_centre_cue(batch.images, stage))
+
+
+def with_centre_cue(images: torch.Tensor, stage: StageConfig) -> torch.Tensor:
+    """``images`` ``(B, C, h, w)`` plus the stage's centre-cue channel, when it has one."""
+    if not stage.centre_cue:
+        return images
+    h, w = images.shape[-2:]
+    centre = torch.tensor([[[[(w - 1) / 2, (h - 1) / 2]]]], device=images.device)
+    sigma = min(h, w) / 8
+    cue = confidence_maps(centre, (h, w), 1, sigma).to(images.dtype)  # (1, h, w)
+    return torch.cat([images, cue.expand(len(images), 1, h, w)], dim=1)
 
 
 def stage_targets(stage: StageConfig, batch: Batch, edges: np.ndarray) -> dict[str, torch.Tensor]:

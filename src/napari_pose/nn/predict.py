@@ -22,7 +22,7 @@ from napari_pose.nn.data import crop_matrices, scale_matrices
 from napari_pose.nn.grouping import GroupingConfig, group_instances
 from napari_pose.nn.models import PoseModel
 from napari_pose.nn.peaks import global_peaks, local_peaks
-from napari_pose.nn.pipelines import StageConfig, round_up
+from napari_pose.nn.pipelines import StageConfig, round_up, with_centre_cue
 
 
 @attrs.frozen
@@ -134,7 +134,7 @@ def predict_centered(
         part = slice(start, start + batch_size)
         matrices = crop_matrices(anchors[part].float().cpu(), stage.scale, side).to(frames.device)
         crops = warp(frames[frame_index[part]], matrices, (side, side))
-        maps = run_model(model, crops)["confmaps"]
+        maps = run_model(model, with_centre_cue(crops, stage))["confmaps"]
         xy, values = global_peaks(maps, model.output_stride)
         xy_out.append(_to_frame(xy, matrices))
         values_out.append(values)

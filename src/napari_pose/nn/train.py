@@ -53,7 +53,7 @@ from napari_pose.nn.predict import (
 )
 
 #: Share of a time budget given to each stage of a two-stage pipeline.
-_TIME_SHARE = {"centroid": 0.3, "centered_instance": 0.7}
+_TIME_SHARE = {"centroid": 0.25, "centered_instance": 0.75}
 #: Fewest steps in an epoch: validation runs after each, and on a small project one pass over
 #: the examples is so short that validating would take a fifth of the time.
 _MIN_STEPS = 40
@@ -71,7 +71,7 @@ class TrainConfig:
         preset: Size of the pose model (``small``, ``medium``, ``large``).
         epochs: Most epochs per stage.
         time_limit: Budget in minutes for the whole pipeline (``None``: no limit); a two-stage
-            pipeline gives 30% to the centroid stage and 70% to the centred-instance stage.
+            pipeline gives 25% to the centroid stage and 75% to the centred-instance stage.
         batch_size: Examples per step.
         steps_per_epoch: Steps per epoch (``None``: one pass over the training examples, at
             least 40 steps, so tiny projects still get meaningful epochs).
@@ -391,6 +391,8 @@ def train(
         "complete": False,
         "nodes": data.skeleton.node_names,
         "max_instances": data.max_instances,
+        "flip_pairs": [[data.skeleton.node_names[a], data.skeleton.node_names[b]]
+                       for a, b in data.symmetric_pairs],
         "stages": {kind: stage.to_dict() for kind, stage in stages.items()},
         "training": {
             **config.to_dict(),
