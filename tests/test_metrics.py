@@ -6,12 +6,15 @@ sleap_io labels to numbers against ground truth and against a real model's predi
 
 from __future__ import annotations
 
+import attrs
 import numpy as np
 import pytest
 import sleap_io as sio
 
+from napari_pose.core.pose_arrays import labels_to_arrays
 from napari_pose.nn.metrics import (
     FramePoses,
+    compare,
     evaluate,
     labels_to_frames,
     match_frame,
@@ -251,3 +254,23 @@ def test_clip_against_model_predictions(clip):
     assert result["dist_median_px"] < result["dist_p90_px"] < result["dist_p95_px"] < 100.0
     assert 0.0 < result["pck_2px"] < 0.05 < result["pck_5px"] < result["pck_10px"] < 0.8
     assert 0 < result["n_missing_pred_nodes"] < 0.05 * 2 * result["n_matched"]
+
+
+def test_compare_gives_accuracy_identity_and_worst_frames(clip):
+    gt = labels_to_arrays(clip[0])
+    swapped = gt.track.copy()
+    late = gt.frame >= 700
+    swapped[late] = 1 - swapped[late]
+    moved = gt.xy.copy()
+    moved[gt.frame == 42] += 30.0  # one frame far off
+    metrics, per_frame = compare(gt, attrs.evolve(gt, track=swapped, xy=moved))
+    assert metrics["id_switches"] == 2 and metrics["n_gt"] == 3000
+    assert metrics["oks_mar"] > 0.99
+    assert min(per_frame, key=per_frame.get)[1] == 42 and len(per_frame) == 1500
+    assert sum(v == pytest.approx(1.0) for v in per_frame.values()) == 1499
+
+    # Predictions of some frames only are compared on those frames.
+    pred = labels_to_arrays(clip[1])
+    some = pred.select(pred.frame < 100)
+    metrics, per_frame = compare(gt, some)
+    assert len(per_frame) == len(np.unique(some.frame)) and metrics["n_gt"] <= 200

@@ -33,7 +33,7 @@ def test_napari_discovers_every_contribution():
         "napari-pose.write_slp", "napari-pose.write_dlc", "napari-pose.write_analysis"}
     assert {s.key for s in contributions.sample_data} == {"synthetic_video", "synthetic_project"}
     assert [w.display_name for w in contributions.widgets] == [
-        "Pose project", "Label poses", "Skeleton", "Train model", "Predict"]
+        "Pose project", "Label poses", "Skeleton", "Train model", "Predict", "Proofread"]
     # Every command resolves to a real Python object.
     for command in contributions.commands:
         assert import_python_name(command.python_name) is not None, command.id

@@ -395,12 +395,3 @@ def test_saved_json_references_resolve_as_in_sleaps_own_files(data_dir, tmp_path
     symmetric = {frozenset((s[1], t[1])) for s, t, kind in links if kind == ("type", 2)}
     assert symmetric == symmetry_set(fly)
 
-
-def test_left_right_pairs_are_told_by_node_names():
-    from napari_pose.core.skeleton import name_symmetries
-
-    fly = ["head", "thorax", "wingL", "wingR", "forelegL4", "forelegR4", "eyeL", "eyeR"]
-    assert name_symmetries(fly) == [(2, 3), (4, 5), (6, 7)]
-    mouse = ["snout", "left_ear", "right_ear", "paw_l", "paw_r", "Label", "Rib", "tail"]
-    assert name_symmetries(mouse) == [(1, 2), (3, 4)]
-    assert name_symmetries(["a", "b"]) == []

@@ -61,7 +61,7 @@ def test_training_runs_to_the_end_and_shows_results(make_napari_viewer, qtbot, t
                  "skeleton.json"):  # fmt: skip
         assert (tmp_path / "model" / name).exists(), name
     widget.plot.grab()  # paints with data without raising
-    assert widget.predict_button.visible
+    assert widget.predict_button.enabled
     _press(qtbot, widget.predict_button)
     predict = [w for w in viewer.window.dock_widgets.values() if hasattr(w, "maps_button")]
     assert predict and str(predict[0].model.value) == str(tmp_path / "model")

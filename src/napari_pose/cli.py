@@ -17,7 +17,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import attrs
 import numpy as np
 
 
@@ -219,44 +218,23 @@ def _track(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from napari_pose.core.io import load_labels
+    from napari_pose.core.io import atomic_write, load_labels
     from napari_pose.core.pose_arrays import labels_to_arrays
-    from napari_pose.nn.metrics import evaluate, identity_metrics, labels_to_frames
+    from napari_pose.nn.metrics import compare
+    from napari_pose.nn.train import parse_frames
 
-    gt_labels, pred_labels = load_labels(args.ground_truth), load_labels(args.predictions)
-    nodes = [n for n in pred_labels.skeleton.node_names if n in gt_labels.skeleton.node_names]
-    if not nodes:
-        raise ValueError(f"{args.predictions} and {args.ground_truth} share no node names")
-    gt = labels_to_frames(gt_labels, predicted=False, nodes=nodes)
-    pred = labels_to_frames(pred_labels, predicted=True, nodes=nodes)
+    gt = labels_to_arrays(load_labels(args.ground_truth))
+    gt = gt.select(~gt.predicted)
     if args.frames:
-        from napari_pose.nn.train import parse_frames
-
-        wanted = set(parse_frames(args.frames))
-        gt = {k: v for k, v in gt.items() if k[1] in wanted}
-    metrics = evaluate(gt, pred)
-    gt_arrays, pred_arrays = labels_to_arrays(gt_labels), labels_to_arrays(pred_labels)
-    gt_arrays = gt_arrays.select(~gt_arrays.predicted)
-    pred_arrays = pred_arrays.select(pred_arrays.predicted)
-    if args.frames:
-        gt_arrays = gt_arrays.select(np.isin(gt_arrays.frame, sorted(wanted)))
-    columns = [gt_labels.skeleton.node_names.index(n) for n in nodes]
-    pred_columns = [pred_labels.skeleton.node_names.index(n) for n in nodes]
-    gt_arrays = attrs.evolve(gt_arrays, xy=gt_arrays.xy[:, columns],
-                             visible=gt_arrays.visible[:, columns])  # fmt: skip
-    pred_arrays = attrs.evolve(pred_arrays, xy=pred_arrays.xy[:, pred_columns],
-                               visible=pred_arrays.visible[:, pred_columns])  # fmt: skip
-    if (gt_arrays.track >= 0).any() and (pred_arrays.track >= 0).any():
-        metrics.update(identity_metrics(gt_arrays, pred_arrays))
-    metrics["nodes"] = nodes
+        gt = gt.select(np.isin(gt.frame, list(parse_frames(args.frames))))
+    pred = labels_to_arrays(load_labels(args.predictions))
+    metrics, _ = compare(gt, pred.select(pred.predicted), predicted_frames_only=False)
     for key in ("oks_map", "oks_mar", "dist_median_px", "dist_p95_px", "pck_5px",
                 "id_switches", "mota", "idf1"):  # fmt: skip
         if key in metrics:
-            print(f"{key:>16}: {metrics[key]:.4g}" if isinstance(metrics[key], float)
-                  else f"{key:>16}: {metrics[key]}")  # fmt: skip
+            value = metrics[key]
+            print(f"{key:>16}: {value:.4g}" if isinstance(value, float) else f"{key:>16}: {value}")
     if args.json is not None:
-        from napari_pose.core.io import atomic_write
-
         text = json.dumps(metrics, indent=2)
         atomic_write(args.json, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return 0

@@ -23,7 +23,6 @@ cover them for both holders.
 
 from __future__ import annotations
 
-import re
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -45,7 +44,6 @@ __all__ = [
     "add_node_in_labels",
     "delete_node",
     "load_skeleton",
-    "name_symmetries",
     "points_lost",
     "remove_edge",
     "remove_symmetry",
@@ -145,43 +143,6 @@ def set_symmetry(skeleton: sio.Skeleton, a: str, b: str) -> None:
     pair = _pair(skeleton, a, b)
     skeleton.symmetries = [s for s in skeleton.symmetries if s.nodes.isdisjoint(pair)]
     skeleton.add_symmetry(*pair)
-
-
-_SIDE_WORDS = re.compile(r"left|right|Left|Right|LEFT|RIGHT")
-# An upper-case L/R that is its own token: after the start, a lower-case letter or a
-# separator, and before the end, a digit, an upper-case letter or a separator (eyeL, L_ear,
-# forelegL4); a lower-case l/r only between separators or the ends (ear_l, l-paw).
-_SIDE_LETTERS = re.compile(r"(?:(?<=^)|(?<=[a-z0-9_\-. ]))[LR](?=$|[0-9A-Z_\-. ])"
-                           r"|(?:(?<=^)|(?<=[_\-. ]))[lr](?=$|[0-9_\-. ])")  # fmt: skip
-_SWAP = {"left": "right", "right": "left", "Left": "Right", "Right": "Left", "LEFT": "RIGHT",
-         "RIGHT": "LEFT", "L": "R", "R": "L", "l": "r", "r": "l"}  # fmt: skip
-
-
-def _mirrored_names(name: str) -> set[str]:
-    """``name`` with one of its left/right markers swapped, for each marker it has."""
-    out = set()
-    for pattern in (_SIDE_WORDS, _SIDE_LETTERS):
-        for match in pattern.finditer(name):
-            out.add(name[: match.start()] + _SWAP[match.group()] + name[match.end() :])
-    return out
-
-
-def name_symmetries(node_names: list[str]) -> list[tuple[int, int]]:
-    """Left/right node pairs told by their names: ``eyeL``/``eyeR``, ``forelegL4``/
-    ``forelegR4``, ``left_ear``/``right_ear``, ``paw_l``/``paw_r``...
-
-    For skeletons saved without symmetries (clip.slp has none) this recovers the pairs that
-    flip augmentation must swap; each node is in at most one pair.
-    """
-    index = {name: i for i, name in enumerate(node_names)}
-    pairs, used = [], set()
-    for i, name in enumerate(node_names):
-        for other in sorted(_mirrored_names(name)):
-            j = index.get(other)
-            if j is not None and j != i and i not in used and j not in used:
-                pairs.append((min(i, j), max(i, j)))
-                used.update((i, j))
-    return sorted(pairs)
 
 
 def remove_symmetry(skeleton: sio.Skeleton, a: str, b: str) -> None:

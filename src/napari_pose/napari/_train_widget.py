@@ -141,7 +141,7 @@ class TrainWidget(Container):
         self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
         self.status = Label(label="status", value="")
         self.results = Label(label="results", value="")
-        self.predict_button = PushButton(label="", text="Predict with this model", visible=False)
+        self.predict_button = PushButton(label="", text="Predict with this model", enabled=False)
         self.extend([self.project, self.labels_file, self.pipeline, self.preset, self.epochs,
                      self.time_limit, self.device, self.output, self.start_button,
                      self.cancel_button, self.progress, self.status, self.results,
@@ -191,7 +191,7 @@ class TrainWidget(Container):
             device=self.device.value,
         )
         self._stop = threading.Event()
-        self.predict_button.visible = False
+        self.predict_button.enabled = False
         self.plot.clear()
         self.progress.value, self.status.value, self.results.value = 0, "starting", ""
         self.start_button.enabled, self.cancel_button.enabled = False, True
@@ -218,7 +218,7 @@ class TrainWidget(Container):
         self.status.value = progress.message
         if progress.stage == "done":
             self.results.value = self._summary(progress.validation)
-            self.predict_button.visible = progress.validation is not None
+            self.predict_button.enabled = progress.validation is not None
         elif progress.validation is not None:
             self.plot.add_epoch(progress.validation["val_loss"],
                                 progress.validation.get("dist_median_px", math.nan))  # fmt: skip

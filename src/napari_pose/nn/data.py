@@ -24,7 +24,6 @@ import torch
 
 from napari_pose.core.errors import MissingVideoError, VideoFileError
 from napari_pose.core.pose_arrays import labels_to_arrays
-from napari_pose.core.skeleton import name_symmetries
 from napari_pose.core.stacks import to_uint8
 from napari_pose.core.video import open_video
 from napari_pose.nn.augment import (
@@ -79,10 +78,8 @@ class LabelledFrames:
 
     @property
     def symmetric_pairs(self) -> list[tuple[int, int]]:
-        """Left/right node pairs: the skeleton's symmetries or, when it declares none, the
-        pairs its node names tell (``eyeL``/``eyeR``; ``core.skeleton.name_symmetries``)."""
-        declared = [tuple(sorted(pair)) for pair in self.skeleton.symmetry_inds]
-        return declared or name_symmetries(self.skeleton.node_names)
+        """Left/right node pairs the skeleton declares (what flip augmentation swaps)."""
+        return [tuple(sorted(pair)) for pair in self.skeleton.symmetry_inds]
 
     @property
     def mirror(self) -> np.ndarray:

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
+import attrs
 import numpy as np
 import sleap_io as sio
 
@@ -237,7 +238,7 @@ def evaluate(
     return result
 
 
-def _video_key(video: sio.Video) -> str:
+def video_key(video: sio.Video) -> str:
     """A video's identity across labels files: its (first) file name, not its list position."""
     filename = video.filename
     return str(filename[0] if isinstance(filename, list) else filename)
@@ -251,16 +252,26 @@ def labels_to_frames(
     """Per-frame arrays of a sleap_io ``Labels``, keyed by ``(video filename, frame index)``.
 
     ``predicted=False`` takes user instances (ground truth), ``True`` predicted instances,
-    ``None`` both. ``nodes`` picks and orders nodes by name, so files whose skeletons differ
-    (e.g. a full-body ground truth and a head/thorax model) compare on their common nodes;
-    by default the skeleton's nodes are used. Invisible nodes become NaN; frames without an
-    instance of the requested kind are left out. Each instance's ``area`` is the bounding box
-    of all its visible nodes, chosen or not, so OKS scales with the whole animal. Built on
-    ``PoseArrays`` (no loop over instances; lazily loaded files read their tables directly).
+    ``None`` both. See :func:`arrays_to_frames` for ``nodes`` and what each frame holds.
     """
     arrays = labels_to_arrays(labels)
     if predicted is not None:
         arrays = arrays.select(arrays.predicted == predicted)
+    return arrays_to_frames(arrays, nodes)
+
+
+def arrays_to_frames(
+    arrays: PoseArrays, nodes: Sequence[str] | None = None
+) -> dict[tuple[str, int], FramePoses]:
+    """Per-frame arrays of ``PoseArrays``, keyed by ``(video filename, frame index)``.
+
+    ``nodes`` picks and orders nodes by name, so files whose skeletons differ (e.g. a
+    full-body ground truth and a head/thorax model) compare on their common nodes; by default
+    the skeleton's nodes are used. Invisible nodes become NaN; frames without an instance are
+    left out. Each instance's ``area`` is the bounding box of all its visible nodes, chosen or
+    not, so OKS scales with the whole animal. Vectorised: no loop over instances.
+    """
+    arrays = arrays.sorted()
     names = arrays.skeleton.node_names
     nodes = names if nodes is None else list(nodes)
     missing = [n for n in nodes if n not in names]
@@ -278,11 +289,70 @@ def labels_to_frames(
     starts = np.flatnonzero(np.any(np.diff(keys, axis=0, prepend=-1), axis=1))
     stops = np.append(starts[1:], len(arrays))
     return {
-        (_video_key(arrays.videos[arrays.video[a]]), int(arrays.frame[a])): FramePoses(
+        (video_key(arrays.videos[arrays.video[a]]), int(arrays.frame[a])): FramePoses(
             points[a:b], visible[a:b], scores[a:b], area[a:b]
         )
         for a, b in zip(starts, stops)
     }
+
+
+def frame_oks(
+    gt_frames: Mapping[FrameKey, FramePoses],
+    pred_frames: Mapping[FrameKey, FramePoses],
+    sigma: float | np.ndarray = DEFAULT_SIGMA,
+) -> dict[FrameKey, float]:
+    """Per ground-truth frame, the mean OKS of its instances with their matched predictions.
+
+    A missed instance counts 0, so the lowest values are the frames most worth a look (a
+    wrong pose, or an animal the model did not find).
+    """
+    result = {}
+    for key, truth in gt_frames.items():
+        guess = pred_frames.get(key)
+        if guess is None or not len(truth.points):
+            result[key] = 0.0
+            continue
+        _, pair_oks = match_frame(truth.points, guess.points, truth.visible, guess.scores,
+                                  sigma=sigma, scale=truth.area)  # fmt: skip
+        result[key] = float(pair_oks.sum() / len(truth.points))
+    return result
+
+
+def compare(gt: PoseArrays, pred: PoseArrays, predicted_frames_only: bool = True
+            ) -> tuple[dict[str, float | int | list[float]], dict[FrameKey, float]]:  # fmt: skip
+    """Accuracy (``evaluate``), identity (``identity_metrics``, when both are tracked) and
+    per-frame OKS (``frame_oks``) of predictions against user-labelled ground truth.
+
+    The two may come from different projects: nodes are compared by name (those they share)
+    and videos by file name, as ``sleap-evaluate`` does. ``predicted_frames_only`` compares
+    only the ground-truth frames that have predictions (a layer holding predictions of some
+    frames); otherwise every ground-truth frame counts, unpredicted ones as misses.
+    """
+    nodes = [n for n in pred.skeleton.node_names if n in gt.skeleton.node_names]
+    if not nodes:
+        raise ValueError("the ground truth and the predictions share no node names")
+    gt_frames, pred_frames = arrays_to_frames(gt, nodes), arrays_to_frames(pred, nodes)
+    # A layer often holds predictions of some frames only, and a frame predicted empty cannot
+    # be told from one not predicted: compare the frames that have predictions, if any.
+    if predicted_frames_only:
+        gt_frames = {k: v for k, v in gt_frames.items() if k in pred_frames} or gt_frames
+    metrics = evaluate(gt_frames, pred_frames)
+    if (gt.track >= 0).any() and (pred.track >= 0).any():
+        # identity_metrics knows videos by index: give the predictions the ground truth's.
+        index = {video_key(v): i for i, v in enumerate(gt.videos)}
+        video = np.array([index.get(video_key(v), -1) for v in pred.videos])[pred.video]
+        compared = [index[name] << 40 | frame for name, frame in gt_frames]
+        shared = np.isin(gt.video.astype(np.int64) << 40 | gt.frame, compared)
+        gt_cols = [gt.skeleton.node_names.index(n) for n in nodes]
+        pred_cols = [pred.skeleton.node_names.index(n) for n in nodes]
+        metrics.update(identity_metrics(
+            attrs.evolve(gt.select(shared), xy=gt.xy[shared][:, gt_cols],
+                         visible=gt.visible[shared][:, gt_cols]),
+            attrs.evolve(pred.select(video >= 0), video=video[video >= 0].astype(np.int32),
+                         xy=pred.xy[video >= 0][:, pred_cols],
+                         visible=pred.visible[video >= 0][:, pred_cols]),
+        ))  # fmt: skip
+    return metrics, frame_oks(gt_frames, pred_frames)
 
 
 def identity_metrics(

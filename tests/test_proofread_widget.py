@@ -1,0 +1,154 @@
+"""The *Proofread* dock in a real viewer on the two-fly clip: identity edits reach the file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_pose.core.io import load_labels, save_labels
+from napari_pose.core.pose_arrays import labels_to_arrays
+from napari_pose.napari.convert import POSE_KEY, TRACKS_KEY
+from napari_pose.napari.labelling import current_project, open_projects
+
+pytestmark = pytest.mark.gui
+
+
+def press(qtbot, button):
+    from qtpy.QtCore import Qt
+
+    qtbot.mouseClick(button.native, Qt.MouseButton.LeftButton)
+
+
+@pytest.fixture
+def opened(make_napari_viewer, sleap_dir):
+    """A viewer with clip.slp open (a windowed labels layer: 2 flies x 1500 frames) and the dock."""
+    viewer = make_napari_viewer()
+    viewer.open(str(sleap_dir / "tracks" / "clip.slp"), plugin="napari-pose")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Proofread")
+    return viewer, widget
+
+
+def project(viewer):
+    """The open project as its layers hold it now, every frame."""
+    (labels,) = open_projects(viewer).values()
+    return current_project(viewer, labels)
+
+
+def tracks_layers(viewer):
+    return [layer for layer in viewer.layers if TRACKS_KEY in layer.metadata]
+
+
+def test_swap_from_a_frame_is_saved_and_undone(opened, qtbot, tmp_path):
+    viewer, widget = opened
+    points = next(layer for layer in viewer.layers if POSE_KEY in layer.metadata)
+    assert widget.layer.value is points and points.metadata[POSE_KEY].window is not None
+    assert (widget.track_a.current_choice, widget.track_b.current_choice) == ("female", "male")
+    before = labels_to_arrays(project(viewer))
+    viewer.dims.set_current_step(0, 700)  # the layer and trajectories now hold frames near 700
+    on_700 = points.data[:, 0] == 700
+    tracks_700 = dict(zip(points.features["instance"][on_700], points.features["track"][on_700]))
+    (tracks,) = tracks_layers(viewer)
+    female_at_750 = tracks.data[(tracks.data[:, 0] == 0) & (tracks.data[:, 1] == 750)]
+    assert len(female_at_750) == 1
+
+    press(qtbot, widget.swap)
+    after = labels_to_arrays(project(viewer))
+    late = before.frame >= 700
+    np.testing.assert_array_equal(after.track[late], 1 - before.track[late])
+    np.testing.assert_array_equal(after.track[~late], before.track[~late])
+    np.testing.assert_array_equal(after.xy, before.xy)
+    assert "from frame 700" in widget.status.value
+    # The layer shows it, and the trajectories follow: the male is now where the female was.
+    on_700 = points.data[:, 0] == 700
+    swapped = dict(zip(points.features["instance"][on_700], points.features["track"][on_700]))
+    other = {"female": "male", "male": "female"}
+    assert swapped == {i: other[t] for i, t in tracks_700.items()}
+    male_at_750 = tracks.data[(tracks.data[:, 0] == 1) & (tracks.data[:, 1] == 750)]
+    np.testing.assert_allclose(male_at_750, female_at_750 + [1, 0, 0, 0])
+
+    save_labels(project(viewer), tmp_path / "swapped.slp")
+    reopened = labels_to_arrays(load_labels(tmp_path / "swapped.slp"))
+    np.testing.assert_array_equal(reopened.track, after.track)
+    assert [t.name for t in reopened.tracks] == ["female", "male"]
+
+    press(qtbot, widget.undo)
+    np.testing.assert_array_equal(labels_to_arrays(project(viewer)).track, before.track)
+
+
+def test_next_suspicious_frame_finds_a_swap_and_the_plot_seeks(opened, qtbot):
+    from qtpy.QtCore import QPoint, Qt
+
+    viewer, widget = opened
+    viewer.dims.set_current_step(0, 700)
+    press(qtbot, widget.swap)  # an identity swap at frame 700, as a tracker would make
+    viewer.dims.set_current_step(0, 0)
+    press(qtbot, widget.next)
+    assert viewer.dims.current_step[0] == 700
+    assert "frame 700: suspicious #1" in widget.status.value and "jump" in widget.status.value
+    assert widget.plot.current == 700 and widget.plot.values.argmax() == 700
+    assert not widget.plot.grab().isNull()  # paints (off screen too)
+    press(qtbot, widget.next)  # the next one, less suspicious
+    assert viewer.dims.current_step[0] == widget.ranked[1] != 700
+    press(qtbot, widget.previous)
+    assert viewer.dims.current_step[0] == 700
+
+    press(qtbot, widget.swap)  # fixed: 700 is no longer suspicious
+    assert 700 not in widget.ranked
+
+    x = widget.plot.width() // 4
+    qtbot.mouseClick(widget.plot, Qt.MouseButton.LeftButton, pos=QPoint(x, 30))
+    assert 0 < viewer.dims.current_step[0] == widget.plot.frame_at(x) == widget.plot.current
+
+
+def test_set_rename_merge_and_delete_act_on_the_layers(opened, qtbot):
+    viewer, widget = opened
+    points = next(layer for layer in viewer.layers if POSE_KEY in layer.metadata)
+    before = labels_to_arrays(project(viewer))
+
+    # One instance to track A: the other fly of that frame takes its old track.
+    viewer.dims.set_current_step(0, 300)
+    male = np.flatnonzero((points.data[:, 0] == 300) & (points.features["track"] == "male"))
+    points.selected_data = set(male.tolist())
+    press(qtbot, widget.set_a)
+    after = labels_to_arrays(project(viewer))
+    changed = np.flatnonzero(after.track != before.track)
+    assert set(before.frame[changed]) == {300} and len(changed) == 2
+    press(qtbot, widget.undo)
+
+    widget.new_name.value = "fly A"
+    press(qtbot, widget.rename)
+    shown = set(points.features["track"])
+    assert "fly A" in shown and "female" not in shown
+    assert [t.name for t in project(viewer).tracks] == ["fly A", "male"]
+    assert widget.track_a.current_choice == "fly A"
+
+    press(qtbot, widget.merge)  # both flies are on every frame: refused, nothing changes
+    assert "1500 frame(s)" in widget.status.value
+    assert [t.name for t in project(viewer).tracks] == ["fly A", "male"]
+
+    press(qtbot, widget.delete)
+    deleted = labels_to_arrays(project(viewer))
+    assert [t.name for t in deleted.tracks] == ["male"]
+    assert (deleted.track == -1).sum() == 1500 and len(deleted) == len(before)
+    assert set(points.features["track"]) == {"male", ""}
+    (tracks,) = tracks_layers(viewer)
+    assert set(tracks.data[:, 0]) == {0}
+    press(qtbot, widget.delete)  # nothing tracked any more: no trajectories to draw
+    assert not tracks_layers(viewer) and widget.track_a.value is None
+    press(qtbot, widget.undo)
+    (tracks,) = tracks_layers(viewer)
+    assert [t.name for t in project(viewer).tracks] == ["male"] and set(tracks.data[:, 0]) == {0}
+
+
+def test_evaluation_compares_predictions_with_the_labels(opened, qtbot, sleap_dir):
+    viewer, widget = opened
+    viewer.open(str(sleap_dir / "tracks" / "clip.predictions.slp"), plugin="napari-pose")
+    assert widget.truth.choices == ("clip.slp", "clip.predictions.slp")
+    assert widget.evaluated.value.metadata[POSE_KEY].predicted
+    widget.truth.value = "clip.slp"
+    press(qtbot, widget.evaluate_button)
+    assert "OKS mAP" in widget.results.value and "instances matched" in widget.results.value
+    frames = list(widget.worst.choices)
+    assert 0 < len(frames) <= 20
+    widget.worst.value = frames[-1]
+    assert viewer.dims.current_step[0] == frames[-1]
