@@ -173,6 +173,17 @@ def test_missing_nodes_counted_separately():
     assert result["dist_median_px"] == 0.0
     assert result["pck_2px"] == pytest.approx(3 / 5)
     assert np.isnan(result["per_node_dist_median"][0])
+    assert result["vis_recall"] == pytest.approx(3 / 5) and result["vis_precision"] == 1.0
+
+
+def test_nodes_predicted_where_ground_truth_is_occluded_lower_visibility_precision():
+    gt = _random_frames(n_frames=1, n_inst=1)
+    truth = gt[("v", 0)]
+    occluded = truth.visible.copy()
+    occluded[0, 0] = False  # the labeller marked node 0 occluded; the model placed it anyway
+    result = evaluate({("v", 0): FramePoses(truth.points, occluded, truth.scores)},
+                      {("v", 0): FramePoses.from_points(truth.points)})  # fmt: skip
+    assert result["vis_precision"] == pytest.approx(4 / 5) and result["vis_recall"] == 1.0
 
 
 def test_evaluate_needs_ground_truth():

@@ -222,3 +222,18 @@ def test_replace_frames_swaps_redone_frames_and_keeps_ids_unique():
     assert merged.frame.tolist() == [1, 2, 3, 4]
     assert merged.xy[:, 0, 0].tolist() == [-1, 2, -1, 4]  # frame 2 redone, 1 and 3 kept
     assert len(set(merged.instance_id.tolist())) == 4
+
+
+def test_tracking_after_a_run_gives_identities_that_save(make_napari_viewer, qtbot, tmp_path,
+                                                        setup):  # fmt: skip
+    viewer, widget = _dock(make_napari_viewer, setup.video, setup.model)
+    widget.frames.value = "range"
+    widget.first.value, widget.last.value = 0, 29
+    widget.track_box.value, widget.max_tracks.value = True, 1
+    _run(qtbot, widget)
+    assert "1 tracks" in widget.status.value
+    widget.save_path.value = tmp_path / "tracked.slp"
+    _press(qtbot, widget.save_button)
+    saved = sio.load_slp(str(tmp_path / "tracked.slp"))
+    assert len(saved.tracks) == 1
+    assert all(inst.track is saved.tracks[0] for lf in saved.labeled_frames for inst in lf.instances)

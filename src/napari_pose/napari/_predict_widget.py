@@ -24,7 +24,9 @@ import napari
 import napari.viewer
 import numpy as np
 import sleap_io as sio
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox,
+)  # fmt: skip
 from napari.layers import Image, Points
 from napari.qt.threading import GeneratorWorker, thread_worker
 from napari.utils.notifications import show_error
@@ -48,6 +50,7 @@ from napari_pose.napari.labelling import open_projects, project_points_layers
 from napari_pose.napari.sync import attach
 from napari_pose.nn.inference import PredictConfig, Predictor, predict_video, predictions_to_arrays
 from napari_pose.nn.predict import FramePrediction
+from napari_pose.nn.tracking import TrackerConfig, track
 
 FRAME_CHOICES = ["current frame", "range", "all", "suggested", "labelled"]
 DEVICE_CHOICES = ["auto", "cpu", "cuda", "mps"]
@@ -185,6 +188,8 @@ class PredictWidget(Container):
         self.last = SpinBox(label="to frame", value=99, min=0, max=10**9, visible=False)
         self.batch_size = SpinBox(label="batch size", value=4, min=1, max=1024)
         self.device = ComboBox(label="device", choices=DEVICE_CHOICES)
+        self.track_box = CheckBox(label="track identities", value=False)
+        self.max_tracks = SpinBox(label="animals (0: any)", value=0, min=0, max=1000)
         self.start_button = PushButton(label="", text="Start")
         self.cancel_button = PushButton(label="", text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
@@ -193,7 +198,7 @@ class PredictWidget(Container):
         self.save_button = PushButton(label="", text="Save predictions")
         self.maps_button = PushButton(label="", text="Show confidence maps")
         self.extend([self.model, self.image, self.frames, self.first, self.last, self.batch_size,
-                     self.device, self.start_button, self.cancel_button, self.progress,
+                     self.device, self.track_box, self.max_tracks, self.start_button, self.cancel_button, self.progress,
                      self.status, self.save_path, self.save_button, self.maps_button])  # fmt: skip
         self.worker: GeneratorWorker | None = None  # the running prediction
         self.predictions_layer: Points | None = None  # what Save writes
@@ -341,6 +346,8 @@ class PredictWidget(Container):
         run, self._run, self.worker = self._run, None, None
         if run.layer is not None:
             self._draw(run)
+            if self.track_box.value:
+                self._track(run.layer)
             if self._stop.is_set():
                 done = f"{len(run.results)} of {len(run.frames)} frames"
                 self.status.value = f"cancelled after {done}"
@@ -396,6 +403,11 @@ class PredictWidget(Container):
         new = predictions_to_arrays(binding.arrays.skeleton, binding.labels.videos,
                                     [(binding.video, f, p) for f, p in run.results])  # fmt: skip
         binding.arrays = replace_frames(run.kept, new)
+        self._show(layer, binding)
+        run.drawn_at = time.monotonic()
+
+    def _show(self, layer: Points, binding: PoseBinding) -> None:
+        """Redraw ``layer`` from ``binding.arrays`` (its frame window when it is large)."""
         sync = attach(self._viewer)
         n_points = np.isfinite(binding.arrays.xy[..., 0]).sum()
         if binding.window is None and n_points > WINDOW_THRESHOLD:
@@ -407,7 +419,17 @@ class PredictWidget(Container):
             layer.symbol = np.where(features["visible"].to_numpy(bool), "disc", "ring")
         layer.refresh()
         sync.refresh(layer)
-        run.drawn_at = time.monotonic()
+
+    def _track(self, layer: Points) -> None:
+        """Give the layer's predictions identities (``nn.tracking``), once a run has ended:
+        tracking is sequential over frames, so it runs on everything predicted at once."""
+        binding: PoseBinding = layer.metadata[POSE_KEY]
+        config = TrackerConfig(max_tracks=int(self.max_tracks.value) or None)
+        binding.arrays = track(binding.arrays, config)
+        binding.labels.tracks = list(binding.arrays.tracks)  # saving indexes the labels' tracks
+        self._show(layer, binding)
+        n_tracks = len(binding.arrays.tracks)
+        self.status.value = f"{self.status.value}; {n_tracks} tracks"
 
     def save(self) -> Path | None:
         """Write the predictions layer to the chosen file (``.slp`` unless it says otherwise)."""

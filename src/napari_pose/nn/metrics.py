@@ -231,11 +231,24 @@ def evaluate(
         "n_pred": n_pred,
         "n_matched": len(gt_m),
         "n_missing_pred_nodes": int((vis_m & ~np.isfinite(dist)).sum()),
+        **_visibility(vis_m, np.isfinite(pred_m).all(axis=-1)),
     }
     for radius in PCK_RADII_PX:
         hits = int((d <= radius).sum())
         result[f"pck_{radius}px"] = hits / n_gt_visible if n_gt_visible else float("nan")
     return result
+
+
+def _visibility(gt_visible: np.ndarray, pred_found: np.ndarray) -> dict[str, float]:
+    """Precision and recall of "this node is visible" over matched instances: a predicted node
+    where the ground truth says occluded or absent is a false positive, a visible ground-truth
+    node the model did not place a miss (SLEAP's visibility precision/recall)."""
+    both = int((gt_visible & pred_found).sum())
+    found, visible = int(pred_found.sum()), int(gt_visible.sum())
+    return {
+        "vis_precision": both / found if found else float("nan"),
+        "vis_recall": both / visible if visible else float("nan"),
+    }
 
 
 def video_key(video: sio.Video) -> str:
@@ -345,18 +358,20 @@ def compare(gt: PoseArrays, pred: PoseArrays, predicted_frames_only: bool = True
         shared = np.isin(gt.video.astype(np.int64) << 40 | gt.frame, compared)
         gt_cols = [gt.skeleton.node_names.index(n) for n in nodes]
         pred_cols = [pred.skeleton.node_names.index(n) for n in nodes]
+        full_area = instance_area(gt.xy[shared], gt.visible[shared])
         metrics.update(identity_metrics(
             attrs.evolve(gt.select(shared), xy=gt.xy[shared][:, gt_cols],
                          visible=gt.visible[shared][:, gt_cols]),
             attrs.evolve(pred.select(video >= 0), video=video[video >= 0].astype(np.int32),
                          xy=pred.xy[video >= 0][:, pred_cols],
                          visible=pred.visible[video >= 0][:, pred_cols]),
+            gt_area=full_area,
         ))  # fmt: skip
     return metrics, frame_oks(gt_frames, pred_frames)
 
 
 def identity_metrics(
-    gt: PoseArrays, pred: PoseArrays, min_oks: float = 0.5
+    gt: PoseArrays, pred: PoseArrays, min_oks: float = 0.5, gt_area: np.ndarray | None = None
 ) -> dict[str, float | int]:
     """Identity figures of tracked predictions against ground-truth tracks (CLEAR-MOT, IDF1).
 
@@ -371,12 +386,16 @@ def identity_metrics(
       (the mapping that maximises frames in agreement).
 
     Both arrays share a skeleton's node order; instances without a track are skipped.
+    ``gt_area`` ``(len(gt),)`` is each ground-truth animal's OKS scale when ``gt`` holds only
+    some of its nodes (default: the bounding box of the nodes given; see ``FramePoses``).
     """
     from scipy.optimize import linear_sum_assignment
 
-    gt = gt.select(gt.track >= 0)
+    tracked = gt.track >= 0
+    gt = gt.select(tracked)
     pred = pred.select(pred.track >= 0)
     gt_vis = gt.visible & np.isfinite(gt.xy).all(axis=-1)
+    area = instance_area(gt.xy, gt_vis) if gt_area is None else np.asarray(gt_area)[tracked]
     gt_xy = np.where(gt_vis[..., None], gt.xy, np.nan)
     pred_xy = np.where(pred.visible[..., None], pred.xy, np.nan)
     key = lambda a: a.video.astype(np.int64) << 40 | a.frame  # noqa: E731
@@ -389,7 +408,7 @@ def identity_metrics(
         p = np.flatnonzero(pred_key == k)
         if len(p) == 0:
             continue
-        found, similarity = match_frame(gt_xy[g], pred_xy[p], gt_vis[g])
+        found, similarity = match_frame(gt_xy[g], pred_xy[p], gt_vis[g], scale=area[g])
         for (gi, pi), value in zip(found, similarity, strict=True):
             if value < min_oks:
                 continue
