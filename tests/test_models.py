@@ -181,3 +181,23 @@ def test_overfits_gaussian_blob() -> None:
         pred = model(images)["confmaps"]
     peak = pred[0, 0].flatten().argmax().item()
     assert divmod(peak, 16) == (5, 10)
+
+
+def test_fused_batchnorm_gives_the_same_maps() -> None:
+    from napari_pose.nn.models import fuse_batchnorm
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone=UNetConfig(filters=4, max_stride=8),
+                                    heads={"confmaps": 3, "pafs": 2}))  # fmt: skip
+    for module in model.modules():  # non-trivial running statistics and head weights
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    for head in model.heads.values():
+        torch.nn.init.normal_(head.weight)
+    x = torch.rand(2, 1, 32, 32)
+    expected = {k: v.detach() for k, v in model.eval()(x).items()}
+    fused = fuse_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    for name, maps in fused(x).items():
+        torch.testing.assert_close(maps, expected[name], atol=1e-5, rtol=1e-4)

@@ -19,6 +19,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 NORMS = ("batch", "group", "none")
 UPSAMPLINGS = ("bilinear", "transpose")
@@ -309,3 +310,24 @@ class PoseModel(nn.Module):
 def build_model(config: ModelConfig) -> PoseModel:
     """Build an untrained model from a config (or one loaded with ``ModelConfig.from_dict``)."""
     return PoseModel(config)
+
+
+def fuse_batchnorm(model: PoseModel) -> PoseModel:
+    """The model for inference with every conv -> batch-norm pair folded into one conv.
+
+    In eval mode a batch norm is a fixed per-channel affine map, so folding it into the
+    preceding conv's weights gives the same outputs (to float rounding) for one conv's cost:
+    about 10% faster inference on CPU here (docs/benchmarks.md). Modifies and returns
+    ``model``, which must not be trained afterwards.
+    """
+    model.eval()
+    for block in model.modules():
+        if not isinstance(block, ConvBlock):
+            continue
+        for i in range(len(block) - 1):
+            conv, norm = block[i], block[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                block[i] = fuse_conv_bn_eval(conv, norm)
+                block[i + 1] = nn.Identity()
+    return model
+

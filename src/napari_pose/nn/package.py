@@ -32,7 +32,7 @@ import yaml
 from napari_pose.core.errors import PoseFileError
 from napari_pose.core.io import atomic_write
 from napari_pose.core.skeleton import load_skeleton, save_skeleton
-from napari_pose.nn.models import PoseModel, build_model
+from napari_pose.nn.models import PoseModel, build_model, fuse_batchnorm
 from napari_pose.nn.pipelines import PIPELINES, StageConfig
 
 #: Version of the folder layout, bumped when a reader of an older one would misread it.
@@ -166,7 +166,7 @@ def load_package(folder: str | Path, device: torch.device | str = "cpu") -> Mode
         except RuntimeError as error:  # shapes or names do not match the config
             raise PoseFileError(path, f"weights do not match {CONFIG_FILE} ({error})") from error
         stages[kind] = stage
-        models[kind] = model.to(device).to(memory_format=torch.channels_last).eval()
+        models[kind] = fuse_batchnorm(model).to(device).to(memory_format=torch.channels_last)
     return ModelPackage(
         folder=folder,
         pipeline=config["pipeline"],
