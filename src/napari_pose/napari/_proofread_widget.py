@@ -68,6 +68,42 @@ def go_to_frame(viewer: napari.Viewer, layer: napari.layers.Points, frame: int) 
         viewer.dims.set_point(axis, value)
 
 
+class NodeErrorPlot(QWidget):
+    """Median pixel error per node as horizontal bars, the worst node's bar the longest: the
+    first thing to check when a model is unsure of one body part (the evaluation panel)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.names: list[str] = []
+        self.values = np.zeros(0)  # median error (px) per node, NaN where never matched
+
+    def show_errors(self, names: list[str], values: list[float]) -> None:
+        self.names, self.values = list(names), np.asarray(values, dtype=float)
+        self.setMinimumHeight(14 * len(self.names) + 4)
+        self.update()
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 (Qt's name)
+        if not self.names:
+            return
+        painter = QPainter(self)
+        text = self.palette().color(QPalette.ColorRole.WindowText)
+        finite = self.values[np.isfinite(self.values)]
+        top = float(finite.max()) if finite.size else 1.0
+        label_width, row = 90, 14
+        width = max(self.width() - label_width - 60, 10)
+        for i, (name, value) in enumerate(zip(self.names, self.values, strict=True)):
+            y = 2 + i * row
+            painter.setPen(text)
+            painter.drawText(2, y + row - 3, name[:12])
+            shown = f"{value:.1f} px" if np.isfinite(value) else "-"
+            if np.isfinite(value):
+                length = int(width * value / max(top, 1e-9))
+                painter.fillRect(label_width, y + 2, max(length, 1), row - 4, QColor("#f0a030"))
+                painter.drawText(label_width + length + 4, y + row - 3, shown)
+            else:
+                painter.drawText(label_width, y + row - 3, shown)
+
+
 class SuspicionPlot(QWidget):
     """Combined suspicion over the video, like a seekbar: a click jumps to the frame under it.
 
@@ -184,6 +220,8 @@ class ProofreadWidget(Container):
                      self.evaluate_button, self.results, self.worst])  # fmt: skip
         self.plot = SuspicionPlot()  # a plain Qt widget: placed under the navigation by hand
         self.native.layout().insertWidget(self.index(self.status) + 1, self.plot)
+        self.node_errors = NodeErrorPlot()  # per-node median error, under the figures
+        self.native.layout().insertWidget(self.index(self.results) + 2, self.node_errors)
         # Points change on every edit and every window move: score once they settle.
         self._timer = QTimer(self.native)
         self._timer.setSingleShot(True)
@@ -477,6 +515,7 @@ class ProofreadWidget(Container):
             lines.append(f"identity switches {metrics['id_switches']}, "
                          f"MOTA {metrics['mota']:.3f}, IDF1 {metrics['idf1']:.3f}")  # fmt: skip
         self.results.value = "\n".join(lines)
+        self.node_errors.show_errors(metrics["nodes"], metrics["per_node_dist_median"])
         binding: PoseBinding = layer.metadata[POSE_KEY]
         video = video_key(binding.labels.videos[binding.video])
         worst = sorted((value, frame) for (name, frame), value in per_frame.items()

@@ -350,6 +350,7 @@ def compare(gt: PoseArrays, pred: PoseArrays, predicted_frames_only: bool = True
     if predicted_frames_only:
         gt_frames = {k: v for k, v in gt_frames.items() if k in pred_frames} or gt_frames
     metrics = evaluate(gt_frames, pred_frames)
+    metrics["nodes"] = nodes
     if (gt.track >= 0).any() and (pred.track >= 0).any():
         # identity_metrics knows videos by index: give the predictions the ground truth's.
         index = {video_key(v): i for i, v in enumerate(gt.videos)}
