@@ -172,7 +172,7 @@ def test_missing_nodes_counted_separately():
     assert result["n_missing_pred_nodes"] == 2
     assert result["dist_median_px"] == 0.0
     assert result["pck_2px"] == pytest.approx(3 / 5)
-    assert np.isnan(result["per_node_dist_median"][0])
+    assert np.isnan(result["per_node_dist_median"][0]) and np.isnan(result["per_node_dist_p90"][0])
     assert result["vis_recall"] == pytest.approx(3 / 5) and result["vis_precision"] == 1.0
 
 

@@ -148,6 +148,7 @@ def test_evaluation_compares_predictions_with_the_labels(opened, qtbot, sleap_di
     widget.truth.value = "clip.slp"
     press(qtbot, widget.evaluate_button)
     assert "OKS mAP" in widget.results.value and "instances matched" in widget.results.value
+    assert "PCK@2/5/10px" in widget.results.value and "visibility precision" in widget.results.value
     assert widget.node_errors.names == ["head", "thorax"]  # the nodes both files have
     assert np.isfinite(widget.node_errors.values).all()
     widget.node_errors.grab()  # paints the bars without raising

@@ -509,7 +509,11 @@ class ProofreadWidget(Container):
             return None
         lines = [f"OKS mAP {metrics['oks_map']:.3f}, mAR {metrics['oks_mar']:.3f}",
                  f"error median {metrics['dist_median_px']:.2f} px, "
-                 f"p95 {metrics['dist_p95_px']:.2f} px, PCK@5px {metrics['pck_5px']:.3f}",
+                 f"p95 {metrics['dist_p95_px']:.2f} px",
+                 f"PCK@2/5/10px {metrics['pck_2px']:.3f} / {metrics['pck_5px']:.3f} / "
+                 f"{metrics['pck_10px']:.3f}",
+                 f"visibility precision {metrics['vis_precision']:.3f}, "
+                 f"recall {metrics['vis_recall']:.3f}",
                  f"{metrics['n_matched']} of {metrics['n_gt']} instances matched"]  # fmt: skip
         if "id_switches" in metrics:
             lines.append(f"identity switches {metrics['id_switches']}, "
