@@ -11,6 +11,7 @@ import tifffile
 from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
 
 from napari_pose.core.pose_arrays import labels_to_arrays
+from gui import press
 
 pytestmark = pytest.mark.gui
 
@@ -26,11 +27,6 @@ def click(viewer, layer, yx):
     event.type = "mouse_release"
     mouse_release_callbacks(layer, event)
 
-
-def press(qtbot, button):
-    from qtpy.QtCore import Qt
-
-    qtbot.mouseClick(button.native, Qt.MouseButton.LeftButton)
 
 
 def press_key(layer, key: str) -> None:

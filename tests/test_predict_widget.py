@@ -24,6 +24,7 @@ from napari_pose.nn.inference import Predictor
 from napari_pose.nn.models import UNetConfig
 from napari_pose.nn.pipelines import default_stages
 from napari_pose.nn.train import TrainConfig, train
+from gui import idle, press
 
 pytestmark = pytest.mark.gui
 
@@ -74,21 +75,11 @@ def _dock(make_napari_viewer, path: Path, model: Path | None = None):
     return viewer, widget
 
 
-def _press(qtbot, button) -> None:
-    from qtpy.QtCore import Qt
-
-    qtbot.mouseClick(button.native, Qt.MouseButton.LeftButton)
-
-
-def _idle(widget) -> bool:
-    """No prediction running and the buttons say so."""
-    buttons = widget.start_button.enabled and not widget.cancel_button.enabled
-    return widget.worker is None and buttons
 
 
 def _run(qtbot, widget) -> None:
-    _press(qtbot, widget.start_button)
-    qtbot.waitUntil(lambda: _idle(widget), timeout=60_000)
+    press(qtbot, widget.start_button)
+    qtbot.waitUntil(lambda: idle(widget), timeout=60_000)
 
 
 def _frames(layer) -> set[int]:
@@ -120,7 +111,7 @@ def test_a_range_lands_near_the_truth_and_saves_as_slp(make_napari_viewer, qtbot
     assert len(viewer.layers["v predictions [model] skeleton"].data) > 0
 
     widget.save_path.value = tmp_path / "predictions.slp"
-    _press(qtbot, widget.save_button)
+    press(qtbot, widget.save_button)
     saved = sio.load_slp(str(tmp_path / "predictions.slp"))
     assert len(saved.labeled_frames) == 20
     assert all(isinstance(inst, sio.PredictedInstance)
@@ -151,12 +142,12 @@ def test_cancel_keeps_what_was_predicted(make_napari_viewer, qtbot, setup, monke
     viewer, widget = _dock(make_napari_viewer, setup.video, setup.model)
     widget.frames.value = "all"
     widget.batch_size.value = 1
-    _press(qtbot, widget.start_button)
+    press(qtbot, widget.start_button)
     assert not widget.start_button.enabled and widget.cancel_button.enabled
     qtbot.waitUntil(lambda: widget.predictions_layer is not None
                     and len(widget.predictions_layer.data) > 0, timeout=60_000)  # fmt: skip
-    _press(qtbot, widget.cancel_button)
-    qtbot.waitUntil(lambda: _idle(widget), timeout=60_000)
+    press(qtbot, widget.cancel_button)
+    qtbot.waitUntil(lambda: idle(widget), timeout=60_000)
 
     assert 0 < len(_frames(widget.predictions_layer)) < N_FRAMES
     assert widget.progress.value < 100 and "cancelled" in widget.status.value
@@ -166,7 +157,7 @@ def test_confidence_maps_are_lazy_and_peak_on_the_animal(make_napari_viewer, qtb
     import dask.array as da
 
     viewer, widget = _dock(make_napari_viewer, setup.video, setup.model)
-    _press(qtbot, widget.maps_button)
+    press(qtbot, widget.maps_button)
     layer = viewer.layers["v confidence maps [model]"]
     assert isinstance(layer.data, da.Array) and layer.data.shape == (N_FRAMES, 64, 64)
     assert layer.data.chunksize[0] == 1 and layer.colormap.name == "inferno"
@@ -190,7 +181,7 @@ def test_suggested_and_labelled_frames_come_from_the_open_project(make_napari_vi
     assert _frames(widget.predictions_layer) == suggested | set(range(60))
 
 
-def test_bad_input_is_reported_and_leaves_the_widget_idle(make_napari_viewer, qtbot, setup,
+def test_bad_input_is_reported_and_leaves_the_widgetidle(make_napari_viewer, qtbot, setup,
                                                           tmp_path, monkeypatch):  # fmt: skip
     from napari_pose.napari import _predict_widget
 
@@ -203,8 +194,8 @@ def test_bad_input_is_reported_and_leaves_the_widget_idle(make_napari_viewer, qt
 
     widget.model.value = setup.model
     widget.frames.value = "suggested"  # a bare video has no project, so no suggestions
-    _press(qtbot, widget.start_button)
-    assert len(errors) == 2 and "no open pose project" in errors[1] and _idle(widget)
+    press(qtbot, widget.start_button)
+    assert len(errors) == 2 and "no open pose project" in errors[1] and idle(widget)
 
 
 def test_replace_frames_swaps_redone_frames_and_keeps_ids_unique():
@@ -233,7 +224,7 @@ def test_tracking_after_a_run_gives_identities_that_save(make_napari_viewer, qtb
     _run(qtbot, widget)
     assert "1 tracks" in widget.status.value
     widget.save_path.value = tmp_path / "tracked.slp"
-    _press(qtbot, widget.save_button)
+    press(qtbot, widget.save_button)
     saved = sio.load_slp(str(tmp_path / "tracked.slp"))
     assert len(saved.tracks) == 1
     assert all(inst.track is saved.tracks[0] for lf in saved.labeled_frames for inst in lf.instances)

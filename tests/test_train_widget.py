@@ -9,6 +9,7 @@ import pytest
 
 from napari_pose.core.io import save_labels
 from napari_pose.core.synthetic import make_synthetic, to_labels, write_video
+from gui import idle, press
 
 pytestmark = pytest.mark.gui
 
@@ -30,16 +31,6 @@ def _dock(make_napari_viewer, path: Path | None = None):
     return viewer, widget
 
 
-def _press(qtbot, button) -> None:
-    from qtpy.QtCore import Qt
-
-    qtbot.mouseClick(button.native, Qt.MouseButton.LeftButton)
-
-
-def _idle(widget) -> bool:
-    """No training running and the buttons say so."""
-    buttons = widget.start_button.enabled and not widget.cancel_button.enabled
-    return widget.worker is None and buttons
 
 
 def test_training_runs_to_the_end_and_shows_results(make_napari_viewer, qtbot, tmp_path):
@@ -49,9 +40,9 @@ def test_training_runs_to_the_end_and_shows_results(make_napari_viewer, qtbot, t
     widget.epochs.value = 2
     widget.device.value = "cpu"
     widget.output.value = tmp_path / "model"
-    _press(qtbot, widget.start_button)
+    press(qtbot, widget.start_button)
     assert not widget.start_button.enabled and widget.cancel_button.enabled
-    qtbot.waitUntil(lambda: _idle(widget), timeout=120_000)
+    qtbot.waitUntil(lambda: idle(widget), timeout=120_000)
 
     assert widget.progress.value == 100
     assert len(widget.plot.train_loss) > 0
@@ -62,7 +53,7 @@ def test_training_runs_to_the_end_and_shows_results(make_napari_viewer, qtbot, t
         assert (tmp_path / "model" / name).exists(), name
     widget.plot.grab()  # paints with data without raising
     assert widget.predict_button.enabled
-    _press(qtbot, widget.predict_button)
+    press(qtbot, widget.predict_button)
     predict = [w for w in viewer.window.dock_widgets.values() if hasattr(w, "maps_button")]
     assert predict and str(predict[0].model.value) == str(tmp_path / "model")
 
@@ -72,10 +63,10 @@ def test_cancel_stops_early_and_leaves_napari_usable(make_napari_viewer, qtbot, 
     widget.epochs.value = 1000
     widget.device.value = "cpu"
     widget.output.value = tmp_path / "model"
-    _press(qtbot, widget.start_button)
+    press(qtbot, widget.start_button)
     qtbot.waitUntil(lambda: len(widget.plot.train_loss) > 0, timeout=60_000)
-    _press(qtbot, widget.cancel_button)
-    qtbot.waitUntil(lambda: _idle(widget), timeout=60_000)
+    press(qtbot, widget.cancel_button)
+    qtbot.waitUntil(lambda: idle(widget), timeout=60_000)
 
     log = tmp_path / "model" / "training_log.csv"
     epochs = len(list(csv.DictReader(log.open()))) if log.exists() else 0
@@ -94,8 +85,8 @@ def test_labels_without_user_instances_give_a_clear_error(make_napari_viewer, qt
     viewer, widget = _dock(make_napari_viewer)
     widget.labels_file.value = _project(tmp_path, predicted=True)
     widget.output.value = tmp_path / "model"
-    _press(qtbot, widget.start_button)
-    qtbot.waitUntil(lambda: _idle(widget), timeout=60_000)
+    press(qtbot, widget.start_button)
+    qtbot.waitUntil(lambda: idle(widget), timeout=60_000)
 
     assert len(errors) == 1 and "no user-labelled instances" in errors[0]
     assert widget.status.value == "failed"
