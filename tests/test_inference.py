@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import attrs
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from napari_pose.core.synthetic import make_synthetic, to_labels, write_video
 from napari_pose.core.video import open_video
 from napari_pose.nn.data import load_frames
 from napari_pose.nn.inference import (
+    DECODER_THREAD,
     PredictConfig,
     Predictor,
     predict_video,
@@ -102,7 +105,9 @@ def test_closing_a_video_stream_early_stops_the_decoder(trained):
     with open_video(folder / "a.mp4") as reader:
         stream = predict_video(predictor, reader)
         next(stream)
+        assert any(t.name == DECODER_THREAD for t in threading.enumerate())
         stream.close()  # must return, not hang on the decoder thread
+    assert not any(t.name == DECODER_THREAD for t in threading.enumerate())
 
 
 def test_two_videos_on_a_local_cluster_equal_a_single_process_run(trained):
@@ -113,8 +118,8 @@ def test_two_videos_on_a_local_cluster_equal_a_single_process_run(trained):
     for v, video in enumerate(videos):
         alone = predict_one(video, folder / "model", config)
         rows = arrays.video == v
-        np.testing.assert_array_equal(arrays.frame[rows], alone["frame"])
-        np.testing.assert_allclose(arrays.xy[rows], alone["xy"], atol=1e-5)
+        np.testing.assert_array_equal(arrays.frame[rows], alone.frame)
+        np.testing.assert_allclose(arrays.xy[rows], alone.xy, atol=1e-5)
     assert arrays.videos == videos and len(arrays) == 32
 
 

@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import attrs
 import numpy as np
 
 
@@ -53,7 +54,6 @@ def _train_settings(args: argparse.Namespace):
     ``stages:`` (stage configs) sections; a model package's own ``config.yaml`` qualifies, so
     a run can be repeated or tweaked from a previous one.
     """
-    import attrs
     import yaml
 
     from napari_pose.nn.pipelines import StageConfig
@@ -144,33 +144,24 @@ def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_pose.core.io import save_labels
-    from napari_pose.core.video import open_video
-    from napari_pose.nn.inference import (
-        PredictConfig,
-        Predictor,
-        predict_video,
-        predictions_to_arrays,
-        to_labels,
-    )
+    from napari_pose.nn.inference import PredictConfig, to_labels
+    from napari_pose.nn.scaleout import predict_one, predict_videos
     from napari_pose.nn.train import parse_frames
 
     config = PredictConfig(batch_size=args.batch_size, peak_threshold=args.peak_threshold,
                            max_instances=args.max_instances, device=args.device)  # fmt: skip
     frames = parse_frames(args.frames) if args.frames else None
     videos = _input_videos(args.inputs)
-    if len(videos) == 1 and args.scheduler is None:
-        predictor = Predictor.load(args.model, config)
-        results = []
-        with open_video(videos[0], grayscale=predictor.channels == 1) as reader:
-            wanted = range(len(reader)) if frames is None else [f for f in frames if f < len(reader)]
-            with tqdm(total=len(wanted), unit="frame", disable=args.quiet) as bar:
-                for indices, predictions in predict_video(predictor, reader, wanted):
-                    results += [(0, int(i), p) for i, p in zip(indices, predictions, strict=True)]
-                    bar.update(len(indices))
-        arrays = predictions_to_arrays(predictor.skeleton, videos, results)
-    else:
-        from napari_pose.nn.scaleout import predict_videos
+    if len(videos) == 1 and args.scheduler is None:  # in this process, a bar over frames
+        with tqdm(unit="frame", disable=args.quiet) as bar:
 
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            arrays = predict_one(videos[0], args.model, config, frames, progress=progress)
+        arrays = attrs.evolve(arrays, videos=videos)
+    else:
         with tqdm(total=len(videos), unit="video", disable=args.quiet) as bar:
             arrays = predict_videos(videos, args.model, config, frames, scheduler=args.scheduler,
                                     workers=args.workers,

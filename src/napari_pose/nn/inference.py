@@ -116,7 +116,8 @@ class Predictor:
         return [_filter(p, self.config.min_score) for p in out]
 
     def _predict_batch(self, batch: torch.Tensor) -> list[FramePrediction]:
-        models, stages, threshold = self.package.models, self.package.stages, self.config.peak_threshold
+        models, stages = self.package.models, self.package.stages
+        threshold = self.config.peak_threshold
         if self.package.pipeline == "topdown":
             return predict_topdown(models["centroid"], stages["centroid"],
                                    models["centered_instance"], stages["centered_instance"],
@@ -193,6 +194,10 @@ def _filter(prediction: FramePrediction, min_score: float) -> FramePrediction:
                            prediction.scores[keep])  # fmt: skip
 
 
+#: Name of the background decoding thread of ``predict_video``.
+DECODER_THREAD = "napari-pose video decoder"
+
+
 def _decode_ahead(reader: FrameReader, frames: Sequence[int], batch_size: int,
                   out: queue.Queue, stop: threading.Event) -> None:  # fmt: skip
     """Background decoder: put ``(indices, frames)`` batches on ``out``, then ``None``."""
@@ -223,6 +228,7 @@ def predict_video(
     worker = threading.Thread(
         target=_decode_ahead,
         args=(reader, frames, predictor.config.batch_size, batches, stop),
+        name=DECODER_THREAD,
         daemon=True,
     )
     worker.start()

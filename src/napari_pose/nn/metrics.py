@@ -408,9 +408,16 @@ def identity_metrics(
     pairs: list[tuple[int, int]] = []  # (gt track, pred track) per frame match, in frame order
     matches = switches = 0
     last: dict[int, int] = {}
-    for k in np.unique(gt_key):
-        g = np.flatnonzero(gt_key == k)
-        p = np.flatnonzero(pred_key == k)
+    # Rows of each frame by sorting once (a mask per frame would be quadratic in long videos).
+    gt_order, pred_order = np.argsort(gt_key, kind="stable"), np.argsort(pred_key, kind="stable")
+    frames, gt_start = np.unique(gt_key[gt_order], return_index=True)
+    gt_stop = np.append(gt_start[1:], len(gt_order))
+    pred_sorted = pred_key[pred_order]
+    pred_start = np.searchsorted(pred_sorted, frames, side="left")
+    pred_stop = np.searchsorted(pred_sorted, frames, side="right")
+    for i in range(len(frames)):
+        g = gt_order[gt_start[i] : gt_stop[i]]
+        p = pred_order[pred_start[i] : pred_stop[i]]
         if len(p) == 0:
             continue
         found, similarity = match_frame(gt_xy[g], pred_xy[p], gt_vis[g], scale=area[g])

@@ -146,12 +146,10 @@ def _frame_size(data: LabelledFrames, scale: float, stride: int) -> tuple[int, i
 def crop_size(data: LabelledFrames, anchor: int | None, augment: AugmentConfig,
               stride: int) -> int:  # fmt: skip
     """Side of the square crop that holds every labelled animal even when zoomed in."""
-    radius = 0.0
-    for points in data.points:
-        with np.errstate(invalid="ignore"):
-            dist = np.linalg.norm(points - anchor_points(points, anchor)[:, None], axis=-1)
-        if np.isfinite(dist).any():
-            radius = max(radius, float(np.nanmax(dist)))
+    points = np.concatenate(data.points)
+    with np.errstate(invalid="ignore"):
+        dist = np.linalg.norm(points - anchor_points(points, anchor)[:, None], axis=-1)
+    radius = float(np.nanmax(dist)) if np.isfinite(dist).any() else 0.0
     return round_up(2 * radius * max(augment.scale) + 2 * _CROP_MARGIN, stride)
 
 
@@ -211,11 +209,9 @@ def stage_examples(data: LabelledFrames, stage: StageConfig) -> np.ndarray:
     """
     if not stage.crops:
         return np.arange(len(data))
-    rows = data.instances()
-    has_anchor = np.array(
-        [np.isfinite(data.points[f][j]).all(axis=-1).any() for f, j in rows], dtype=bool
-    )
-    return rows[has_anchor]
+    # ``instances()`` lists instances frame by frame, the order of the concatenated points.
+    has_anchor = np.isfinite(np.concatenate(data.points)).all(axis=-1).any(axis=-1)
+    return data.instances()[has_anchor]
 
 
 def stage_batch(

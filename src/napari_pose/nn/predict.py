@@ -48,7 +48,8 @@ class FramePrediction:
         )
 
 
-def frames_to_tensor(frames: np.ndarray | Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+def frames_to_tensor(frames: np.ndarray | Sequence[np.ndarray],
+                     device: torch.device) -> torch.Tensor:  # fmt: skip
     """``(B, H, W[, C])`` uint8 frames -> ``(B, C, H, W)`` float in ``[0, 1]`` on ``device``."""
     array = np.asarray(frames)
     if array.ndim == 3:
@@ -87,10 +88,10 @@ def predict_single_instance(
     maps = run_model(model, inputs)["confmaps"]
     xy, values = global_peaks(maps, model.output_stride)
     xy = _to_frame(xy, matrices)
-    return [_instance_from_peaks(xy[i : i + 1], values[i : i + 1], threshold) for i in range(len(xy))]
+    return [instance_from_peaks(xy[i : i + 1], values[i : i + 1], threshold) for i in range(len(xy))]
 
 
-def _instance_from_peaks(xy: torch.Tensor, values: torch.Tensor,
+def instance_from_peaks(xy: torch.Tensor, values: torch.Tensor,
                          threshold: float) -> FramePrediction:  # fmt: skip
     """Instances from per-node peaks ``(n, k, 2)``; nodes below ``threshold`` become NaN and
     instances with no node left are dropped. Score: mean of the found nodes' peak values."""
@@ -159,7 +160,7 @@ def predict_topdown(
     xy, values = predict_centered(model, stage, frames, frame_index, anchors, threshold)
     out, start = [], 0
     for n in counts:
-        out.append(_instance_from_peaks(xy[start : start + n], values[start : start + n], threshold))
+        out.append(instance_from_peaks(xy[start : start + n], values[start : start + n], threshold))
         start += n
     return out
 
@@ -175,11 +176,15 @@ def predict_bottomup(
     maps, pafs = outputs["confmaps"], outputs["pafs"]
     stride = model.output_stride
     b, c, xy, values = local_peaks(maps, stride, threshold)
-    b, c, xy, values = b.cpu(), c.cpu(), xy.cpu().numpy(), values.cpu().numpy()
     k = maps.shape[1]
+    # Peaks come ordered by (frame, node): split them once into per-(frame, node) runs.
+    bounds = torch.bincount(b * k + c, minlength=len(frames) * k).cumsum(0)[:-1].cpu().numpy()
+    xy_runs = np.split(xy.cpu().numpy(), bounds)
+    value_runs = np.split(values.cpu().numpy(), bounds)
     out = []
     for i in range(len(frames)):
-        peaks = [(xy[(b == i) & (c == j)], values[(b == i) & (c == j)]) for j in range(k)]
+        mine = slice(i * k, (i + 1) * k)
+        peaks = list(zip(xy_runs[mine], value_runs[mine], strict=True))
         points, point_scores, scores = group_instances(peaks, pafs[i], edges, stride, grouping)
         points, point_scores, scores = (
             points[:max_instances], point_scores[:max_instances], scores[:max_instances]

@@ -1,9 +1,10 @@
 """Predict many videos at once on a ``dask.distributed`` cluster.
 
 Each input video is one task: a worker loads the model package (from a path every worker can
-read), streams the video through ``inference.predict_video`` and sends back plain arrays,
-which the client gathers into one ``Labels``. By default the cluster is a ``LocalCluster`` on
-this machine (one single-threaded worker process per core, up to the number of videos); give
+read), streams the video through ``inference.predict_video`` and sends back ``PoseArrays``
+(plain arrays and the skeleton), which the client gathers into one ``Labels``. By default
+the cluster is a ``LocalCluster`` on this machine (one single-threaded worker process per
+core, up to the number of videos); give
 ``scheduler`` the address of an existing one (e.g. started with dask-jobqueue on SLURM) to
 spread the videos over many nodes. Results are identical to a single-process run: the same
 frames go through the same model, only on different processes.
@@ -25,9 +26,11 @@ from napari_pose.nn.inference import PredictConfig, Predictor, predict_video, pr
 
 
 def predict_one(video: sio.Video | str, model_dir: str | Path, config: PredictConfig,
-                frames: range | None = None, threads: int | None = None) -> dict[str, np.ndarray]:  # fmt: skip
-    """Predict one video; returns plain arrays (``frame``, ``xy``, ``point_score``, ``score``)
-    so results travel between processes without pickling sleap-io objects."""
+                frames: Sequence[int] | None = None, threads: int | None = None,
+                progress: Callable[[int, int], None] | None = None) -> PoseArrays:  # fmt: skip
+    """Predict one video (its ``frames`` that exist; default all) with the package at
+    ``model_dir``. Rows have video index 0 and no video objects: the caller knows the videos.
+    ``progress(done, total)`` is called after each batch."""
     import torch
 
     if threads is not None:
@@ -38,25 +41,9 @@ def predict_one(video: sio.Video | str, model_dir: str | Path, config: PredictCo
         wanted = range(len(reader)) if frames is None else [f for f in frames if f < len(reader)]
         for indices, predictions in predict_video(predictor, reader, wanted):
             results += [(0, int(i), p) for i, p in zip(indices, predictions, strict=True)]
-    arrays = predictions_to_arrays(predictor.skeleton, [], results)
-    return {"frame": arrays.frame, "xy": arrays.xy, "point_score": arrays.point_score,
-            "score": arrays.score}  # fmt: skip
-
-
-def _as_arrays(result: dict[str, np.ndarray], video_index: int, skeleton: sio.Skeleton,
-               videos: list[sio.Video]) -> PoseArrays:  # fmt: skip
-    n = len(result["frame"])
-    arrays = PoseArrays.empty(skeleton, videos, [], n)
-    return attrs.evolve(
-        arrays,
-        video=np.full(n, video_index, np.int32),
-        frame=result["frame"],
-        predicted=np.ones(n, bool),
-        score=result["score"],
-        xy=result["xy"],
-        visible=np.isfinite(result["xy"]).all(axis=-1),
-        point_score=result["point_score"],
-    )
+            if progress is not None:
+                progress(len(results), len(wanted))
+    return predictions_to_arrays(predictor.skeleton, [], results)
 
 
 def predict_videos(
@@ -80,7 +67,7 @@ def predict_videos(
     from napari_pose.nn.package import load_package
 
     config = config or PredictConfig()
-    skeleton = load_package(model_dir).skeleton  # fails early, here, on a bad model folder
+    load_package(model_dir)  # fails early, here, on a bad model folder
     model_dir = str(Path(model_dir).resolve())
     videos = list(videos)
     if scheduler is not None:
@@ -99,7 +86,10 @@ def predict_videos(
         }
         parts: dict[int, PoseArrays] = {}
         for done, future in enumerate(as_completed(futures), start=1):
-            parts[futures[future]] = _as_arrays(future.result(), futures[future], skeleton, videos)
+            index = futures[future]
+            part = future.result()
+            parts[index] = attrs.evolve(part, videos=videos,
+                                        video=np.full(len(part), index, np.int32))  # fmt: skip
             if progress is not None:
                 progress(done, len(videos))
     finally:

@@ -46,6 +46,7 @@ from napari_pose.nn.predict import (
     FramePrediction,
     find_centroids,
     frames_to_tensor,
+    instance_from_peaks,
     predict_bottomup,
     predict_centered,
     predict_single_instance,
@@ -172,11 +173,12 @@ class Progress:
     message: str = ""
 
 
-def _frame_poses(points: np.ndarray) -> FramePoses:
-    """Ground truth of one frame, each instance scaled by its own bounding box."""
+def _frame_poses(points: np.ndarray, scale_points: np.ndarray) -> FramePoses:
+    """Ground truth of one frame, each instance's OKS scaled by the bounding box of its
+    ``scale_points`` (its whole skeleton, also when ``points`` holds only its anchor)."""
     visible = np.isfinite(points).all(axis=-1)
-    return FramePoses(points.astype(np.float64), visible, np.ones(len(points)),
-                      instance_area(points, visible))  # fmt: skip
+    area = instance_area(scale_points, np.isfinite(scale_points).all(axis=-1))
+    return FramePoses(points.astype(np.float64), visible, np.ones(len(points)), area)
 
 
 def _prediction_poses(pred: FramePrediction) -> FramePoses:
@@ -274,8 +276,12 @@ def _predict_frames(data: LabelledFrames, device: torch.device, predict) -> list
     return out
 
 
-def _metrics(truth: list[np.ndarray], predicted: list[FramePrediction]) -> dict[str, Any]:
-    gt = {i: _frame_poses(points) for i, points in enumerate(truth)}
+def _metrics(truth: list[np.ndarray], predicted: list[FramePrediction],
+             scale_points: list[np.ndarray] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Evaluation of per-frame predictions against per-frame ``(n, k, 2)`` truth."""
+    scale_points = truth if scale_points is None else scale_points
+    gt = {i: _frame_poses(points, scale) for i, (points, scale)
+          in enumerate(zip(truth, scale_points, strict=True))}  # fmt: skip
     pred = {i: _prediction_poses(p) for i, p in enumerate(predicted)}
     return _summary(evaluate(gt, pred))
 
@@ -301,26 +307,21 @@ def validate_stage(run: _StageRun, data: LabelledFrames, max_instances: int) -> 
         for start in range(0, len(data), _VAL_BATCH):
             frames = frames_to_tensor(data.images[start : start + _VAL_BATCH], run.device)
             found += find_centroids(model, stage, frames, max_instances)
-        truth = [a[:, None] for a in anchors]
         pred = [FramePrediction(xy.cpu().numpy()[:, None], v.cpu().numpy()[:, None],
                                 v.cpu().numpy()) for xy, v in found]  # fmt: skip
-        gt = {i: FramePoses(t.astype(np.float64), np.isfinite(t).all(-1), np.ones(len(t)),
-                            instance_area(p, np.isfinite(p).all(-1)))
-              for i, (t, p) in enumerate(zip(truth, data.points, strict=True))}  # fmt: skip
-        return _summary(evaluate(gt, {i: _prediction_poses(p) for i, p in enumerate(pred)}))
-    # centred instance, one crop per true anchor
-    preds = []
-    for i in range(len(data)):
-        frames = frames_to_tensor(data.images[i : i + 1], run.device)
-        ok = np.isfinite(anchors[i]).all(axis=-1)
-        xy, values = predict_centered(
-            model, stage, frames, torch.zeros(int(ok.sum()), dtype=torch.long, device=run.device),
-            torch.from_numpy(anchors[i][ok]).to(run.device),
-        )
-        found = values > 0.2
-        points = torch.where(found[..., None], xy, torch.nan).cpu().numpy()
-        scores = torch.where(found, values, 0).mean(dim=-1).cpu().numpy()
-        preds.append(FramePrediction(points, values.cpu().numpy(), scores))
+        return _metrics([a[:, None] for a in anchors], pred, scale_points=data.points)
+    # Centred instance: one crop per true anchor, frames in batches.
+    preds: list[FramePrediction] = []
+    for start in range(0, len(data), _VAL_BATCH):
+        frames = frames_to_tensor(data.images[start : start + _VAL_BATCH], run.device)
+        kept = [a[np.isfinite(a).all(axis=-1)] for a in anchors[start : start + _VAL_BATCH]]
+        counts = torch.tensor([len(a) for a in kept], device=run.device)
+        frame_index = torch.repeat_interleave(torch.arange(len(kept), device=run.device), counts)
+        xy, values = predict_centered(model, stage, frames, frame_index,
+                                      torch.from_numpy(np.concatenate(kept)).to(run.device))  # fmt: skip
+        split = counts.tolist()
+        preds += [instance_from_peaks(x, v, 0.2)
+                  for x, v in zip(xy.split(split), values.split(split), strict=True)]  # fmt: skip
     return _metrics(data.points, preds)
 
 
