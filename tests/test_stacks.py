@@ -139,3 +139,69 @@ def test_16_bit_planes_are_stretched_to_8_bits(tmp_path: Path, movie: np.ndarray
     expected = (movie[3].astype(float) - movie[3].min()) * 255 / np.ptp(movie[3])
     np.testing.assert_allclose(plane, expected, atol=0.51)
     assert to_uint8(np.full((4, 4), 7, np.uint16)).max() == 0  # flat plane: no division by 0
+
+
+@pytest.fixture
+def pages(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """A (5, 3, 32, 32) stack written with no axes: tifffile guesses 'QSYX' (3 RGB samples)."""
+    stack = RNG.integers(0, 256, (5, 3, 32, 32), dtype=np.uint8)
+    path = tmp_path / "pages.tif"
+    tifffile.imwrite(path, stack, metadata=None)
+    return path, stack
+
+
+def test_given_axes_decide_what_a_frame_is(pages: tuple[Path, np.ndarray]) -> None:
+    from napari_pose.core.video import open_video
+
+    path, stack = pages
+    assert open_tiff(path).axes == "TSYX"
+    assert open_video(path).shape == (5, 32, 32, 3)  # the file's guess: 5 RGB frames
+    assert open_tiff(path, axes="tzyx").axes == "TZYX"
+    reader = open_video(path, axes="TZYX")  # 15 gray planes
+    assert reader.shape == (15, 32, 32) and reader.plane_shape == (5, 3)
+    assert reader.plane_axes == "TZ"
+    np.testing.assert_array_equal(reader[4], stack[1, 1])  # plane 4 is (t=1, z=1)
+    reader = open_video(path, axes="ZTYX")  # the same planes in the same order; time is second
+    assert reader.plane_shape == (5, 3) and reader.plane_axes == "ZT"
+    np.testing.assert_array_equal(reader[5], stack[1, 2])
+    assert open_tiff(path, axes="TCYX").axes == "TCYX"
+    reader = open_video(path, axes="TCYX")  # channels move last
+    assert reader.shape == (5, 32, 32, 3) and reader.plane_shape == (5,)
+    assert reader.plane_axes == "T"
+    np.testing.assert_array_equal(reader[2], np.moveaxis(stack[2], 0, -1))
+
+
+@pytest.mark.parametrize(
+    ("axes", "problem"),
+    [
+        ("TYX", "3 letters for 4 axes"),
+        ("TTYX", "T more than once"),
+        ("TZYY", "Y more than once; no X"),
+        ("TQYX", "unknown Q"),
+        ("TSYX", "S \\(RGB samples\\) not last"),
+    ],
+)
+def test_axes_that_do_not_fit_are_refused(
+    pages: tuple[Path, np.ndarray], axes: str, problem: str
+) -> None:
+    path, _ = pages
+    with pytest.raises(VideoFileError, match=rf"pages.tif: axes '{axes}' .*\(5, 3, 32, 32\).*"
+                       rf"'TSYX'.*{problem}; expected 4 of the letters TZCYXS"):  # fmt: skip
+        open_tiff(path, axes=axes)
+
+
+def test_axes_are_refused_for_videos_that_are_not_stacks(tmp_path: Path) -> None:
+    from napari_pose.core.video import open_video
+
+    with pytest.raises(ValueError, match="clip.mp4: axes \\('TZYX'\\) can only be given for TIFF"):
+        open_video(tmp_path / "clip.mp4", axes="TZYX")
+
+
+def test_pixel_sizes_follow_given_axes(tmp_path: Path) -> None:
+    path = tmp_path / "cells.ome.tif"
+    metadata = {"axes": "TZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0}
+    tifffile.imwrite(path, RNG.integers(0, 256, (5, 3, 16, 20), dtype=np.uint8), ome=True,
+                     metadata=metadata)  # fmt: skip
+    assert open_tiff(path, axes="TZYX").scale == {"Z": 2.0, "Y": 0.5, "X": 0.5}
+    assert open_tiff(path, axes="ZTYX").scale == {"Z": 2.0, "Y": 0.5, "X": 0.5}  # the z-step
+    assert open_tiff(path, axes="TCYX").scale == {"Y": 0.5, "X": 0.5}  # no Z: no z-step

@@ -80,3 +80,78 @@ def test_track_and_evaluate_commands(sleap_dir, clip, tmp_path, capsys):
         assert key in metrics, key
     assert metrics["oks_map"] == pytest.approx(1.0) and metrics["id_switches"] == 0
     assert metrics["n_gt"] == 400
+
+
+def _stack_of_two_animals_per_z(n_t=10, n_z=2):
+    """Predictions in a (t, z) stack: two animals in each z-section, in different places per
+    section, moving over time; rows in a shuffled order. Returns the arrays and each row's
+    animal (``2 * z + a``)."""
+    import sleap_io as sio
+
+    from napari_pose.core.pose_arrays import PoseArrays
+
+    shape = np.array([[0.0, 0.0], [10.0, 0.0], [10.0, 8.0]])
+    t, z, a = (g.ravel() for g in np.meshgrid(np.arange(n_t), np.arange(n_z), np.arange(2),
+                                              indexing="ij"))  # fmt: skip
+    start = np.stack([10.0 + 50 * a + 25 * z, 20.0 + 40 * z], axis=-1)
+    xy = shape + (start + np.stack([np.zeros_like(t), 3.0 * t * (1 - 2 * z)], axis=-1))[:, None]
+    skeleton = sio.Skeleton(["head", "thorax", "tail"])
+    arrays = PoseArrays.empty(skeleton, [sio.Video(filename="stack.tif", open_backend=False)], [],
+                              len(t))  # fmt: skip
+    order = np.random.default_rng(1).permutation(len(t))
+    arrays = attrs.evolve(arrays, frame=np.ravel_multi_index((t, z), (n_t, n_z))[order],
+                          xy=xy[order], predicted=np.ones(len(t), bool),
+                          score=np.ones(len(t), np.float32),
+                          visible=np.ones(xy.shape[:2], bool)[order])  # fmt: skip
+    return arrays, (2 * z + a)[order]
+
+
+def test_stack_planes_are_tracked_per_z_along_time():
+    from napari_pose.nn.tracking import track_planes
+
+    arrays, animal = _stack_of_two_animals_per_z()
+    config = TrackerConfig(max_tracks=2)
+    tracked = track_planes(arrays, {0: ((10, 2), "TZ")}, config)
+    assert [t.name for t in tracked.tracks] == ["z0 track_0", "z0 track_1", "z1 track_2",
+                                                "z1 track_3"]  # fmt: skip
+    by_id = np.argsort(arrays.instance_id)
+    rows = by_id[tracked.instance_id]  # each tracked row's row in ``arrays``
+    np.testing.assert_array_equal(tracked.frame, arrays.frame[rows])  # frames as they were
+    np.testing.assert_array_equal(tracked.xy, arrays.xy[rows])
+    assert np.all(np.diff(tracked.frame) >= 0) and (tracked.track >= 0).all()
+    pairs = set(zip(tracked.track.tolist(), animal[rows].tolist(), strict=True))
+    assert len(pairs) == 4 and len({a for _, a in pairs}) == 4  # one animal per track: no switch
+    assert all(tracked.tracks[t].name.startswith(f"z{a // 2} ") for t, a in pairs)
+    # Tracking the flat plane order instead jumps between sections (and animals) every frame.
+    flat = track(arrays, config)
+    assert len(set(zip(flat.track.tolist(), animal[by_id[flat.instance_id]].tolist()))) > 4
+
+
+@pytest.mark.parametrize(
+    "planes", [{}, {0: ((1500,), "T")}, {0: ((1500,), "Z")}, {3: ((5, 2), "TZ")}]
+)
+def test_stack_tracking_is_plain_tracking_when_frames_are_time(clip, planes):
+    """No stack, a stack with only a time axis, or none (no time to follow): ``track``."""
+    from napari_pose.core.pose_arrays import _ROW_FIELDS
+    from napari_pose.nn.tracking import track_planes
+
+    untracked = _as_untracked_predictions(clip)
+    config = TrackerConfig(max_tracks=2)
+    expected, tracked = track(untracked, config), track_planes(untracked, planes, config)
+    assert [t.name for t in tracked.tracks] == [t.name for t in expected.tracks]
+    for name in _ROW_FIELDS:
+        np.testing.assert_array_equal(getattr(tracked, name), getattr(expected, name), name)
+
+
+def test_a_stack_of_one_section_is_tracked_as_a_video(clip):
+    """A (t, 1) stack goes through the regrouping and comes back as ``track`` made it."""
+    from napari_pose.core.pose_arrays import _ROW_FIELDS
+    from napari_pose.nn.tracking import track_planes
+
+    untracked = _as_untracked_predictions(clip)
+    config = TrackerConfig(max_tracks=2)
+    tracked = track_planes(untracked, {0: ((int(clip.frame.max()) + 1, 1), "TZ")}, config)
+    expected = track(untracked, config)
+    assert [t.name for t in tracked.tracks] == [f"z0 {t.name}" for t in expected.tracks]
+    for name in _ROW_FIELDS:
+        np.testing.assert_array_equal(getattr(tracked, name), getattr(expected, name), name)

@@ -4,7 +4,9 @@ Microscopy stacks easily outgrow memory, so ``open_tiff`` reads only the file's 
 are read per plane when napari (or a model) asks for them. Uncompressed files are memory-mapped;
 compressed ones are read one page per dask chunk. Axes use tifffile's letters, with a generic
 page axis ('I' or 'Q', as in a plain multi-page TIFF) taken as time, so the axes are drawn from
-'T' (time), 'Z' (depth), 'C' (channel), 'Y', 'X' and 'S' (RGB samples).
+'T' (time), 'Z' (depth), 'C' (channel), 'Y', 'X' and 'S' (RGB samples). Where a file names its
+axes wrongly or not at all (a plain multi-page TIFF of a (t, z) stack is just pages), the user
+gives them (``open_tiff(path, axes="TZYX")``).
 """
 
 from __future__ import annotations
@@ -51,11 +53,21 @@ class Stack:
     path: Path
 
 
-def open_tiff(path: str | Path) -> Stack:
+#: Axis letters a user may give ``open_tiff``: time, depth, channel, rows, columns, RGB samples.
+AXIS_LETTERS = "TZCYXS"
+
+
+def open_tiff(path: str | Path, axes: str | None = None) -> Stack:
     """Open the first series of a TIFF or OME-TIFF without reading its pixels.
 
+    ``axes`` (letters from ``AXIS_LETTERS``, any case, one per axis of the data) replaces the
+    axes the file records. Pixel sizes follow the letters: OME records one per dimension name
+    (``PhysicalSizeZ``...), and a file whose axes are mislabelled, e.g. z-slices saved as time
+    points, still records the right z-step for whichever axis really is Z.
+
     Raises:
-        VideoFileError: The file is missing, not a TIFF, or truncated.
+        VideoFileError: The file is missing, not a TIFF, or truncated, or ``axes`` do not fit
+            its data.
     """
     path = Path(path)
     if not path.is_file():
@@ -69,7 +81,8 @@ def open_tiff(path: str | Path) -> Stack:
             series = tif.series[0]
             if errors:
                 raise VideoFileError(path, f"truncated TIFF, or corrupt: {errors[0]}")
-            axes = normalise_axes(series.axes)
+            recorded = normalise_axes(series.axes)
+            axes = recorded if axes is None else _given_axes(path, axes, series.shape, recorded)
             scale = _ome_scale(tif.ome_metadata, axes)
             if series.dataoffset is not None:
                 data = _memory_mapped(path, series)
@@ -114,6 +127,32 @@ def normalise_axes(axes: str) -> str:
     for generic in "IQ":
         if generic in axes:
             return axes.replace(generic, "T", 1)
+    return axes
+
+
+def _given_axes(path: Path, given: str, shape: tuple[int, ...], recorded: str) -> str:
+    """``given`` in capitals, checked against the ``shape`` it names; every problem is reported
+    at once, with the file's own ``recorded`` axes, so one look at the message fixes the flag.
+    """
+    axes = given.upper()
+    unknown = sorted(set(axes) - set(AXIS_LETTERS))
+    repeated = sorted({a for a in axes if axes.count(a) > 1})
+    missing = [a for a in "YX" if a not in axes]
+    checks = {
+        f"{len(axes)} letters for {len(shape)} axes": len(axes) != len(shape),
+        f"unknown {', '.join(unknown)}": bool(unknown),
+        f"{', '.join(repeated)} more than once": bool(repeated),
+        f"no {' and no '.join(missing)}": bool(missing),
+        "S (RGB samples) not last": "S" in axes[:-1],
+    }
+    problems = [problem for problem, failed in checks.items() if failed]
+    if problems:
+        raise VideoFileError(
+            path,
+            f"axes {given!r} do not fit the data of shape {tuple(shape)} (read from the file "
+            f"as {recorded!r}): {'; '.join(problems)}; expected {len(shape)} of the letters "
+            f"{AXIS_LETTERS}, each at most once, with Y and X, and S only last",
+        )
     return axes
 
 
@@ -235,6 +274,12 @@ class StackPlaneReader(FrameReader):
 
     This is the frame numbering labels of stacks use (``frame_idx`` is the flat plane index),
     so predicting plane ``i`` lands on the plane the image layer shows at that index.
+
+    Attributes:
+        plane_shape: Sizes of the axes that number planes, e.g. ``(t, z)``; ``(1,)`` for a
+            single plane.
+        plane_axes: Their letters, e.g. ``"TZ"`` (empty for a single plane), so a caller can
+            tell time from depth, e.g. to track along time only.
     """
 
     def __init__(self, stack: Stack) -> None:
@@ -244,6 +289,7 @@ class StackPlaneReader(FrameReader):
         data = stack.data.transpose(order)
         lead = data.shape[: len(plane_axes)]
         self.plane_shape: tuple[int, ...] = tuple(lead) or (1,)
+        self.plane_axes = "".join(stack.axes[i] for i in plane_axes)
         self._planes = data.reshape(int(np.prod(lead)) if lead else 1, *data.shape[len(lead) :])
         if len(channel_axes) > 1:  # e.g. C and S together: fold into one last axis
             self._planes = self._planes.reshape(*self._planes.shape[:3], -1)

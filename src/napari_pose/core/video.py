@@ -650,14 +650,23 @@ class SleapVideoReader(FrameReader):
         self.video.close()
 
 
-def open_video(source: str | Path | sio.Video, *, grayscale: bool | None = None) -> FrameReader:
+def open_video(source: str | Path | sio.Video, *, grayscale: bool | None = None,
+               axes: str | None = None) -> FrameReader:  # fmt: skip
     """The right reader for a video file, an image folder or a ``sleap_io.Video``.
 
     Media files go to PyAV (``VideoReader``), (OME-)TIFF files to ``StackPlaneReader`` (each
     plane of a (t, z) stack is a frame), folders and image lists to ``ImageSequenceReader``, and everything else sleap-io can read (embedded frames of a
     ``.pkg.slp``, HDF5 and TIFF videos) to ``SleapVideoReader``. For a ``sleap_io.Video`` the
     grayscale setting recorded in the labels file is kept unless ``grayscale`` says otherwise.
+    ``axes`` replaces a TIFF stack's recorded axes (see ``open_tiff``), which decides what a
+    frame is; other sources have no such axes, so giving them ``axes`` is an error
+    (``ValueError``) rather than silently ignored.
     """
+    if axes is not None:
+        name = source.filename if isinstance(source, sio.Video) else source
+        tiff = not isinstance(name, list) and Path(name).suffix.lower() in (".tif", ".tiff")
+        if not tiff or Path(name).is_dir():
+            raise ValueError(f"{name}: axes ({axes!r}) can only be given for TIFF stacks")
     if isinstance(source, sio.Video):
         if grayscale is None:
             grayscale = source.backend_metadata.get("grayscale")
@@ -675,7 +684,7 @@ def open_video(source: str | Path | sio.Video, *, grayscale: bool | None = None)
     if path.suffix.lower() in (".tif", ".tiff"):
         from napari_pose.core.stacks import StackPlaneReader, open_tiff  # stacks reads frames
 
-        return StackPlaneReader(open_tiff(path))
+        return StackPlaneReader(open_tiff(path, axes))
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return ImageSequenceReader([path], grayscale=grayscale)
     return VideoReader(path, grayscale=grayscale)

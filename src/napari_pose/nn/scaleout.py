@@ -27,17 +27,19 @@ from napari_pose.nn.inference import PredictConfig, Predictor, predict_video, pr
 
 def predict_one(video: sio.Video | str, model_dir: str | Path, config: PredictConfig,
                 frames: Sequence[int] | None = None, threads: int | None = None,
-                progress: Callable[[int, int], None] | None = None) -> PoseArrays:  # fmt: skip
+                progress: Callable[[int, int], None] | None = None,
+                axes: str | None = None) -> PoseArrays:  # fmt: skip
     """Predict one video (its ``frames`` that exist; default all) with the package at
     ``model_dir``. Rows have video index 0 and no video objects: the caller knows the videos.
-    ``progress(done, total)`` is called after each batch."""
+    ``progress(done, total)`` is called after each batch. ``axes`` replaces a TIFF stack's
+    recorded axes (``open_video``), which decides the planes that are frames."""
     import torch
 
     if threads is not None:
         torch.set_num_threads(threads)
     predictor = Predictor.load(model_dir, config)
     results = []
-    with open_video(video, grayscale=predictor.channels == 1) as reader:
+    with open_video(video, grayscale=predictor.channels == 1, axes=axes) as reader:
         wanted = range(len(reader)) if frames is None else [f for f in frames if f < len(reader)]
         for indices, predictions in predict_video(predictor, reader, wanted):
             results += [(0, int(i), p) for i, p in zip(indices, predictions, strict=True)]
@@ -55,12 +57,14 @@ def predict_videos(
     scheduler: str | None = None,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    axes: str | None = None,
 ) -> PoseArrays:
     """Predicted instances of every video, one cluster task per video.
 
     ``scheduler``: address of an existing dask scheduler; otherwise a ``LocalCluster`` of
     ``workers`` processes (default: one per core, at most one per video) is started and
-    closed. ``progress(done, total)`` is called as videos finish.
+    closed. ``progress(done, total)`` is called as videos finish. ``axes`` replaces the
+    recorded axes of every video, which must then all be TIFF stacks (``open_video``).
     """
     from dask.distributed import Client, LocalCluster, as_completed
 
@@ -81,7 +85,8 @@ def predict_videos(
         threads = max(1, (os.cpu_count() or 1) // n)
     try:
         futures = {
-            client.submit(predict_one, video, model_dir, config, frames, threads, pure=False): i
+            client.submit(predict_one, video, model_dir, config, frames, threads, axes=axes,
+                          pure=False): i
             for i, video in enumerate(videos)
         }
         parts: dict[int, PoseArrays] = {}

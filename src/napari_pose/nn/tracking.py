@@ -18,9 +18,15 @@ they never share a frame) and drops tracks shorter than ``min_length`` frames.
 
 Similarities are computed for all (instance, track) pairs of a frame at once (numpy); the loop
 is over frames, as tracking is sequential by nature.
+
+In a (t, z) stack the frames are planes, and consecutive planes are different depths, not
+later times: ``track_planes`` tracks each depth (each position of the non-time axes) along time
+on its own.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import attrs
 import numpy as np
@@ -189,3 +195,50 @@ def track(arrays: PoseArrays, config: TrackerConfig | None = None) -> PoseArrays
     track_ids[predicted] = np.where(track_ids[predicted] >= 0, track_ids[predicted] + offset, -1)
     return attrs.evolve(arrays, tracks=user_tracks + new, track=track_ids.astype(np.int32),
                         tracking_score=tracking.astype(np.float32))  # fmt: skip
+
+
+def track_planes(arrays: PoseArrays, planes: Mapping[int, tuple[tuple[int, ...], str]],
+                 config: TrackerConfig | None = None) -> PoseArrays:  # fmt: skip
+    """``track`` for stacks, whose frames are planes: each depth is tracked along time alone.
+
+    ``planes`` maps a video index to its stack's ``(plane_shape, plane_axes)`` (as
+    ``StackPlaneReader`` has them, e.g. ``((t, z), "TZ")``): frame ``i`` of that video is the
+    plane at ``np.unravel_index(i, plane_shape)``. The planes of one position of the axes other
+    than 'T' (one z) form a group tracked over time as ``track`` tracks a video, so ``window``
+    counts time points and ``max_tracks`` is per group (the animals one z-section shows). A
+    group's tracks are named after its position: ``z3 track_5`` (``q1 z3 track_5`` with more
+    axes), numbered in one run over all groups, so every name is distinct. Videos missing from
+    ``planes``, stacks without a 'T' axis and stacks with nothing but one are tracked by
+    ``track`` as they are (the same result).
+    """
+    time = arrays.frame.copy()
+    group = np.full(len(arrays), -1, np.int64)  # flat position of the non-time axes; -1: none
+    names: dict[tuple[int, int], str] = {}  # (video, group) -> prefix of its tracks' names
+    for v, (shape, axes) in planes.items():
+        if "T" not in axes or axes == "T":
+            continue
+        rows = np.flatnonzero(arrays.video == v)
+        i = axes.index("T")
+        coords = np.unravel_index(arrays.frame[rows], shape)
+        other_axes, other_shape = axes[:i] + axes[i + 1 :], shape[:i] + shape[i + 1 :]
+        time[rows] = coords[i]
+        group[rows] = np.ravel_multi_index(coords[:i] + coords[i + 1 :], other_shape)
+        for g in np.unique(group[rows]).tolist():
+            position = zip(other_axes, np.unravel_index(g, other_shape), strict=True)
+            names[v, g] = " ".join(f"{a.lower()}{i}" for a, i in position)
+    # Each (video, group) becomes a video of its own for ``track``, rows pre-sorted the way
+    # ``track`` sorts them so its rows line up with ``order`` here.
+    keys, pseudo = np.unique(np.stack([arrays.video, group], axis=1), axis=0, return_inverse=True)
+    pseudo = pseudo.ravel()  # a column in numpy 2.0.0
+    order = np.lexsort((arrays.instance_id, arrays.predicted, time, pseudo))
+    tracked = track(attrs.evolve(arrays.select(order), video=pseudo[order].astype(np.int32),
+                                 frame=time[order]), config)  # fmt: skip
+    tracks = list(tracked.tracks)
+    new = tracked.predicted & (tracked.track >= 0)  # ``track`` made these rows' tracks
+    ids, first = np.unique(tracked.track[new], return_index=True)
+    for t, p in zip(ids.tolist(), tracked.video[new][first].tolist(), strict=True):
+        name = names.get((int(keys[p, 0]), int(keys[p, 1])))
+        if name is not None:
+            tracks[t] = sio.Track(name=f"{name} {tracks[t].name}")
+    return attrs.evolve(tracked, video=arrays.video[order], frame=arrays.frame[order],
+                        tracks=tracks).sorted()  # fmt: skip
