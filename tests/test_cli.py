@@ -92,3 +92,135 @@ def test_train_command_reports_bad_input(tmp_path, capsys):
     assert main(["train", str(tmp_path / "p.slp"), "-o", str(tmp_path / "m"),
                  "--frames", "nine"]) == 2  # fmt: skip
     assert "frames must look like" in capsys.readouterr().err
+
+
+def test_predict_command_takes_stack_axes_and_tracks_each_z_along_time(tmp_path, capsys):
+    """``--axes TZYX`` makes 5 pages of 3 planes (which tifffile takes for RGB samples) 15 gray
+    (t, z) planes; ``--tracker`` then follows each z over time, not plane after plane."""
+    import attrs
+    import tifffile
+
+    from napari_pose.core.synthetic import make_synthetic, to_labels, write_video
+    from napari_pose.nn.data import load_frames
+    from napari_pose.nn.models import UNetConfig
+    from napari_pose.nn.pipelines import default_stages
+    from napari_pose.nn.train import TrainConfig, train
+
+    data = make_synthetic(n_frames=15, size=64, n_animals=1, seed=0)
+    write_video(data.frames, tmp_path / "v.mp4")
+    labels = to_labels(data, str(tmp_path / "v.mp4"))
+    tiny = UNetConfig(filters=4, max_stride=16, output_stride=2)
+    stages = {k: attrs.evolve(s, model=attrs.evolve(s.model, backbone=tiny))
+              for k, s in default_stages(load_frames(labels), "single_instance").items()}  # fmt: skip
+    config = TrainConfig(pipeline="single_instance", epochs=1, steps_per_epoch=2, batch_size=2)
+    list(train(labels, tmp_path / "model", config, stages=stages))
+    tifffile.imwrite(tmp_path / "stack.tif", data.frames.reshape(5, 3, 64, 64), metadata=None)
+    out = tmp_path / "stack.slp"
+    command = ["predict", str(tmp_path / "stack.tif"), "-m", str(tmp_path / "model"), "-o",
+               str(out), "--peak-threshold", "0", "--device", "cpu", "--quiet"]  # fmt: skip
+    assert main([*command, "--axes", "tzyx", "--tracker", "--max-tracks", "1"]) == 0
+    arrays = labels_to_arrays(sio.load_slp(out, open_videos=False))
+    assert sorted(set(arrays.frame.tolist())) == list(range(15))
+    z = arrays.frame % 3
+    assert [arrays.tracks[t].name for t in np.unique(arrays.track)] == [
+        "z0 track_0", "z1 track_1", "z2 track_2"]  # fmt: skip
+    assert all(len(set(z[arrays.track == t].tolist())) == 1 for t in range(3))
+    out.unlink()
+    assert main([*command, "--axes", "TYX"]) == 2
+    assert "stack.tif: axes 'TYX' do not fit the data of shape (5, 3, 64, 64)" in (
+        capsys.readouterr().err)  # fmt: skip
+    command[1] = str(tmp_path / "v.mp4")
+    assert main([*command, "--axes", "TZYX"]) == 2
+    assert "v.mp4: axes ('TZYX') can only be given for TIFF stacks" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def project_and_model(tmp_path_factory):
+    """A 12-frame project (user labels on 0-7, an older model's predictions on 4-7, suggestions
+    after) and a tiny model trained a few steps on it: its outputs are not what is tested."""
+    import attrs
+    import torch
+
+    from napari_pose.core.io import save_labels
+    from napari_pose.core.synthetic import make_synthetic, to_labels, write_video
+    from napari_pose.nn.data import load_frames
+    from napari_pose.nn.models import UNetConfig
+    from napari_pose.nn.pipelines import default_stages
+    from napari_pose.nn.train import TrainConfig, train
+
+    folder = tmp_path_factory.mktemp("merge")
+    data = make_synthetic(n_frames=12, size=64, n_animals=1, seed=1)
+    write_video(data.frames, folder / "v.mp4")
+    labels = to_labels(data, str(folder / "v.mp4"), labelled_frames=slice(0, 8))
+    tiny = UNetConfig(filters=4, max_stride=16, output_stride=2)
+    stages = {k: attrs.evolve(s, model=attrs.evolve(s.model, backbone=tiny))
+              for k, s in default_stages(load_frames(labels), "single_instance").items()}  # fmt: skip
+    config = TrainConfig(pipeline="single_instance", epochs=1, steps_per_epoch=2, batch_size=2,
+                         device="cpu")  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        list(train(labels, folder / "model", config, stages=stages))
+    finally:
+        torch.set_num_threads(threads)
+    for lf in labels.labeled_frames[4:8]:
+        lf.instances.append(sio.PredictedInstance.from_numpy(
+            data.points[lf.frame_idx, 0] + 1, labels.skeletons[0], point_scores=np.full(5, 0.5),
+            score=0.5, track=labels.tracks[0]))  # fmt: skip
+    save_labels(labels, folder / "p.slp")
+    return folder / "p.slp", folder / "model"
+
+
+def test_predict_merge_writes_the_project_with_the_new_predictions(project_and_model, tmp_path,
+                                                                  capsys):  # fmt: skip
+    project, model = project_and_model
+    out = tmp_path / "merged.slp"
+    # Every peak counts as found (threshold -1), so each frame predicted has one instance,
+    # whatever the tiny model learned.
+    assert main(["predict", str(project), "-m", str(model), "-o", str(out), "--merge",
+                 "--frames", "0-5", "--peak-threshold", "-1", "--device", "cpu", "--quiet",
+                 "--tracker", "--max-tracks", "1"]) == 0  # fmt: skip
+    assert f"in 6 frames to {out} (merged into {project})" in capsys.readouterr().out
+    before, merged = sio.load_slp(str(project)), sio.load_slp(str(out))
+    assert [t.name for t in merged.tracks] == ["animal_0", "track_0"]
+    assert [s.frame_idx for s in merged.suggestions] == [s.frame_idx for s in before.suggestions]
+    assert merged.videos[0].filename == before.videos[0].filename
+
+    def instances(labels, predicted: bool) -> dict[int, list]:
+        return {lf.frame_idx: lf.predicted_instances if predicted else lf.user_instances
+                for lf in labels.labeled_frames}  # fmt: skip
+
+    user_before, user_after = instances(before, False), instances(merged, False)
+    assert sorted(user_after) == list(range(8))
+    for frame, (instance,) in user_before.items():
+        np.testing.assert_array_equal(user_after[frame][0].numpy(), instance.numpy())
+    predicted = instances(merged, True)
+    assert {f: len(p) for f, p in predicted.items()} == dict.fromkeys(range(8), 1)
+    assert [predicted[f][0].track.name for f in range(8)] == ["track_0"] * 6 + ["animal_0"] * 2
+    assert [predicted[f][0].score for f in (6, 7)] == [0.5, 0.5]  # not predicted again: kept
+
+
+def test_predict_merge_refuses_a_model_with_other_nodes(project_and_model, tmp_path, capsys):
+    import shutil
+
+    from napari_pose.core.skeleton import save_skeleton
+
+    project, model = project_and_model
+    other = tmp_path / "other model"
+    shutil.copytree(model, other)
+    nodes = sio.load_slp(str(project)).skeletons[0].node_names
+    save_skeleton(sio.Skeleton(["snout", *nodes[1:]]), other / "skeleton.json")
+    out = tmp_path / "merged.slp"
+    assert main(["predict", str(project), "-m", str(other), "-o", str(out), "--merge",
+                 "--device", "cpu", "--quiet"]) == 2  # fmt: skip
+    error = capsys.readouterr().err
+    for part in (str(other), str(project), "nodes missing in the project: snout",
+                 f"nodes missing in the model: {nodes[0]}"):  # fmt: skip
+        assert part in error
+    assert not out.exists()
+
+    video = project.parent / "v.mp4"
+    assert main(["predict", str(video), "-m", str(model), "-o", str(out), "--merge"]) == 2
+    assert "--merge takes exactly one .slp input" in capsys.readouterr().err
+    assert not out.exists()

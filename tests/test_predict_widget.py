@@ -6,6 +6,7 @@ that some appear: on the right frames, near the right body parts.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -15,10 +16,12 @@ import pytest
 import sleap_io as sio
 import torch
 
-from napari_pose.core.io import save_labels
+from napari_pose.core.io import load_labels, save_labels
 from napari_pose.core.pose_arrays import PoseArrays
+from napari_pose.core.skeleton import save_skeleton
 from napari_pose.core.synthetic import SyntheticData, make_synthetic, to_labels, write_video
 from napari_pose.napari.convert import replace_frames
+from napari_pose.napari.labelling import open_projects
 from napari_pose.nn.data import load_frames
 from napari_pose.nn.inference import Predictor
 from napari_pose.nn.models import UNetConfig
@@ -228,3 +231,134 @@ def test_tracking_after_a_run_gives_identities_that_save(make_napari_viewer, qtb
     saved = sio.load_slp(str(tmp_path / "tracked.slp"))
     assert len(saved.tracks) == 1
     assert all(inst.track is saved.tracks[0] for lf in saved.labeled_frames for inst in lf.instances)
+
+
+#: Frames an older model predicted in the project of ``_with_old_predictions``.
+OLD_FRAMES = [100, 101, 102, 103, 104, 110]
+
+
+def _with_old_predictions(setup: Setup, folder: Path) -> Path:
+    """The project with an older model's predictions (score 0.5, a pixel off) on ``OLD_FRAMES``."""
+    labels = load_labels(setup.project, lazy=False)
+    skeleton, video = labels.skeletons[0], labels.videos[0]
+    for frame in OLD_FRAMES:
+        old = sio.PredictedInstance.from_numpy(setup.data.points[frame, 0] + 1, skeleton,
+                                               point_scores=np.full(5, 0.5), score=0.5)  # fmt: skip
+        labels.append(sio.LabeledFrame(video=video, frame_idx=frame, instances=[old]))
+    save_labels(labels, folder / "q.slp")
+    return folder / "q.slp"
+
+
+def _model_with_nodes(setup: Setup, folder: Path, names: list[str]) -> Path:
+    """A copy of the trained model whose skeleton file calls its outputs ``names``."""
+    copy = folder / "other model"
+    shutil.copytree(setup.model, copy)
+    save_skeleton(sio.Skeleton(names), copy / "skeleton.json")
+    return copy
+
+
+def _points(layer, frame: int) -> dict[str, tuple[float, ...]]:
+    """Node name -> point of the one instance a layer has on ``frame``."""
+    on_frame = layer.data[:, 0] == frame
+    assert layer.features["instance"][on_frame].nunique() == 1
+    return dict(zip(layer.features["node"][on_frame], map(tuple, layer.data[on_frame])))
+
+
+def test_merge_replaces_the_projects_predictions_on_those_frames_and_saves(
+        make_napari_viewer, qtbot, tmp_path, setup):  # fmt: skip
+    viewer, widget = _dock(make_napari_viewer, _with_old_predictions(setup, tmp_path), setup.model)
+    widget.image.value = viewer.layers["v"]
+    user, predictions = viewer.layers["v labels"], viewer.layers["v predictions"]
+    user_points = user.data.copy()
+    old_100 = _points(predictions, 100)
+    widget.frames.value = "range"
+    widget.first.value, widget.last.value = 105, 114
+    widget.track_box.value, widget.max_tracks.value = True, 1
+    _run(qtbot, widget)
+    dock = widget.predictions_layer
+    assert list(open_projects(viewer)) == ["q.slp"]  # the dock's own layer is no project
+    new_110 = _points(dock, 110)
+    score_110 = dock.features["instance_score"][dock.data[:, 0] == 110].iloc[0]
+
+    press(qtbot, widget.merge_button)
+    assert dock not in viewer.layers and "v predictions [model] skeleton" not in viewer.layers
+    assert widget.predictions_layer is None
+    assert "merged 10 predicted instances on 10 frames into" in widget.status.value
+    assert _frames(predictions) == set(range(100, 115))
+    assert _points(predictions, 110) == new_110  # the older prediction there is replaced
+    assert _points(predictions, 100) == old_100  # those on frames not predicted again stay
+    np.testing.assert_array_equal(user.data, user_points)
+
+    _, project_dock = viewer.window.add_plugin_dock_widget("napari-pose", "Pose project")
+    project_dock.save_path.value = tmp_path / "saved.slp"
+    press(qtbot, project_dock.save)
+    saved = sio.load_slp(str(tmp_path / "saved.slp"))
+    predicted = {lf.frame_idx: lf.predicted_instances for lf in saved.labeled_frames
+                 if lf.predicted_instances}  # fmt: skip
+    assert sorted(predicted) == list(range(100, 115))
+    assert all(len(instances) == 1 for instances in predicted.values())
+    assert [predicted[f][0].score for f in range(100, 105)] == [0.5] * 5
+    assert predicted[110][0].score == pytest.approx(score_110)
+    assert [t.name for t in saved.tracks] == ["animal_0", "track_0"]
+    assert all(predicted[f][0].track is saved.tracks[1] for f in range(105, 115))
+    assert sum(len(lf.user_instances) for lf in saved.labeled_frames) == 60
+
+
+def test_merge_matches_nodes_by_name_and_adds_a_predictions_layer(make_napari_viewer, qtbot,
+                                                                  tmp_path, setup):  # fmt: skip
+    nodes = sio.load_slp(str(setup.project)).skeletons[0].node_names
+    reordered = [nodes[1], nodes[0], *nodes[2:]]
+    viewer, widget = _dock(make_napari_viewer, setup.project,
+                           _model_with_nodes(setup, tmp_path, reordered))  # fmt: skip
+    widget.image.value = viewer.layers["v"]
+    assert "v predictions" not in viewer.layers  # the project has no predictions yet
+    viewer.dims.set_current_step(0, 150)
+    _run(qtbot, widget)
+    predicted = _points(widget.predictions_layer, 150)
+
+    press(qtbot, widget.merge_button)
+    merged = viewer.layers["v predictions"]  # made as the reader makes it, with its edges
+    assert list(merged.features["node"].cat.categories) == nodes
+    assert _points(merged, 150) == predicted
+    assert len(viewer.layers["v predictions skeleton"].data) == 4
+
+
+def test_a_model_with_other_nodes_is_refused_and_nothing_changes(make_napari_viewer, qtbot,
+                                                                 tmp_path, setup, monkeypatch):  # fmt: skip
+    from napari_pose.napari import _predict_widget
+
+    errors: list[str] = []
+    monkeypatch.setattr(_predict_widget, "show_error", errors.append)
+    nodes = sio.load_slp(str(setup.project)).skeletons[0].node_names
+    other = _model_with_nodes(setup, tmp_path, ["snout", *nodes[1:]])
+    viewer, widget = _dock(make_napari_viewer, setup.project, other)
+    widget.image.value = viewer.layers["v"]
+    widget.frames.value = "suggested"  # frames of the project: refused before running
+    press(qtbot, widget.start_button)
+    assert idle(widget) and widget.predictions_layer is None and len(errors) == 1
+    for part in (str(other), str(setup.project), "nodes missing in the project: snout",
+                 f"nodes missing in the model: {nodes[0]}"):  # fmt: skip
+        assert part in errors[0]
+
+    widget.frames.value = "current frame"  # predicting is fine, merging is not
+    _run(qtbot, widget)
+    user = viewer.layers["v labels"]
+    user_points = user.data.copy()
+    press(qtbot, widget.merge_button)
+    assert errors[1:] == errors[:1]
+    assert widget.predictions_layer in viewer.layers and "v predictions" not in viewer.layers
+    np.testing.assert_array_equal(user.data, user_points)
+
+
+def test_merge_without_an_open_project_says_how_to_keep_the_predictions(
+        make_napari_viewer, qtbot, setup, monkeypatch):  # fmt: skip
+    from napari_pose.napari import _predict_widget
+
+    errors: list[str] = []
+    monkeypatch.setattr(_predict_widget, "show_error", errors.append)
+    viewer, widget = _dock(make_napari_viewer, setup.video, setup.model)
+    _run(qtbot, widget)
+    assert open_projects(viewer) == {}  # nothing to train on or to merge into
+    press(qtbot, widget.merge_button)
+    assert errors == ["no open pose project labels 'v'; open it first or Save predictions to a file"]
+    assert widget.predictions_layer in viewer.layers

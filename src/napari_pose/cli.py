@@ -6,7 +6,8 @@ Subcommands:
     convert   convert a pose file to another format (.slp, DLC .csv/.h5, .analysis.h5);
     train     train a model package from user labels (no display needed; progress bar);
     predict   run a model package over videos (or the videos of .slp files) into a .slp,
-              several videos at once on a dask.distributed cluster;
+              several videos at once on a dask.distributed cluster, or (``--merge``) into a
+              copy of a project;
     track     assign identity tracks to predicted instances;
     evaluate  compare predictions with ground truth (OKS mAP, errors, identity metrics).
 """
@@ -140,6 +141,42 @@ def _input_videos(inputs: list[Path]):
     return videos
 
 
+def _merge_target(args: argparse.Namespace):
+    """The project ``--merge`` writes the predictions into, loaded and checked before any frame
+    is predicted: a model whose nodes are not its skeleton's is refused, naming them."""
+    from napari_pose.core.io import load_labels
+    from napari_pose.core.skeleton import load_skeleton
+    from napari_pose.nn.inference import skeleton_mismatch
+    from napari_pose.nn.package import SKELETON_FILE
+
+    path = args.inputs[0]
+    if len(args.inputs) != 1 or path.suffix.lower() != ".slp":
+        raise ValueError("--merge takes exactly one .slp input: the project to merge into")
+    labels = load_labels(path)
+    model_nodes = load_skeleton(args.model / SKELETON_FILE).node_names
+    project_nodes = labels.skeletons[0].node_names if labels.skeletons else []
+    problem = skeleton_mismatch(args.model, model_nodes, path, project_nodes)
+    if problem is not None:
+        raise ValueError(problem)
+    return labels
+
+
+def _merged(labels, predictions):
+    """``labels`` with ``predictions`` in: user instances, suggestions, tracks and videos kept,
+    older predictions on the frames predicted replaced, those on other frames kept."""
+    from napari_pose.core.pose_arrays import arrays_to_labels, concat, labels_to_arrays
+    from napari_pose.napari.convert import replace_frames
+    from napari_pose.nn.inference import in_project
+
+    project = labels_to_arrays(labels)
+    first_id = int(project.instance_id.max(initial=-1)) + 1
+    new = in_project(predictions, project.skeleton, labels.videos, labels.tracks, first_id)
+    labels.tracks.extend(new.tracks[len(labels.tracks) :])
+    old = project.predicted
+    merged = concat([project.select(~old), replace_frames(project.select(old), new)])
+    return arrays_to_labels(merged, template=labels)
+
+
 def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -151,7 +188,9 @@ def _predict(args: argparse.Namespace) -> int:
     config = PredictConfig(batch_size=args.batch_size, peak_threshold=args.peak_threshold,
                            max_instances=args.max_instances, device=args.device)  # fmt: skip
     frames = parse_frames(args.frames) if args.frames else None
+    project = _merge_target(args) if args.merge else None
     videos = _input_videos(args.inputs)
+    planes = _stack_planes(videos, args.axes)  # checks --axes before any prediction starts
     if len(videos) == 1 and args.scheduler is None:  # in this process, a bar over frames
         with tqdm(unit="frame", disable=args.quiet) as bar:
 
@@ -159,21 +198,39 @@ def _predict(args: argparse.Namespace) -> int:
                 bar.total = total
                 bar.update(done - bar.n)
 
-            arrays = predict_one(videos[0], args.model, config, frames, progress=progress)
+            arrays = predict_one(videos[0], args.model, config, frames, progress=progress,
+                                 axes=args.axes)  # fmt: skip
         arrays = attrs.evolve(arrays, videos=videos)
     else:
         with tqdm(total=len(videos), unit="video", disable=args.quiet) as bar:
             arrays = predict_videos(videos, args.model, config, frames, scheduler=args.scheduler,
-                                    workers=args.workers,
+                                    workers=args.workers, axes=args.axes,
                                     progress=lambda done, total: bar.update(done - bar.n))  # fmt: skip
     if args.tracker:
-        from napari_pose.nn.tracking import track
+        from napari_pose.nn.tracking import track_planes
 
-        arrays = track(arrays, _tracker_config(args))
-    save_labels(to_labels(arrays), args.output)
+        arrays = track_planes(arrays, planes, _tracker_config(args))
+    save_labels(to_labels(arrays) if project is None else _merged(project, arrays), args.output)
+    merged = "" if project is None else f" (merged into {args.inputs[0]})"
     print(f"wrote {len(arrays)} predicted instances in {len(set(arrays.frame.tolist()))} "
-          f"frames to {args.output}")  # fmt: skip
+          f"frames to {args.output}{merged}")  # fmt: skip
     return 0
+
+
+def _stack_planes(videos, axes: str | None) -> dict[int, tuple[tuple[int, ...], str]]:
+    """Plane shape and axes of the TIFF stacks among ``videos``, by index, so tracking follows
+    their time axis. Opening a stack reads its tags only; with ``axes`` every video goes to
+    ``open_video``, so axes that do not fit, or a non-TIFF input, fail before predicting."""
+    from napari_pose.core.video import open_video
+
+    planes = {}
+    for i, video in enumerate(videos):
+        name = video.filename
+        tiff = isinstance(name, str) and name.lower().endswith((".tif", ".tiff"))
+        if tiff or axes is not None:
+            with open_video(video, axes=axes) as reader:
+                planes[i] = (reader.plane_shape, reader.plane_axes)
+    return planes
 
 
 def _tracker_config(args: argparse.Namespace):
@@ -275,7 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--scheduler", help="dask scheduler address (default: local cluster)")
     predict.add_argument("--workers", type=int, help="local cluster processes (default: cores)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.add_argument("--axes", help="axes of TIFF inputs, e.g. TZYX (default: from the "
+                         "file's metadata)")  # fmt: skip
     predict.add_argument("--tracker", action="store_true", help="track the predictions")
+    predict.add_argument("--merge", action="store_true", help="write the one .slp input with "
+                         "the predictions in (older ones on those frames replaced)")  # fmt: skip
     _add_tracker_flags(predict)
     predict.set_defaults(run=_predict)
 

@@ -7,6 +7,10 @@ on. Frames are read from the image layer's data, not from a file, so a lazily de
 TIFF stack (whose planes are numbered in C order over the leading axes) and an in-memory array
 all work the same way. Confidence maps are a lazy dask array: napari asks for the frame on
 screen and only that frame goes through the model.
+
+*Merge into project* moves the predictions into the open project labelling the same video
+(its predictions layer, which saving the project writes), after checking that the model's
+nodes are the project's.
 """
 
 from __future__ import annotations
@@ -32,9 +36,12 @@ from napari.qt.threading import GeneratorWorker, thread_worker
 from napari.utils.notifications import show_error
 
 from napari_pose.core.io import save_labels
+from napari_pose.core.labelling import PointTable, next_instance_id
 from napari_pose.core.pose_arrays import PoseArrays
+from napari_pose.core.skeleton import load_skeleton
 from napari_pose.napari._label_widget import PlaneFrames
 from napari_pose.napari.convert import (
+    EDGES_KEY,
     POSE_KEY,
     WINDOW_THRESHOLD,
     PoseBinding,
@@ -48,11 +55,21 @@ from napari_pose.napari.convert import (
 )
 from napari_pose.napari.labelling import open_projects, project_points_layers
 from napari_pose.napari.sync import attach
-from napari_pose.nn.inference import PredictConfig, Predictor, predict_video, predictions_to_arrays
+from napari_pose.nn.inference import (
+    PredictConfig,
+    Predictor,
+    in_project,
+    predict_video,
+    predictions_to_arrays,
+    skeleton_mismatch,
+)
+from napari_pose.nn.package import SKELETON_FILE
 from napari_pose.nn.predict import FramePrediction
 from napari_pose.nn.tracking import TrackerConfig, track
 
 FRAME_CHOICES = ["current frame", "range", "all", "suggested", "labelled"]
+#: Frame choices that are frames of a project: their predictions are meant to join it.
+PROJECT_FRAMES = ("suggested", "labelled")
 DEVICE_CHOICES = ["auto", "cpu", "cuda", "mps"]
 #: Seconds between redraws of the predictions layer during a run: redrawing every point of a
 #: long run after every small batch would cost more than the inference.
@@ -107,6 +124,14 @@ def project_video(viewer: napari.Viewer, image: Image) -> tuple[sio.Labels, int]
             if shows_video(image, labels.videos[v]):
                 return labels, v
     return None
+
+
+def free_instance_id(layers: list[Points]) -> int:
+    """An instance id that no instance of the pose ``layers`` has, saved or on screen."""
+    floor = 1 + max(int(layer.metadata[POSE_KEY].arrays.instance_id.max(initial=-1))
+                    for layer in layers)  # fmt: skip
+    tables = [PointTable(np.asarray(layer.data), layer.features) for layer in layers]
+    return next_instance_id(*tables, floor=floor)
 
 
 def confidence_map_arrays(predictor: Predictor, image: Image) -> dict[str, da.Array]:
@@ -196,12 +221,15 @@ class PredictWidget(Container):
         self.status = Label(label="status", value="")
         self.save_path = FileEdit(label="save to", mode="w", filter="*.slp")
         self.save_button = PushButton(label="", text="Save predictions")
+        self.merge_button = PushButton(label="", text="Merge into project")
         self.maps_button = PushButton(label="", text="Show confidence maps")
         self.extend([self.model, self.image, self.frames, self.first, self.last, self.batch_size,
-                     self.device, self.track_box, self.max_tracks, self.start_button, self.cancel_button, self.progress,
-                     self.status, self.save_path, self.save_button, self.maps_button])  # fmt: skip
+                     self.device, self.track_box, self.max_tracks, self.start_button,
+                     self.cancel_button, self.progress, self.status, self.save_path,
+                     self.save_button, self.merge_button, self.maps_button])  # fmt: skip
         self.worker: GeneratorWorker | None = None  # the running prediction
-        self.predictions_layer: Points | None = None  # what Save writes
+        self.predictions_layer: Points | None = None  # what Save writes and Merge moves
+        self._origin: tuple[Image, Path] | None = None  # its image and model folder
         self._run: _Run | None = None
         self._stop = threading.Event()
         self._cache: tuple[tuple, Predictor] | None = None  # the last model loaded, by key
@@ -209,6 +237,7 @@ class PredictWidget(Container):
         self.start_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
         self.save_button.clicked.connect(self.save)
+        self.merge_button.clicked.connect(self.merge)
         self.maps_button.clicked.connect(self.show_confidence_maps)
         viewer.layers.events.inserted.connect(self.image.reset_choices)
         viewer.layers.events.removed.connect(self.image.reset_choices)
@@ -299,11 +328,15 @@ class PredictWidget(Container):
         try:
             folder, image = self._chosen_model_and_image()
             frames = self._frames(image)
-        except ValueError as error:
+            config = self._config()
+            cached = self._cached(folder, config)
+            if self.frames.value in PROJECT_FRAMES:
+                skeleton = (cached.skeleton if cached is not None
+                            else load_skeleton(folder / SKELETON_FILE))  # fmt: skip
+                self._check_skeleton(folder, skeleton, project_video(self._viewer, image)[0])
+        except ValueError as error:  # PoseFileError too: a model folder without a skeleton
             show_error(str(error))
             return
-        config = self._config()
-        cached = self._cached(folder, config)
 
         def load() -> Predictor:  # in the worker: loading a large model takes a while
             return cached if cached is not None else Predictor.load(folder, config)
@@ -366,10 +399,11 @@ class PredictWidget(Container):
             binding = layer.metadata.get(POSE_KEY) if isinstance(layer, Points) else None
             if (layer.name == name and binding is not None and binding.predicted
                     and binding.arrays.skeleton.node_names == skeleton.node_names):  # fmt: skip
-                self.predictions_layer = layer
+                self.predictions_layer, self._origin = layer, (run.image, run.model)
                 return layer, binding.merged(layer.data, layer.features)
         binding = self._new_binding(run.image, skeleton)
-        self.predictions_layer = self._add_layers(run.image, name, binding)
+        self.predictions_layer = self._add_layers(run.image, binding, name)
+        self._origin = (run.image, run.model)
         return self.predictions_layer, binding.arrays
 
     def _new_binding(self, image: Image, skeleton: sio.Skeleton) -> PoseBinding:
@@ -386,13 +420,16 @@ class PredictWidget(Container):
         labels = sio.Labels(videos=[video], skeletons=[skeleton])
         return PoseBinding(labels, PoseArrays.empty(skeleton, labels.videos, []), 0, True, planes)
 
-    def _add_layers(self, image: Image, name: str, binding: PoseBinding) -> Points:
+    def _add_layers(self, image: Image, binding: PoseBinding, name: str | None = None) -> Points:
+        """Add ``binding``'s Points layer and its skeleton edges where ``image`` lies (its scale
+        and offset), named ``name`` or, by default, as a project's layers are."""
         n_axes = len(binding.plane_shape) + 2
         added = []
-        layers = [(points_layer(binding), name), (edges_layer(binding), f"{name} skeleton")]
-        for (data, kwargs, kind), layer_name in layers:
-            kwargs.update(name=layer_name, scale=image.scale[:n_axes],
-                          translate=image.translate[:n_axes])  # fmt: skip
+        for (data, kwargs, kind), suffix in ((points_layer(binding), ""),
+                                             (edges_layer(binding), " skeleton")):  # fmt: skip
+            kwargs.update(scale=image.scale[:n_axes], translate=image.translate[:n_axes])
+            if name is not None:
+                kwargs["name"] = name + suffix
             added.append(getattr(self._viewer, f"add_{kind}")(data, **kwargs))
         return added[0]
 
@@ -449,6 +486,81 @@ class PredictWidget(Container):
             return None
         self.status.value = f"saved {path}"
         return path
+
+    # ------------------------------------------------------------------ merging into the project
+    def merge(self) -> bool:
+        """Move the predictions layer's instances into the open project labelling its video.
+
+        The project's older predictions on the frames predicted are replaced and the others
+        kept; user labels are untouched. The project's predictions layer (made if it has none)
+        now shows them and saving the project writes them, so this dock's own layer goes.
+        """
+        layer = self.predictions_layer
+        if self.worker is not None:
+            show_error("wait for the run to end, or cancel it, before merging")
+            return False
+        if layer is None or layer not in self._viewer.layers:
+            show_error("nothing to merge: predict some frames first")
+            return False
+        image, model = self._origin
+        found = project_video(self._viewer, image)
+        if found is None:
+            show_error(f"no open pose project labels {image.name!r}; open it first or Save "
+                       "predictions to a file")  # fmt: skip
+            return False
+        labels, v = found
+        predictions = layer.metadata[POSE_KEY].merged(layer.data, layer.features)
+        try:
+            self._check_skeleton(model, predictions.skeleton, labels)
+        except ValueError as error:
+            show_error(str(error))
+            return False
+        first_id = free_instance_id(project_points_layers(self._viewer, labels))
+        new = in_project(predictions, labels.skeletons[0], labels.videos, labels.tracks, first_id,
+                         video=v)  # fmt: skip
+        labels.tracks.extend(new.tracks[len(labels.tracks) :])  # every layer shares the list
+        target = self._project_predictions(labels, v, image)
+        binding: PoseBinding = target.metadata[POSE_KEY]
+        binding.arrays = replace_frames(binding.merged(target.data, target.features), new)
+        self._show(target, binding)
+        self._remove(layer)
+        n_frames = len(np.unique(new.frame))
+        self.status.value = (f"merged {len(new)} predicted instances on {n_frames} frames into "
+                             f"{self._project_name(labels)}")  # fmt: skip
+        return True
+
+    def _check_skeleton(self, model: Path, skeleton: sio.Skeleton, labels: sio.Labels) -> None:
+        """Refuse a model whose nodes are not the project's, saying which differ: its
+        predictions could not join the project."""
+        problem = skeleton_mismatch(model, skeleton.node_names, self._project_name(labels),
+                                    labels.skeletons[0].node_names)  # fmt: skip
+        if problem is not None:
+            raise ValueError(problem)
+
+    def _project_name(self, labels: sio.Labels) -> str:
+        """The project's file, or the name the other docks list it by when it has none yet."""
+        named = {id(l): name for name, l in open_projects(self._viewer).items()}
+        return str(labels.provenance.get("filename") or named[id(labels)])
+
+    def _project_predictions(self, labels: sio.Labels, v: int, image: Image) -> Points:
+        """The project's predictions layer of video ``v``; one is added where ``image`` lies
+        (with its skeleton edges, as the reader makes it) when the project has none yet."""
+        layers = project_points_layers(self._viewer, labels)
+        bindings = [layer.metadata[POSE_KEY] for layer in layers]
+        for layer, binding in zip(layers, bindings, strict=True):
+            if binding.predicted and binding.video == v:
+                return layer
+        user = next(binding for binding in bindings if binding.video == v)
+        empty = PoseArrays.empty(labels.skeletons[0], labels.videos, labels.tracks)
+        return self._add_layers(image, PoseBinding(labels, empty, v, True, user.plane_shape))
+
+    def _remove(self, layer: Points) -> None:
+        """Take this dock's predictions layer and its skeleton edges out of the viewer."""
+        binding = layer.metadata[POSE_KEY]
+        for edges in [l for l in self._viewer.layers if l.metadata.get(EDGES_KEY) is binding]:
+            self._viewer.layers.remove(edges)
+        self._viewer.layers.remove(layer)
+        self.predictions_layer = self._origin = None
 
     # ------------------------------------------------------------------ confidence maps
     def show_confidence_maps(self) -> list[Image]:

@@ -275,3 +275,54 @@ def predictions_to_arrays(
 def to_labels(arrays: PoseArrays) -> sio.Labels:
     """A ``Labels`` holding predicted instances (save it with ``core.io.save_labels``)."""
     return arrays_to_labels(arrays)
+
+
+def skeleton_mismatch(model: str | Path, model_nodes: Sequence[str], project: str | Path,
+                      project_nodes: Sequence[str]) -> str | None:  # fmt: skip
+    """Why predictions of ``model`` cannot join ``project``, or ``None`` when they can.
+
+    Nodes are matched by name, so the same nodes in another order merge (``in_project``
+    reorders them); a node on one side only would be dropped or left empty without a word.
+    """
+    model_set, project_set = set(model_nodes), set(project_nodes)
+    only_model = [name for name in model_nodes if name not in project_set]
+    only_project = [name for name in project_nodes if name not in model_set]
+    if not only_model and not only_project:
+        return None
+    missing = [f"nodes missing in {where}: {', '.join(names)}"
+               for where, names in (("the project", only_model), ("the model", only_project))
+               if names]  # fmt: skip
+    return (f"the model {model} and the project {project} have different skeletons "
+            f"({'; '.join(missing)}); predict with a model trained on this project's skeleton, "
+            "or keep the predictions in a file of their own")  # fmt: skip
+
+
+def in_project(predictions: PoseArrays, skeleton: sio.Skeleton, videos: list[sio.Video],
+               tracks: list[sio.Track], first_id: int, video: int | None = None,
+               ) -> PoseArrays:  # fmt: skip
+    """``predictions`` in a project's terms, ready to merge into it.
+
+    Columns follow ``skeleton``'s node order by name (check ``skeleton_mismatch`` first); rows
+    index ``videos`` (all ``video`` when given) and the project's ``tracks`` by name, tracks it
+    lacks appended to the returned ``tracks`` (for the caller to add to the project); instance
+    ids start at ``first_id``, above every id of the project, so a user instance's link to the
+    prediction it was made from cannot land on a new one.
+    """
+    columns = [predictions.skeleton.node_names.index(name) for name in skeleton.node_names]
+    known = {t.name for t in tracks}
+    new_tracks = {t.name: t for t in predictions.tracks if t.name not in known}
+    merged_tracks = list(tracks) + list(new_tracks.values())
+    index = {t.name: i for i, t in reversed(list(enumerate(merged_tracks)))}  # first name wins
+    track_map = np.array([index[t.name] for t in predictions.tracks] + [-1], np.int32)
+    n = len(predictions)
+    return attrs.evolve(
+        predictions,
+        skeleton=skeleton,
+        videos=list(videos),
+        tracks=merged_tracks,
+        instance_id=first_id + np.arange(n, dtype=np.int64),
+        video=predictions.video if video is None else np.full(n, video, np.int32),
+        track=track_map[predictions.track],  # -1 (untracked) picks the appended -1
+        **{name: getattr(predictions, name)[:, columns]
+           for name in ("xy", "visible", "complete", "point_score")},  # fmt: skip
+    )
