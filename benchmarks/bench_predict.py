@@ -6,7 +6,9 @@
 The model is the package ``bench_train.py`` writes (top-down trained on clip.slp). Figures:
 
 * plain decode: PyAV decoding clip.mp4 to gray arrays, nothing else (the I/O limit);
-* model only: ``Predictor.predict`` on frames decoded beforehand (the compute limit);
+* model only: ``Predictor.predict`` on frames decoded beforehand (the compute limit), with its
+  default of one single-threaded worker per core, and as one pass per batch over all threads
+  (``workers=1``, the baseline);
 * end to end: ``predict_video`` (decoder thread + inference + peak finding) into ``PoseArrays``
   and a saved ``.slp``, the way ``napari-pose predict`` runs;
 * one frame: the latency of predicting the single frame on screen (the Predict dock's
@@ -69,12 +71,16 @@ def main() -> None:
     decode_fps = len(decoded) / (time.perf_counter() - start)
     images = np.stack(decoded[frames.start : frames.stop : frames.step])
 
-    config = PredictConfig(batch_size=args.batch_size, device=args.device)
-    predictor = Predictor.load(args.model, config)
-    predictor.predict(images[: args.batch_size])  # warm-up (allocator, kernels)
-    start = time.perf_counter()
-    predictor.predict(images)
-    model_fps = len(images) / (time.perf_counter() - start)
+    def model_only(workers: int | None) -> tuple[Predictor, float]:
+        config = PredictConfig(batch_size=args.batch_size, device=args.device, workers=workers)
+        predictor = Predictor.load(args.model, config)
+        predictor.predict(images[: 2 * args.batch_size])  # warm-up (allocator, kernels)
+        start = time.perf_counter()
+        predictor.predict(images)
+        return predictor, len(images) / (time.perf_counter() - start)
+
+    _, one_pass_fps = model_only(workers=1)  # the baseline: each batch split over all threads
+    predictor, model_fps = model_only(workers=None)
 
     latencies = []
     for image in images[:: max(1, len(images) // 20)][:20]:
@@ -102,6 +108,9 @@ def main() -> None:
         "frames": len(frames),
         "decode_fps": round(decode_fps, 1),
         "model_only_fps": round(model_fps, 1),
+        "workers": predictor.workers,
+        "model_only_one_pass_fps": round(one_pass_fps, 1),
+        "workers_vs_one_pass": round(model_fps / one_pass_fps, 2),
         "end_to_end_fps": round(end_to_end_fps, 1),
         "end_to_end_vs_limit": round(end_to_end_fps / limit, 2),
         "end_to_end_vs_sleap_nn": round(end_to_end_fps / SLEAP_NN_END_TO_END, 2),

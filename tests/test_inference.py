@@ -8,6 +8,7 @@ import attrs
 import numpy as np
 import pytest
 import sleap_io as sio
+import torch
 
 from napari_pose.cli import main
 from napari_pose.core.io import load_labels, save_labels
@@ -16,6 +17,7 @@ from napari_pose.core.video import open_video
 from napari_pose.nn.data import load_frames
 from napari_pose.nn.inference import (
     DECODER_THREAD,
+    INFERENCE_THREAD,
     PredictConfig,
     Predictor,
     predict_video,
@@ -108,6 +110,33 @@ def test_closing_a_video_stream_early_stops_the_decoder(trained):
         assert any(t.name == DECODER_THREAD for t in threading.enumerate())
         stream.close()  # must return, not hang on the decoder thread
     assert not any(t.name == DECODER_THREAD for t in threading.enumerate())
+
+
+def _threads(prefix: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(prefix)]
+
+
+def test_parallel_workers_predict_what_one_worker_does_in_order(trained):
+    """Batches run in single-threaded workers at once, come back in order, equal a serial
+    run (to float rounding), and the workers end with the stream."""
+    folder, data = trained
+    serial = Predictor.load(folder / "model", PredictConfig(batch_size=3, workers=1, device="cpu"))
+    parallel = Predictor.load(folder / "model", PredictConfig(batch_size=3, workers=3, device="cpu"))
+    assert parallel.workers == 3 and serial.workers == 1
+    threads = torch.get_num_threads()
+    expected = serial.predict(data.frames[48:64])
+    seen = []
+    with open_video(folder / "a.mp4") as reader:
+        stream = predict_video(parallel, reader)
+        for indices, predictions in stream:
+            seen += list(zip(indices.tolist(), predictions, strict=True))
+            assert len(_threads(INFERENCE_THREAD)) == 3
+    assert [f for f, _ in seen] == list(range(16))
+    for (_, got), want in zip(seen, expected, strict=True):
+        np.testing.assert_allclose(got.points, want.points, atol=1e-3)
+        np.testing.assert_allclose(got.scores, want.scores, atol=1e-4)
+    assert not _threads(INFERENCE_THREAD)
+    assert torch.get_num_threads() == threads  # the one-thread limit stayed in the workers
 
 
 def test_two_videos_on_a_local_cluster_equal_a_single_process_run(trained):
