@@ -224,6 +224,7 @@ def test_tracking_after_a_run_gives_identities_that_save(make_napari_viewer, qtb
     widget.frames.value = "range"
     widget.first.value, widget.last.value = 0, 29
     widget.track_box.value, widget.max_tracks.value = True, 1
+    assert widget.plane_axes.native.isHidden()  # a video's one plane axis is time
     _run(qtbot, widget)
     assert "1 tracks" in widget.status.value
     widget.save_path.value = tmp_path / "tracked.slp"
@@ -362,3 +363,39 @@ def test_merge_without_an_open_project_says_how_to_keep_the_predictions(
     press(qtbot, widget.merge_button)
     assert errors == ["no open pose project labels 'v'; open it first or Save predictions to a file"]
     assert widget.predictions_layer in viewer.layers
+
+
+def test_a_stack_is_tracked_along_its_time_axis_each_depth_apart(make_napari_viewer, qtbot,
+                                                                 setup, monkeypatch):  # fmt: skip
+    """A (t, z) stack: the dock offers its axes from the layer, tracks each depth over time,
+    and refuses letters that do not fit."""
+    from napari_pose.napari import _predict_widget
+
+    errors: list[str] = []
+    monkeypatch.setattr(_predict_widget, "show_error", errors.append)
+    viewer = make_napari_viewer()
+    # z0 shows even frames of the synthetic video, z1 odd ones: one animal per plane, and two
+    # different animals' paths when the planes are read in flat (t, z) order.
+    stack = setup.data.frames[:40].reshape(20, 2, 64, 64)
+    image = viewer.add_image(stack, name="stack", axis_labels=("t", "z", "y", "x"))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Predict")
+    widget.model.value, widget.device.value = setup.model, "cpu"
+    assert widget.image.value is image and not widget.plane_axes.native.isHidden()
+    assert widget.plane_axes.value == "TZ"
+
+    widget.plane_axes.value = "TT"
+    press(qtbot, widget.start_button)
+    assert len(errors) == 1 and "'stack' has 2 axes before y, x" in errors[0] and idle(widget)
+
+    widget.plane_axes.value = "tz"
+    widget.frames.value = "all"
+    widget.track_box.value, widget.max_tracks.value = True, 1
+    _run(qtbot, widget)
+    binding = widget.predictions_layer.metadata["napari_pose"]
+    arrays = binding.arrays
+    assert sorted(set(arrays.frame.tolist())) == list(range(40))
+    names = np.array([t.name for t in arrays.tracks])[arrays.track]
+    depth = arrays.frame % 2
+    assert set(names[depth == 0]) == {"z0 track_0"} and set(names[depth == 1]) == {"z1 track_1"}
+    layer_z = np.round(widget.predictions_layer.data[:, 1]).astype(int)
+    assert set(widget.predictions_layer.features["track"][layer_z == 1]) == {"z1 track_1"}

@@ -29,7 +29,7 @@ import napari.viewer
 import numpy as np
 import sleap_io as sio
 from magicgui.widgets import (
-    CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox,
+    CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton, SpinBox,
 )  # fmt: skip
 from napari.layers import Image, Points
 from napari.qt.threading import GeneratorWorker, thread_worker
@@ -65,7 +65,7 @@ from napari_pose.nn.inference import (
 )
 from napari_pose.nn.package import SKELETON_FILE
 from napari_pose.nn.predict import FramePrediction
-from napari_pose.nn.tracking import TrackerConfig, track
+from napari_pose.nn.tracking import TrackerConfig, track_planes
 
 FRAME_CHOICES = ["current frame", "range", "all", "suggested", "labelled"]
 #: Frame choices that are frames of a project: their predictions are meant to join it.
@@ -126,6 +126,27 @@ def project_video(viewer: napari.Viewer, image: Image) -> tuple[sio.Labels, int]
     return None
 
 
+def default_plane_axes(image: Image) -> str:
+    """Letters naming ``image``'s plane axes (those before y, x): its axis labels when they are
+    distinct letters ('t', 'z', as the TIFF reader sets them from the file), else time first
+    and then depth (``"T"``, ``"TZ"``)."""
+    n = len(plane_shape(image))
+    labels = "".join(str(label) for label in image.axis_labels[:n]).upper()
+    if len(labels) == n and labels.isalpha() and len(set(labels)) == n:
+        return labels
+    return ("T" + "ZQRSUVW")[:n]
+
+
+def check_plane_axes(text: str, image: Image) -> str:
+    """The user's letters for ``image``'s plane axes, upper case, or a ``ValueError``."""
+    axes, n = text.strip().upper(), len(plane_shape(image))
+    if len(axes) != n or not axes.isalpha() or len(set(axes)) != n or axes.count("T") > 1:
+        raise ValueError(f"stack axes {text!r}: {image.name!r} has {n} axes before y, x "
+                         f"(shape {plane_shape(image)}); give one distinct letter each, 'T' for "
+                         "time and e.g. 'Z' for depth")  # fmt: skip
+    return axes
+
+
 def free_instance_id(layers: list[Points]) -> int:
     """An instance id that no instance of the pose ``layers`` has, saved or on screen."""
     floor = 1 + max(int(layer.metadata[POSE_KEY].arrays.instance_id.max(initial=-1))
@@ -184,6 +205,7 @@ class _Run:
         image: The image layer predicted on.
         model: The model folder.
         frames: Frame (plane) indices to predict.
+        plane_axes: Letters of the image's plane axes (``"T"`` for a video): tracking follows T.
         layer: The predictions Points layer, made or found when the model has loaded.
         kept: Predictions the layer held before this run; the frames redone are replaced.
         results: ``(frame, prediction)`` of every frame predicted so far.
@@ -193,6 +215,7 @@ class _Run:
     image: Image
     model: Path
     frames: list[int]
+    plane_axes: str
     layer: Points | None = None
     kept: PoseArrays | None = None
     results: list[tuple[int, FramePrediction]] = attrs.Factory(list)
@@ -215,6 +238,9 @@ class PredictWidget(Container):
         self.device = ComboBox(label="device", choices=DEVICE_CHOICES)
         self.track_box = CheckBox(label="track identities", value=False)
         self.max_tracks = SpinBox(label="animals (0: any)", value=0, min=0, max=1000)
+        self.plane_axes = LineEdit(label="stack axes", visible=False,
+                                   tooltip="one letter per axis before y, x: T time, Z depth. "
+                                   "Tracking follows T, each depth on its own")  # fmt: skip
         self.start_button = PushButton(label="", text="Start")
         self.cancel_button = PushButton(label="", text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
@@ -224,7 +250,8 @@ class PredictWidget(Container):
         self.merge_button = PushButton(label="", text="Merge into project")
         self.maps_button = PushButton(label="", text="Show confidence maps")
         self.extend([self.model, self.image, self.frames, self.first, self.last, self.batch_size,
-                     self.device, self.track_box, self.max_tracks, self.start_button,
+                     self.device, self.track_box, self.max_tracks, self.plane_axes,
+                     self.start_button,
                      self.cancel_button, self.progress, self.status, self.save_path,
                      self.save_button, self.merge_button, self.maps_button])  # fmt: skip
         self.worker: GeneratorWorker | None = None  # the running prediction
@@ -234,6 +261,8 @@ class PredictWidget(Container):
         self._stop = threading.Event()
         self._cache: tuple[tuple, Predictor] | None = None  # the last model loaded, by key
         self.frames.changed.connect(self._show_range)
+        self.image.changed.connect(self._show_plane_axes)
+        self._show_plane_axes(self.image.value)
         self.start_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
         self.save_button.clicked.connect(self.save)
@@ -247,6 +276,13 @@ class PredictWidget(Container):
 
     def _show_range(self, choice: str) -> None:
         self.first.visible = self.last.visible = choice == "range"
+
+    def _show_plane_axes(self, image: Image | None) -> None:
+        """Offer the stack axes (defaults from the layer) for images with several plane axes."""
+        stack = image is not None and len(plane_shape(image)) > 1
+        self.plane_axes.visible = stack
+        if stack:
+            self.plane_axes.value = default_plane_axes(image)
 
     # ------------------------------------------------------------------ the model
     def _config(self) -> PredictConfig:
@@ -328,6 +364,8 @@ class PredictWidget(Container):
         try:
             folder, image = self._chosen_model_and_image()
             frames = self._frames(image)
+            stack = len(plane_shape(image)) > 1
+            axes = check_plane_axes(self.plane_axes.value, image) if stack else "T"
             config = self._config()
             cached = self._cached(folder, config)
             if self.frames.value in PROJECT_FRAMES:
@@ -341,7 +379,7 @@ class PredictWidget(Container):
         def load() -> Predictor:  # in the worker: loading a large model takes a while
             return cached if cached is not None else Predictor.load(folder, config)
 
-        self._run = _Run(image, folder, frames)
+        self._run = _Run(image, folder, frames, axes)
         self._stop = threading.Event()
         self.progress.value, self.status.value = 0, "starting"
         self.start_button.enabled, self.cancel_button.enabled = False, True
@@ -380,7 +418,7 @@ class PredictWidget(Container):
         if run.layer is not None:
             self._draw(run)
             if self.track_box.value:
-                self._track(run.layer)
+                self._track(run.layer, run.plane_axes)
             if self._stop.is_set():
                 done = f"{len(run.results)} of {len(run.frames)} frames"
                 self.status.value = f"cancelled after {done}"
@@ -457,12 +495,14 @@ class PredictWidget(Container):
         layer.refresh()
         sync.refresh(layer)
 
-    def _track(self, layer: Points) -> None:
+    def _track(self, layer: Points, plane_axes: str) -> None:
         """Give the layer's predictions identities (``nn.tracking``), once a run has ended:
-        tracking is sequential over frames, so it runs on everything predicted at once."""
+        tracking is sequential over frames, so it runs on everything predicted at once. In a
+        stack each depth is tracked along the time axis (``track_planes``)."""
         binding: PoseBinding = layer.metadata[POSE_KEY]
         config = TrackerConfig(max_tracks=int(self.max_tracks.value) or None)
-        binding.arrays = track(binding.arrays, config)
+        planes = {binding.video: (binding.plane_shape, plane_axes)}
+        binding.arrays = track_planes(binding.arrays, planes, config)
         binding.labels.tracks = list(binding.arrays.tracks)  # saving indexes the labels' tracks
         self._show(layer, binding)
         n_tracks = len(binding.arrays.tracks)
