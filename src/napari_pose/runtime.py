@@ -5,12 +5,6 @@ with tcmalloc preloaded, training and inference here ran ~2x faster (docs/benchm
 allocator can only be swapped at process start, so the command-line entry re-executes itself
 once with ``LD_PRELOAD`` set when the library is installed (Debian: ``libtcmalloc-minimal4``,
 which ``install.sh`` installs). ``NAPARI_POSE_TCMALLOC=0`` turns this off.
-
-PyTorch's OpenMP worker threads spin while they wait for work by default. On a machine with
-few cores, anything else running (the video decoder thread, napari redrawing, another process)
-then fights the spinning threads, and throughput collapsed 3-4x in our measurements; sleeping
-waiters (``OMP_WAIT_POLICY=PASSIVE``) avoid that. ``nn`` sets it when imported, before PyTorch
-loads; a value the user set wins.
 """
 
 from __future__ import annotations
@@ -26,14 +20,6 @@ _CANDIDATES = (
     "/usr/lib64/libtcmalloc_minimal.so.4",
     "/usr/lib/libtcmalloc_minimal.so.4",
 )
-
-
-def use_passive_openmp() -> None:
-    """Let idle OpenMP threads sleep rather than spin, unless the user chose otherwise.
-
-    Takes effect only if PyTorch (its ``libgomp``) has not been loaded yet.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def find_tcmalloc() -> str | None:
