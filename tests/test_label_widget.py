@@ -286,3 +286,165 @@ def test_rebinding_detaches_the_previous_layer(make_napari_viewer, qtbot, data_d
     assert len(first.data) == n
     click(viewer, second, (50.0, 50.0))
     assert len(second.data) == 1
+
+
+def test_autosaver_counts_announced_edits_of_its_project_only(
+    make_napari_viewer, qtbot, sample_project
+):
+    """Other docks announce edits on ``project_edited``; a restored autosave counts as one."""
+    from napari_pose.napari._label_widget import project_edited
+
+    viewer = make_napari_viewer()
+    viewer.open(str(sample_project), plugin="napari-pose")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    project_edited.emit(sio.Labels())  # another project's edit: not this autosaver's
+    assert not widget.autosaver.dirty
+    project_edited.emit(widget.labeller.binding.labels)
+    assert widget.autosaver.dirty
+    assert widget.autosaver.flush() is None
+
+    viewer2 = make_napari_viewer()
+    viewer2.open(str(sample_project), plugin="napari-pose")
+    _, widget2 = viewer2.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    assert not widget2.autosaver.dirty
+    press(qtbot, widget2.restore)
+    assert widget2.autosaver.dirty  # the restored labels are not in the file yet
+
+
+def gesture(viewer, layer, *path) -> None:
+    """A left-button press at the first data position (y, x) of ``path`` on the current plane,
+    moves with the button down through the others, and a release at the last, delivered to the
+    layer's mouse callbacks as napari delivers them (one event object, updated in place)."""
+    from napari.utils.interactions import mouse_move_callbacks
+
+    def world(yx):
+        point = np.array(viewer.dims.point, float)
+        point[-2:] = layer.data_to_world([*np.zeros(layer.ndim - 2), *yx])[-2:]
+        return tuple(point)
+
+    event = SimpleNamespace(type="mouse_press", position=world(path[0]), pos=np.zeros(2),
+                            button=1, modifiers=(), handled=False, is_dragging=False,
+                            dims_displayed=list(viewer.dims.displayed),
+                            view_direction=None)  # fmt: skip
+    mouse_press_callbacks(layer, event)
+    event.type, event.is_dragging = "mouse_move", True
+    for yx in path[1:]:
+        event.position = world(yx)
+        mouse_move_callbacks(layer, event)
+    event.type, event.is_dragging = "mouse_release", False
+    mouse_release_callbacks(layer, event)
+
+
+def sidecar_points(widget, frame: int) -> np.ndarray:
+    """The (x, y) of every node of every instance on ``frame`` in the dock's autosave."""
+    from napari_pose.core.io import load_labels
+
+    arrays = labels_to_arrays(load_labels(widget.autosaver.path))
+    return arrays.xy[arrays.frame == frame].reshape(-1, 2)
+
+
+def holds(points: np.ndarray, xy) -> bool:
+    return bool(np.isclose(points, xy).all(axis=1).any())
+
+
+def test_edits_with_napari_point_tools_are_autosaved(make_napari_viewer, qtbot, sample_project):
+    """A drag in move mode, and napari's own add and delete, reach the autosave and the guard."""
+    viewer = make_napari_viewer()
+    viewer.open(str(sample_project), plugin="napari-pose")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    layer = widget.labeller.layer
+    viewer.dims.set_current_step(0, 7)
+    widget.mode.value = "move"
+    row = int(np.flatnonzero(layer.data[:, 0] == 7)[0])
+    start = layer.data[row, 1:].copy()
+    end = start + [6.0, -4.0]
+    gesture(viewer, layer, start, start + [3.0, -2.0], end)
+    np.testing.assert_allclose(layer.data[row, 1:], end)
+    assert widget.autosaver.dirty
+    assert widget.autosaver.flush() is None
+    assert holds(sidecar_points(widget, 7), end[::-1])
+    assert not holds(sidecar_points(widget, 7), start[::-1])
+
+    layer.selected_data = {row}
+    layer.remove_selected()  # napari's Delete key
+    assert widget.autosaver.flush() is None
+    assert not holds(sidecar_points(widget, 7), end[::-1])
+
+    layer.mode = "add"  # the defaults napari copied from the dragged point do not carry over:
+    gesture(viewer, layer, (20.0, 30.0))
+    assert np.allclose(layer.data[-1], [7, 20.0, 30.0])
+    assert layer.features["instance"].iloc[-1] == -1  # a new instance when saved
+    assert layer.features["node"].dtype == "category"
+    assert widget.autosaver.flush() is None
+    assert holds(sidecar_points(widget, 7), [30.0, 20.0])
+
+
+@pytest.fixture
+def clip_copy(tmp_path, monkeypatch, sleap_dir):
+    """A writable copy of the two-fly clip (1500 frames: its labels layer holds a frame window)."""
+    import shutil
+
+    monkeypatch.setenv("NAPARI_POSE_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for name in ("clip.slp", "clip.mp4"):
+        shutil.copyfile(sleap_dir / "tracks" / name, folder / name)
+    return folder / "clip.slp"
+
+
+def test_frame_windows_are_not_edits_but_drags_in_them_are_kept(make_napari_viewer, qtbot,
+                                                                clip_copy):  # fmt: skip
+    viewer = make_napari_viewer()
+    viewer.open(str(clip_copy), plugin="napari-pose")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    layer = widget.labeller.layer
+    binding = layer.metadata["napari_pose"]
+    first = binding.window
+    assert first is not None
+    for frame in (300, 800, 1400):
+        viewer.dims.set_current_step(0, frame)
+    assert binding.window != first and binding.window[0] <= 1400 < binding.window[1]
+    assert not widget.autosaver.dirty  # moving the window rewrote the layer: not an edit
+
+    widget.mode.value = "move"
+    row = int(np.flatnonzero(layer.data[:, 0] == 1400)[0])
+    start = layer.data[row, 1:].copy()
+    end = start + [5.0, 5.0]
+    gesture(viewer, layer, start, end)
+    assert widget.autosaver.dirty
+    viewer.dims.set_current_step(0, 0)  # the window leaves frame 1400, taking the drag along
+    assert not (layer.data[:, 0] == 1400).any()
+    assert widget.autosaver.flush() is None
+    assert holds(sidecar_points(widget, 1400), end[::-1])
+    assert not holds(sidecar_points(widget, 1400), start[::-1])
+
+
+def test_a_failing_autosave_is_shown_once(make_napari_viewer, qtbot, sample_project, monkeypatch):
+    from napari_pose.core import autosave
+    from napari_pose.napari import _label_widget
+
+    shown = []
+    monkeypatch.setattr(_label_widget, "show_warning", shown.append)
+    writer = autosave.save_labels
+
+    def full_disk(labels, path, format=None):
+        raise OSError("No space left on device")
+
+    viewer = make_napari_viewer()
+    viewer.open(str(sample_project), plugin="napari-pose")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    widget.autosaver.every_edits = 1  # every edit autosaves
+    viewer.dims.set_current_step(0, 7)
+    widget.labeller.new_instance()
+    monkeypatch.setattr(autosave, "save_labels", full_disk)
+    for x in (30.0, 31.0, 32.0):
+        click(viewer, widget.labeller.layer, (x, 40.0))
+    assert len(shown) == 1 and "No space left" in shown[0]
+    assert "No space left" in widget.status.value
+
+    monkeypatch.setattr(autosave, "save_labels", writer)  # the disk has room again
+    click(viewer, widget.labeller.layer, (33.0, 40.0))
+    assert "No space left" not in widget.status.value and len(shown) == 1
+    monkeypatch.setattr(autosave, "save_labels", full_disk)  # a new failure is shown again
+    click(viewer, widget.labeller.layer, (34.0, 40.0))
+    assert len(shown) == 2

@@ -152,3 +152,60 @@ def test_evaluation_compares_predictions_with_the_labels(opened, qtbot, sleap_di
     assert 0 < len(frames) <= 20
     widget.worst.value = frames[-1]
     assert viewer.dims.current_step[0] == frames[-1]
+
+
+@pytest.fixture
+def labelling(make_napari_viewer, sleap_dir, tmp_path, monkeypatch):
+    """A copy of clip.slp (and its video) open with both docks: the *Label poses* dock binds its
+    labels layer, so its autosaver writes ``clip.autosave.slp`` beside the copy."""
+    monkeypatch.setenv("NAPARI_POSE_CACHE", str(tmp_path / "cache"))
+    for name in ("clip.slp", "clip.mp4"):
+        (tmp_path / name).write_bytes((sleap_dir / "tracks" / name).read_bytes())
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "clip.slp"), plugin="napari-pose")
+    _, label = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    _, proofread = viewer.window.add_plugin_dock_widget("napari-pose", "Proofread")
+    assert label.autosaver is not None and not label.autosaver.dirty
+    return viewer, label, proofread, tmp_path / "clip.slp"
+
+
+def test_proofreading_edits_are_autosaved(labelling, qtbot):
+    viewer, label, proofread, path = labelling
+    before = labels_to_arrays(project(viewer))
+    viewer.dims.set_current_step(0, 700)
+    press(qtbot, proofread.swap)
+    assert label.autosaver.dirty
+
+    assert label.autosaver.flush() is None  # what the Label dock's timer does when idle
+    sidecar = labels_to_arrays(load_labels(path.with_name("clip.autosave.slp")))
+    names = [t.name for t in sidecar.tracks]
+    assert names == ["female", "male"]
+    on_700 = before.frame == 700
+    assert {names[t] for t in sidecar.track[on_700]} == {"female", "male"}
+    np.testing.assert_array_equal(sidecar.track[on_700], 1 - before.track[on_700])
+    np.testing.assert_array_equal(sidecar.track, labels_to_arrays(project(viewer)).track)
+
+    press(qtbot, proofread.undo)  # undoing is an edit too: the autosave must follow it
+    assert label.autosaver.flush() is None
+    undone = labels_to_arrays(load_labels(path.with_name("clip.autosave.slp")))
+    np.testing.assert_array_equal(undone.track, before.track)
+
+
+def test_close_guard_asks_about_unsaved_proofreading(labelling, qtbot):
+    from qtpy.QtGui import QCloseEvent
+    from qtpy.QtWidgets import QApplication
+
+    viewer, label, proofread, path = labelling
+    proofread.new_name.value = "fly A"
+    press(qtbot, proofread.rename)
+    qtbot.wait(10)  # let the Label dock find its window
+    asked = []
+    label.confirm_close = lambda: asked.append(True) or "cancel"
+    event = QCloseEvent()
+    QApplication.sendEvent(label.native.window(), event)
+    assert asked and not event.isAccepted()  # napari stays open with the rename unsaved
+
+    label.confirm_close = lambda: "save"
+    assert label.close_allowed()
+    assert [t.name for t in load_labels(path).tracks] == ["fly A", "male"]
+    assert not label.autosaver.dirty

@@ -2,11 +2,18 @@
 
 Thin: every button calls a ``Labeller`` method (``napari/labelling.py``), which calls the pure
 table edits of ``core/labelling.py``. The same actions have keyboard shortcuts on the layer.
+
+The dock also guards the project against lost work (autosave, and a question on closing
+napari). It learns of edits only through :data:`project_edited`, which docks emit after editing
+a project (and ``sync`` for edits made with napari's own point tools), so edits made anywhere
+are autosaved and guarded too; and of saves only through :data:`project_saved`, so a save from
+any dock ends the guard. A failing autosave is shown once, then kept in the dock's status.
 """
 
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 import napari
@@ -26,6 +33,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_warning
 
 from napari_pose.core import suggestions as sg
 from napari_pose.core.autosave import Autosaver, recovery_for
@@ -37,7 +45,14 @@ from napari_pose.napari.convert import (
     new_project_layers,
     palette,
 )
-from napari_pose.napari.labelling import SHORTCUTS, Labeller, current_project, project_layers
+from napari_pose.napari.labelling import (
+    SHORTCUTS,
+    Labeller,
+    current_project,
+    project_layers,
+    save_project,
+)
+from napari_pose.napari.sync import project_edited, project_saved
 
 #: Seconds between autosaves of pending edits even when no new edit arrives.
 AUTOSAVE_INTERVAL_S = 30
@@ -116,6 +131,7 @@ class LabelWidget(Container):
         self._viewer = viewer
         self.labeller: Labeller | None = None
         self.autosaver: Autosaver | None = None  # set with the labeller
+        self._autosave_error: str | None = None  # the autosave failure shown, until one succeeds
 
         self.layer = ComboBox(label="labels layer", choices=self._layer_choices)
         self.image = ComboBox(label="image", choices=self._image_choices)
@@ -167,6 +183,8 @@ class LabelWidget(Container):
         self.suggest.clicked.connect(self.start_suggestions)
         self.suggested.changed.connect(self._go_to_suggestion)
         self._timer = self._autosave_timer()
+        project_edited.connect(self._count_edit)  # held weakly: goes with the widget
+        project_saved.connect(self._count_save)
         self.confirm_close = ask_unsaved
         from qtpy.QtCore import QTimer
 
@@ -210,12 +228,13 @@ class LabelWidget(Container):
         layer = self.layer.value
         if layer is None or (self.labeller is not None and self.labeller.layer is layer):
             return
-        if self.autosaver is not None:
-            self.autosaver.flush()
+        self._flush()
         if self.labeller is not None:
             self.labeller.close()
         self.autosaver = Autosaver(labels_path(layer), self._current_labels)
-        self.labeller = Labeller(self._viewer, layer, on_edit=self.autosaver.edited)
+        self._autosave_error = None
+        edited = partial(project_edited.emit, layer.metadata[POSE_KEY].labels)
+        self.labeller = Labeller(self._viewer, layer, on_edit=edited)
         self.labeller.changed.connect(self._refresh)
         self._viewer.layers.selection.active = layer
         self.node.reset_choices()
@@ -297,19 +316,53 @@ class LabelWidget(Container):
         sg.merge_suggestions(binding.labels, sg.to_suggestions(frames, video))
         self.progress.visible = False
         self.suggested.reset_choices()
-        self.autosaver.edited()
+        project_edited.emit(binding.labels)
 
     def _go_to_suggestion(self, frame: int | None) -> None:
         if self.labeller is not None and frame is not None:
             plane = np.unravel_index(int(frame), self.labeller.binding.plane_shape)
             self.labeller.go_to_plane(tuple(int(v) for v in plane))
 
+    def _count_edit(self, labels: sio.Labels) -> None:
+        """Count an edit for autosave if it is of the bound layer's project, the only one the
+        autosaver saves (another project open in napari has no autosave)."""
+        if self.labeller is not None and labels is self.labeller.binding.labels:
+            self.autosaver.edited()
+            self._report_autosave()
+
+    def _count_save(self, labels: sio.Labels, path: Path) -> None:
+        """The bound project was saved to ``path`` (by this dock or another): its edits are safe."""
+        if self.labeller is not None and labels is self.labeller.binding.labels:
+            self.autosaver.saved(path)
+            self._report_autosave()
+
+    def _flush(self) -> None:
+        """Autosave pending edits now (the timer, or before binding another project)."""
+        if self.autosaver is not None:
+            self.autosaver.flush()
+            self._report_autosave()
+
+    def _report_autosave(self) -> None:
+        """Warn once about a new autosave failure, and keep it in the status until one succeeds.
+
+        A failing disk fails again at every retry (every few edits and every timer tick):
+        warning each time would bury labelling under pop-ups, but saying nothing would let the
+        user label on believing the work is protected.
+        """
+        error = self.autosaver.last_error
+        if error == self._autosave_error:
+            return
+        if error is not None:
+            show_warning(error)
+        self._autosave_error = error
+        self._refresh()
+
     def _autosave_timer(self):
         """Flush pending edits to the autosave every ``AUTOSAVE_INTERVAL_S`` seconds."""
         from qtpy.QtCore import QTimer
 
         timer = QTimer(self.native)
-        timer.timeout.connect(lambda: self.autosaver and self.autosaver.flush())
+        timer.timeout.connect(self._flush)
         timer.start(AUTOSAVE_INTERVAL_S * 1000)
         return timer
 
@@ -349,7 +402,7 @@ class LabelWidget(Container):
             self._viewer.layers.remove(old)
         for data, kwargs, kind in labels_to_layers(labels, plane_shapes={0: binding.plane_shape}):
             getattr(self._viewer, f"add_{kind}")(data, **kwargs)
-        self.autosaver.edited()  # the restored labels are not in the file yet
+        project_edited.emit(labels)  # the restored labels are not in the file yet
         self.restore.visible = False
 
     def _current_labels(self) -> sio.Labels:
@@ -358,14 +411,10 @@ class LabelWidget(Container):
 
     def save_labels(self, path: str | Path | None = None) -> Path:
         """Save the project atomically to ``path`` (default: the file it came from)."""
-        from napari_pose.core.io import save_labels
-
         target = Path(path) if path else labels_path(self.labeller.layer)
         if target is None:
             raise ValueError("this project has no file yet: give a path to save to")
-        save_labels(self._current_labels(), target)
-        self.labeller.binding.labels.provenance["filename"] = str(target)
-        self.autosaver.saved(target)
+        save_project(self._viewer, self.labeller.binding.labels, target)
         return target
 
     def _refresh(self, event=None) -> None:
@@ -379,4 +428,5 @@ class LabelWidget(Container):
         placed = set(labeller.placed())
         marks = " ".join(("✓" if i in placed else "·") + name
                          for i, name in enumerate(labeller.node_names))  # fmt: skip
-        self.status.value = f"#{labeller.instance}: {len(placed)}/{labeller.n_nodes} placed\n{marks}"
+        status = f"#{labeller.instance}: {len(placed)}/{labeller.n_nodes} placed\n{marks}"
+        self.status.value = status + (f"\n{self._autosave_error}" if self._autosave_error else "")

@@ -12,12 +12,12 @@ import napari
 import napari.viewer
 import sleap_io as sio
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
-from napari.utils.notifications import show_info
+from napari.utils.notifications import show_info, show_warning
 
-from napari_pose.core.io import missing_videos, save_labels
+from napari_pose.core.io import missing_videos
 from napari_pose.core.video import open_video, video_to_dask
 from napari_pose.napari.convert import video_name
-from napari_pose.napari.labelling import current_project, open_projects
+from napari_pose.napari.labelling import open_projects, save_project
 from napari_pose.napari.sync import attach
 
 
@@ -106,8 +106,18 @@ class ProjectWidget(Container):
         self._update()
 
     def save_project(self) -> Path:
-        """Save every layer of the project (all frames) to the chosen path, atomically."""
-        path = Path(self.save_path.value)
-        save_labels(current_project(self._viewer, self.current_labels()), path)
-        show_info(f"saved {path}")
+        """Save every layer of the project (all frames) to the chosen path, atomically.
+
+        The path becomes the project's file, which may rename it here: it stays selected.
+        """
+        labels, path = self.current_labels(), Path(self.save_path.value)
+        if save_project(self._viewer, labels, path):
+            show_info(f"saved {path}")
+        else:
+            show_warning(f"exported {path}, but an analysis file reads user labels back as "
+                         "predictions: save the project as .slp to keep them")  # fmt: skip
+        self.project.reset_choices()
+        for name, other in self._projects().items():
+            if other is labels:
+                self.project.value = name
         return path

@@ -4,6 +4,8 @@ Thin by design: every edit is a pure function of ``core.proofreading`` applied t
 ``PoseArrays`` of a layer (``PoseBinding.merged``, so windowed layers edit every frame), and the
 layer is rewritten from the result, as the *Label poses* widget does. Saving the project (the
 *Pose project* widget, or ``current_project`` and ``save_labels``) therefore writes the edits.
+Every edit and undo is announced with ``project_edited``, so that the *Label poses* widget
+autosaves it and asks before napari closes with it unsaved.
 
 Edits of one instance's track (swap, set) act on the chosen layer; edits of the track list
 (delete, merge, rename) act on every layer of the project, since they share its tracks.
@@ -28,6 +30,7 @@ from qtpy.QtWidgets import QWidget
 
 from napari_pose.core import proofreading as pr
 from napari_pose.core.pose_arrays import PoseArrays, labels_to_arrays
+from napari_pose.napari._label_widget import project_edited
 from napari_pose.napari.convert import (
     POSE_KEY,
     TRACKS_KEY,
@@ -359,7 +362,11 @@ class ProofreadWidget(Container):
         return True
 
     def _show(self, arrays: dict[napari.layers.Points, PoseArrays], tracks: list) -> None:
-        """Rewrite layers from full arrays, then their edges, trajectories and the suspicion."""
+        """Rewrite layers from full arrays, then their edges, trajectories and the suspicion.
+
+        Layer events cannot tell an edit (their data events are blocked here, and moving a
+        frame window rewrites layers too), so the edit is announced on ``project_edited``.
+        """
         labels = self._binding().labels
         labels.tracks[:] = tracks  # in place: every layer's binding shares this project
         self._writing = True
@@ -380,6 +387,7 @@ class ProofreadWidget(Container):
         for video in sorted({layer.metadata[POSE_KEY].video for layer in arrays}):
             self._refresh_tracks_layer(labels, video)
         self._refresh(arrays.get(self.layer.value))
+        project_edited.emit(labels)
 
     def _refresh_tracks_layer(self, labels, video: int) -> None:
         """Redraw (add, or remove when nothing is tracked) the trajectories of one video."""

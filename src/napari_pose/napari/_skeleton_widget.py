@@ -1,7 +1,9 @@
 """The *Skeleton* dock widget: edit the nodes, edges and symmetries of a project's skeleton.
 
 Node edits (add, rename, delete, reorder) change every labelled and predicted instance of the
-project through ``labelling.change_nodes``; deleting a node that has points asks first.
+project through ``labelling.change_nodes``; deleting a node that has points asks first. Every
+edit, edges and symmetries included (the file keeps the skeleton), is announced on
+``project_edited`` so that it is autosaved and guarded like a label.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import napari.viewer
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton
 
 from napari_pose.core import skeleton as sk
-from napari_pose.napari._label_widget import user_label_layers
+from napari_pose.napari._label_widget import project_edited, user_label_layers
 from napari_pose.napari.convert import POSE_KEY
 from napari_pose.napari.labelling import change_nodes
 
@@ -108,6 +110,7 @@ class SkeletonWidget(Container):
                     "set symmetric": sk.set_symmetry, "remove symmetry": sk.remove_symmetry}[action]  # fmt: skip
             edit(skeleton, node, other)
             change_nodes(self._viewer, self.labels, lambda arrays: arrays)
+        project_edited.emit(self.labels)
         self._refresh()
         if action in ("add", "rename"):
             self.node.value = name

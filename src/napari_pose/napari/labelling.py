@@ -4,7 +4,9 @@
 *label* mode a click on the image places the current node of the current instance and moves
 on to the next unplaced node; in *move* mode napari's own selection lets the user drag points.
 Every edit goes through ``core.labelling`` (pure table functions), is pushed on an undo stack,
-redraws the skeleton edges and is counted by the autosaver, if one is attached.
+redraws the skeleton edges and is counted by the autosaver, if one is attached. Drags, and
+points added or deleted with napari's own tools, bypass all that except the redraw and the
+autosave (``sync`` sees and announces them): undo does not step through them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import psygnal
 import sleap_io as sio
 
 from napari_pose.core import labelling as lab
+from napari_pose.core.io import detect_labels_format, save_labels
 from napari_pose.core.skeleton import relayout
 from napari_pose.napari.convert import (
     EDGES_KEY,
@@ -29,7 +32,7 @@ from napari_pose.napari.convert import (
     layers_to_labels,
     palette,
 )
-from napari_pose.napari.sync import attach
+from napari_pose.napari.sync import attach, project_saved
 
 Mode = Literal["label", "move"]
 
@@ -333,13 +336,23 @@ def project_points_layers(viewer: napari.Viewer, labels) -> list[napari.layers.P
 
 
 def open_projects(viewer: napari.Viewer) -> dict[str, sio.Labels]:
-    """The projects open in ``viewer`` by file name (or first layer name), in layer order."""
-    found: dict[str, sio.Labels] = {}
+    """The projects open in ``viewer`` by file name (or first layer name), in layer order.
+
+    Predictions made in the viewer and not yet saved or merged (the *Predict* dock's layer: no
+    file, no user-labels layer) are a result, not a project to train on or to take as ground
+    truth. Anything opened from a file, or labelled from scratch, is one.
+    """
+    groups: dict[int, list[napari.layers.Points]] = {}
     for layer in viewer.layers:
         binding = layer.metadata.get(POSE_KEY) if isinstance(layer, napari.layers.Points) else None
-        if binding is not None and all(binding.labels is not l for l in found.values()):
-            source = binding.labels.provenance.get("filename") or layer.name
-            found[Path(str(source)).name] = binding.labels
+        if binding is not None:
+            groups.setdefault(id(binding.labels), []).append(layer)
+    found: dict[str, sio.Labels] = {}
+    for layers in groups.values():
+        bindings = [layer.metadata[POSE_KEY] for layer in layers]
+        source = bindings[0].labels.provenance.get("filename")
+        if source or not all(binding.predicted for binding in bindings):
+            found[Path(str(source or layers[0].name)).name] = bindings[0].labels
     return found
 
 
@@ -348,6 +361,27 @@ def current_project(viewer: napari.Viewer, labels) -> sio.Labels:
     layers = project_points_layers(viewer, labels)
     return layers_to_labels([(l.data, {"metadata": l.metadata, "features": l.features})
                              for l in layers])  # fmt: skip
+
+
+def save_project(viewer: napari.Viewer, labels: sio.Labels, path: str | Path) -> bool:
+    """Save the project ``labels`` as its layers hold it now (every frame) to ``path``, atomically.
+
+    A SLEAP or DeepLabCut labels file then holds the whole project and becomes its file: later
+    saves default to it, autosaves follow it, and the save is announced on ``project_saved`` so
+    that the *Label poses* dock stops guarding the edits and deletes their stale autosave. A
+    SLEAP analysis file is only an export (its user labels read back as predictions), so the
+    project stays unsaved and guarded.
+
+    Returns:
+        Whether ``path`` now holds the project (False for an analysis export).
+    """
+    path = Path(path)
+    save_labels(current_project(viewer, labels), path)
+    if detect_labels_format(path) == "analysis_h5":
+        return False
+    labels.provenance["filename"] = str(path)
+    project_saved.emit(labels, path)
+    return True
 
 
 def project_layers(viewer: napari.Viewer, labels) -> list:

@@ -6,7 +6,18 @@ Readers return plain layer data and cannot wire events, so each viewer gets one 
 - when a Points layer is edited, the matching Vectors layer is rebuilt with the skeleton edges
   of every frame the layer holds (napari then shows each frame's edges as the user steps);
 - when a windowed Points layer (a very large file) is scrolled near the edge of the frames it
-  holds, its edits are merged into the full arrays and a new window around the frame is loaded.
+  holds, its edits are merged into the full arrays and a new window around the frame is loaded;
+- when the user edits a Points layer with napari's own tools (moves a point by dragging it,
+  adds or deletes points), the edit is announced on :data:`project_edited`, and a point added
+  that way starts a new instance whatever point was selected before.
+
+Edits and saves of a project are announced here, on :data:`project_edited` and
+:data:`project_saved`, because every dock can reach this module without import cycles. The
+*Label poses* dock listens, to autosave the project and ask before napari closes with it unsaved.
+
+Code that rewrites a pose Points layer (this module moving a window, a dock redrawing) sets its
+data with the layer's data events blocked, and announces an edit itself if it made one. That is
+what tells the user's edits apart: any data change that still reaches :class:`PoseSync` is one.
 """
 
 from __future__ import annotations
@@ -16,6 +27,8 @@ from functools import partial
 
 import napari
 import numpy as np
+import psygnal
+from napari.layers.base import ActionType
 
 from napari_pose.napari.convert import (
     EDGES_KEY,
@@ -30,6 +43,21 @@ from napari_pose.napari.convert import (
 )
 
 _SYNCS: weakref.WeakKeyDictionary[napari.Viewer, PoseSync] = weakref.WeakKeyDictionary()
+
+#: Emitted with a project (its ``sio.Labels``) after any edit of it, by whichever dock made the
+#: edit (and by :class:`PoseSync` for edits made with napari's own tools): the *Label poses*
+#: dock counts these for its autosaver and close guard, so an edit that is not announced here is
+#: not autosaved and may be lost on closing.
+project_edited = psygnal.SignalInstance((object,), name="project_edited")
+
+#: Emitted with a project and the path it was written to after a save now holds all of it (see
+#: ``labelling.save_project``): the *Label poses* dock then stops guarding its edits and deletes
+#: their autosave, which the file has made stale.
+project_saved = psygnal.SignalInstance((object, object), name="project_saved")
+
+#: The data events napari emits once an add, a drag or a delete has changed a Points layer (the
+#: matching ``-ING`` events come before the change, and there is one of each per gesture).
+_DONE = (ActionType.ADDED, ActionType.CHANGED, ActionType.REMOVED)
 
 
 def attach(viewer: napari.Viewer) -> PoseSync:
@@ -63,6 +91,7 @@ class PoseSync:
     def _watch(self, layer) -> None:
         if isinstance(layer, napari.layers.Points) and POSE_KEY in layer.metadata:
             layer.events.data.connect(partial(self._on_points_edited, weakref.ref(layer)))
+            layer.events.feature_defaults.connect(partial(self._keep_defaults, weakref.ref(layer)))
             self.refresh(layer)
         elif TRACKS_KEY in layer.metadata and layer.metadata[TRACKS_KEY].window is not None:
             self._refresh_tracks(layer)
@@ -106,10 +135,33 @@ class PoseSync:
         if data is not None:
             layer.data = data
 
-    def _on_points_edited(self, layer_ref, event=None) -> None:
+    def _on_points_edited(self, layer_ref, event) -> None:
+        """Announce a finished change, which only the user makes (see the module doc: rewrites
+        by this package are not seen here), then redraw the edges."""
         layer = layer_ref()
-        if layer is not None:
-            self._redraw_edges(layer, layer.metadata[POSE_KEY])
+        if layer is None:
+            return
+        binding: PoseBinding = layer.metadata[POSE_KEY]
+        if event.action in _DONE:
+            project_edited.emit(binding.labels)
+        self._redraw_edges(layer, binding)
+
+    def _keep_defaults(self, layer_ref, event=None) -> None:
+        """Make the next point added with napari's own tool a new instance of the right types.
+
+        Selecting a point makes napari copy its features into the defaults of the next point
+        added, as plain values: that point would join the selected instance (where the node it
+        copied may be placed already, and only one survives saving), and turn the node and track
+        columns into strings, which no pose code reads (saving would fail). Resetting the
+        defaults casts them back to the columns' types.
+        """
+        layer = layer_ref()
+        if layer is None:
+            return
+        defaults, features = layer.feature_defaults, layer.features
+        if defaults["instance"][0] != -1 or any(defaults[c].dtype != features[c].dtype
+                                                 for c in defaults):  # fmt: skip
+            layer.feature_defaults = {**defaults.iloc[0].to_dict(), "instance": -1}
 
     def current_frame(self, layer: napari.layers.Points) -> int:
         """The frame (plane index of the labels' video) that ``layer`` shows now."""

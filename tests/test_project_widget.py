@@ -1,0 +1,81 @@
+"""The *Pose project* dock in a real viewer: saving from it ends the *Label poses* guard."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_pose.core.autosave import recovery_for
+from napari_pose.core.io import load_labels
+from napari_pose.core.pose_arrays import labels_to_arrays
+from gui import press
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def sample_project(tmp_path, monkeypatch):
+    from napari_pose.core.synthetic import write_sample_project
+
+    monkeypatch.setenv("NAPARI_POSE_CACHE", str(tmp_path / "cache"))
+    return write_sample_project(tmp_path / "project")
+
+
+@pytest.fixture
+def docks(make_napari_viewer, sample_project):
+    """The sample project open with the *Label poses* and *Pose project* docks, and one new
+    point (frame 7, y=33, x=44) labelled and autosaved but not saved."""
+    viewer = make_napari_viewer()
+    viewer.open(str(sample_project), plugin="napari-pose")
+    _, label = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    _, project = viewer.window.add_plugin_dock_widget("napari-pose", "Pose project")
+    viewer.dims.set_current_step(0, 7)
+    label.labeller.new_instance()
+    label.labeller.place((33.0, 44.0))
+    assert label.autosaver.flush() is None and recovery_for(sample_project) is not None
+    return viewer, label, project
+
+
+def asks(label) -> list:
+    """Record the close guard's questions (answering "discard") instead of showing a dialog."""
+    asked = []
+    label.confirm_close = lambda: asked.append("asked") or "discard"
+    return asked
+
+
+def holds_new_point(path) -> bool:
+    arrays = labels_to_arrays(load_labels(path))
+    return bool(np.isclose(arrays.xy[arrays.frame == 7], [44.0, 33.0]).all(axis=-1).any())
+
+
+def test_saving_the_project_file_ends_the_guard(docks, qtbot, sample_project):
+    _, label, project = docks
+    assert project.save_path.value == sample_project
+    press(qtbot, project.save)
+    assert holds_new_point(sample_project)
+    assert not label.autosaver.dirty
+    assert recovery_for(sample_project) is None and not label.autosaver.path.exists()
+    asked = asks(label)
+    label.close_allowed()
+    assert not asked
+
+
+def test_save_as_moves_the_project_but_an_analysis_export_does_not(docks, qtbot, tmp_path):
+    _, label, project = docks
+    moved = tmp_path / "moved.slp"
+    project.save_path.value = moved
+    press(qtbot, project.save)
+    assert holds_new_point(moved)
+    assert project.project.value == "moved.slp"  # the project is known by its new file
+    assert label.autosaver.labels_path == moved and not label.autosaver.dirty
+    assert label.save_labels() == moved  # later saves go to the new file
+
+    label.labeller.place((35.0, 46.0))
+    project.save_path.value = tmp_path / "moved.analysis.h5"
+    press(qtbot, project.save)
+    assert (tmp_path / "moved.analysis.h5").is_file()
+    assert label.autosaver.dirty  # an analysis file reads labels back as predictions
+    assert project.project.value == "moved.slp"
+    asked = asks(label)
+    label.close_allowed()
+    assert asked

@@ -1,0 +1,45 @@
+"""The *Skeleton* dock in a real viewer: its edits are autosaved and guarded like labels."""
+
+from __future__ import annotations
+
+import pytest
+
+from napari_pose.core.io import load_labels
+from gui import press
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def sample_project(tmp_path, monkeypatch):
+    from napari_pose.core.synthetic import write_sample_project
+
+    monkeypatch.setenv("NAPARI_POSE_CACHE", str(tmp_path / "cache"))
+    return write_sample_project(tmp_path / "project")
+
+
+def test_node_rename_is_autosaved(make_napari_viewer, qtbot, sample_project):
+    viewer = make_napari_viewer()
+    viewer.open(str(sample_project), plugin="napari-pose")
+    _, labels_widget = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Skeleton")
+    assert not labels_widget.autosaver.dirty
+
+    widget.node.value, widget.name.value = "head", "Head"
+    press(qtbot, widget.node_buttons["rename"])
+    assert labels_widget.autosaver.dirty
+    assert labels_widget.autosaver.flush() is None
+    names = load_labels(labels_widget.autosaver.path).skeletons[0].node_names
+    assert names[0] == "Head" and "head" not in names
+
+
+def test_refused_delete_is_not_an_edit(make_napari_viewer, qtbot, sample_project):
+    viewer = make_napari_viewer()
+    viewer.open(str(sample_project), plugin="napari-pose")
+    _, labels_widget = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Skeleton")
+    widget.confirm = lambda question: False
+    widget.node.value = "left_wing"
+    press(qtbot, widget.node_buttons["delete"])
+    assert "left_wing" in widget.skeleton.node_names
+    assert not labels_widget.autosaver.dirty
