@@ -57,3 +57,17 @@ def _no_modal_dialogs(monkeypatch):
         return
     monkeypatch.setattr(_label_widget, "ask_unsaved", lambda: "discard")
     monkeypatch.setattr(_skeleton_widget, "ask", lambda question: False)
+
+
+@pytest.fixture(scope="session")
+def _cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(monkeypatch, _cache_dir):
+    """Autosaves and generated samples go to a temporary cache, never the user's: a test that
+    edits a project (and whose autosave timer fires) must not leave files behind. One folder
+    for the session, so samples are generated once. Tests that look at the cache set
+    ``NAPARI_POSE_CACHE`` themselves."""
+    monkeypatch.setenv("NAPARI_POSE_CACHE", str(_cache_dir))

@@ -140,7 +140,7 @@ class Predictor:
 
         On CPU, ``workers`` batches run at once, each in a thread of its own limited to one
         PyTorch thread (the limit is per thread, so the caller's threads are unchanged). On
-        two cores this ran 1.3x faster than one pass split over two threads on a quiet machine
+        two cores this ran 1.4x faster than one pass split over two threads on a quiet machine
         and 2-4x faster while something else ran (docs/benchmarks.md): a split pass waits at
         every layer for its slowest thread. A single batch (``n_batches == 1``, e.g. the frame
         on screen) runs in the calling thread on all its threads, for the lowest latency.
