@@ -71,3 +71,13 @@ def _private_cache(monkeypatch, _cache_dir):
     for the session, so samples are generated once. Tests that look at the cache set
     ``NAPARI_POSE_CACHE`` themselves."""
     monkeypatch.setenv("NAPARI_POSE_CACHE", str(_cache_dir))
+
+
+@pytest.fixture
+def sample_project(tmp_path, monkeypatch) -> Path:
+    """The generated sample project (synthetic video, every frame labelled) in ``tmp_path``,
+    with the cache (autosaves) beside it, where a test can look."""
+    from napari_pose.core.synthetic import write_sample_project
+
+    monkeypatch.setenv("NAPARI_POSE_CACHE", str(tmp_path / "cache"))
+    return write_sample_project(tmp_path / "project")

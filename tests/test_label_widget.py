@@ -152,14 +152,6 @@ def test_skeleton_edits_follow_into_every_instance(make_napari_viewer, qtbot, da
     np.testing.assert_array_equal(after.xy[:, 1], head)  # Head's points moved with it
 
 
-@pytest.fixture
-def sample_project(tmp_path, monkeypatch):
-    from napari_pose.core.synthetic import write_sample_project
-
-    monkeypatch.setenv("NAPARI_POSE_CACHE", str(tmp_path / "cache"))
-    return write_sample_project(tmp_path / "project")
-
-
 def test_suggestions_colours_and_names(make_napari_viewer, qtbot, sample_project):
     viewer = make_napari_viewer()
     viewer.open(str(sample_project), plugin="napari-pose")

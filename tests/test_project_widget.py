@@ -14,14 +14,6 @@ pytestmark = pytest.mark.gui
 
 
 @pytest.fixture
-def sample_project(tmp_path, monkeypatch):
-    from napari_pose.core.synthetic import write_sample_project
-
-    monkeypatch.setenv("NAPARI_POSE_CACHE", str(tmp_path / "cache"))
-    return write_sample_project(tmp_path / "project")
-
-
-@pytest.fixture
 def docks(make_napari_viewer, sample_project):
     """The sample project open with the *Label poses* and *Pose project* docks, and one new
     point (frame 7, y=33, x=44) labelled and autosaved but not saved."""

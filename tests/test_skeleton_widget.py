@@ -10,14 +10,6 @@ from gui import press
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture
-def sample_project(tmp_path, monkeypatch):
-    from napari_pose.core.synthetic import write_sample_project
-
-    monkeypatch.setenv("NAPARI_POSE_CACHE", str(tmp_path / "cache"))
-    return write_sample_project(tmp_path / "project")
-
-
 def test_node_rename_is_autosaved(make_napari_viewer, qtbot, sample_project):
     viewer = make_napari_viewer()
     viewer.open(str(sample_project), plugin="napari-pose")
