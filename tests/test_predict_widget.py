@@ -399,3 +399,41 @@ def test_a_stack_is_tracked_along_its_time_axis_each_depth_apart(make_napari_vie
     assert set(names[depth == 0]) == {"z0 track_0"} and set(names[depth == 1]) == {"z1 track_1"}
     layer_z = np.round(widget.predictions_layer.data[:, 1]).astype(int)
     assert set(widget.predictions_layer.features["track"][layer_z == 1]) == {"z1 track_1"}
+
+
+@pytest.mark.parametrize("old_predictions", [True, False],
+                         ids=["into its predictions layer", "into a new one"])  # fmt: skip
+def test_merged_tracks_join_the_projects_trajectories_and_the_merge_is_an_edit(
+        make_napari_viewer, qtbot, tmp_path, setup, old_predictions):  # fmt: skip
+    """The project's Tracks layer is redrawn with the merged tracks, also when the merge made the
+    project's predictions layer, and the merge is announced for the autosaver and close guard."""
+    from napari_pose.napari.convert import POSE_KEY, TRACKS_KEY
+    from napari_pose.napari.sync import project_edited
+
+    path = _with_old_predictions(setup, tmp_path) if old_predictions else setup.project
+    viewer, widget = _dock(make_napari_viewer, path, setup.model)
+    widget.image.value = viewer.layers["v"]
+    (labels,) = open_projects(viewer).values()
+    (before,) = [layer for layer in viewer.layers if TRACKS_KEY in layer.metadata]
+    user_trajectory = before.data.copy()  # the user labels' animal_0, on frames 0-59
+    widget.frames.value = "range"
+    widget.first.value, widget.last.value = 105, 114
+    widget.track_box.value, widget.max_tracks.value = True, 1
+    _run(qtbot, widget)
+
+    edited: list = []
+    project_edited.connect(edited.append)
+    try:
+        press(qtbot, widget.merge_button)
+    finally:
+        project_edited.disconnect(edited.append)
+    assert len(edited) == 1 and edited[0] is labels
+
+    predictions = viewer.layers["v predictions"]
+    (tracks,) = [layer for layer in viewer.layers if TRACKS_KEY in layer.metadata]
+    assert predictions.metadata[POSE_KEY] in tracks.metadata[TRACKS_KEY].bindings
+    # Track 1 (the merged track_0) through each merged frame's centroid; animal_0 as it was.
+    centroids = [[1, f, *predictions.data[predictions.data[:, 0] == f, 1:].mean(axis=0)]
+                 for f in range(105, 115)]  # fmt: skip
+    np.testing.assert_allclose(tracks.data[tracks.data[:, 0] == 1], centroids)
+    np.testing.assert_array_equal(tracks.data[tracks.data[:, 0] == 0], user_trajectory)

@@ -9,8 +9,8 @@ all work the same way. Confidence maps are a lazy dask array: napari asks for th
 screen and only that frame goes through the model.
 
 *Merge into project* moves the predictions into the open project labelling the same video
-(its predictions layer, which saving the project writes), after checking that the model's
-nodes are the project's.
+(its predictions layer, which saving the project writes, and its trajectories), after checking
+that the model's nodes are the project's.
 """
 
 from __future__ import annotations
@@ -53,8 +53,12 @@ from napari_pose.napari.convert import (
     video_name,
     window_around,
 )
-from napari_pose.napari.labelling import open_projects, project_points_layers
-from napari_pose.napari.sync import attach
+from napari_pose.napari.labelling import (
+    open_projects,
+    project_points_layers,
+    refresh_tracks_layer,
+)
+from napari_pose.napari.sync import attach, project_edited
 from napari_pose.nn.inference import (
     PredictConfig,
     Predictor,
@@ -533,7 +537,9 @@ class PredictWidget(Container):
 
         The project's older predictions on the frames predicted are replaced and the others
         kept; user labels are untouched. The project's predictions layer (made if it has none)
-        now shows them and saving the project writes them, so this dock's own layer goes.
+        and its trajectories now show them and saving the project writes them, so this dock's
+        own layer goes. Layers are rewritten with their data events blocked, so the merge is
+        announced on ``project_edited`` for the *Label poses* dock to autosave and guard it.
         """
         layer = self.predictions_layer
         if self.worker is not None:
@@ -563,7 +569,9 @@ class PredictWidget(Container):
         binding: PoseBinding = target.metadata[POSE_KEY]
         binding.arrays = replace_frames(binding.merged(target.data, target.features), new)
         self._show(target, binding)
+        refresh_tracks_layer(self._viewer, labels, v)
         self._remove(layer)
+        project_edited.emit(labels)
         n_frames = len(np.unique(new.frame))
         self.status.value = (f"merged {len(new)} predicted instances on {n_frames} frames into "
                              f"{self._project_name(labels)}")  # fmt: skip

@@ -31,18 +31,13 @@ from qtpy.QtWidgets import QWidget
 from napari_pose.core import proofreading as pr
 from napari_pose.core.pose_arrays import PoseArrays, labels_to_arrays
 from napari_pose.napari._label_widget import project_edited
-from napari_pose.napari.convert import (
-    POSE_KEY,
-    TRACKS_KEY,
-    PoseBinding,
-    TracksBinding,
-    arrays_to_points,
-    palette,
-    tracks_layer,
-    video_name,
-    window_around,
+from napari_pose.napari.convert import POSE_KEY, PoseBinding, arrays_to_points, palette
+from napari_pose.napari.labelling import (
+    current_project,
+    open_projects,
+    project_points_layers,
+    refresh_tracks_layer,
 )
-from napari_pose.napari.labelling import current_project, open_projects, project_points_layers
 from napari_pose.napari.sync import attach
 from napari_pose.nn.metrics import compare, video_key
 
@@ -385,36 +380,9 @@ class ProofreadWidget(Container):
         finally:
             self._writing = False
         for video in sorted({layer.metadata[POSE_KEY].video for layer in arrays}):
-            self._refresh_tracks_layer(labels, video)
+            refresh_tracks_layer(self._viewer, labels, video)
         self._refresh(arrays.get(self.layer.value))
         project_edited.emit(labels)
-
-    def _refresh_tracks_layer(self, labels, video: int) -> None:
-        """Redraw (add, or remove when nothing is tracked) the trajectories of one video."""
-        points = [layer for layer in project_points_layers(self._viewer, labels)
-                  if layer.metadata[POSE_KEY].video == video]  # fmt: skip
-        bindings = [layer.metadata[POSE_KEY] for layer in points]
-        shown = [layer for layer in self._viewer.layers if TRACKS_KEY in layer.metadata
-                 and any(b in layer.metadata[TRACKS_KEY].bindings for b in bindings)]  # fmt: skip
-        if shown:
-            binding = shown[0].metadata[TRACKS_KEY]
-        else:
-            windowed = any(b.window is not None for b in bindings)
-            frame = self._sync.current_frame(points[0])
-            binding = TracksBinding(bindings, window_around(frame) if windowed else None)
-        made = tracks_layer(binding, video_name(labels.videos[video]))
-        if made is None:
-            for layer in shown:
-                self._viewer.layers.remove(layer)
-        elif shown:
-            for layer in shown:
-                layer.colormaps_dict = made[1]["colormaps_dict"]
-                layer.data = made[0]
-        else:
-            data, kwargs, _ = made
-            n_axes = data.shape[1] - 1
-            kwargs.update(scale=points[0].scale[:n_axes], translate=points[0].translate[:n_axes])
-            self._viewer.add_tracks(data, **kwargs)
 
     def swap_from_here(self) -> bool:
         """Exchange tracks A and B on this frame and every later one (this layer)."""

@@ -28,9 +28,13 @@ from napari_pose.napari.convert import (
     POSE_KEY,
     TRACKS_KEY,
     PoseBinding,
+    TracksBinding,
     arrays_to_points,
     layers_to_labels,
     palette,
+    tracks_layer,
+    video_name,
+    window_around,
 )
 from napari_pose.napari.sync import attach, project_saved
 
@@ -395,6 +399,39 @@ def project_layers(viewer: napari.Viewer, labels) -> list:
         or any(b in getattr(layer.metadata.get(TRACKS_KEY), "bindings", ()) for b in bindings)
     ]
     return points + others
+
+
+def refresh_tracks_layer(viewer: napari.Viewer, labels, video: int) -> None:
+    """Redraw the trajectories of one video of the project ``labels`` from its Points layers.
+
+    Trajectories are drawn from the layers' bindings, not from layer events, so whatever
+    rewrites those bindings (an identity edit, a merge of predictions) calls this. The Tracks
+    layer is added when the video becomes tracked, removed when nothing is tracked any more,
+    and bound to the video's Points layers as they are now: a predictions layer added since (a
+    merge) is drawn too, and a layer grown past the window threshold windows the trajectories.
+    """
+    points = [layer for layer in project_points_layers(viewer, labels)
+              if layer.metadata[POSE_KEY].video == video]  # fmt: skip
+    bindings = [layer.metadata[POSE_KEY] for layer in points]
+    shown = [layer for layer in viewer.layers if TRACKS_KEY in layer.metadata
+             and any(b in layer.metadata[TRACKS_KEY].bindings for b in bindings)]  # fmt: skip
+    binding = shown[0].metadata[TRACKS_KEY] if shown else TracksBinding(bindings)
+    binding.bindings = bindings
+    if binding.window is None and any(b.window is not None for b in bindings):
+        binding.window = window_around(attach(viewer).current_frame(points[0]))
+    made = tracks_layer(binding, video_name(labels.videos[video]))
+    if made is None:
+        for layer in shown:
+            viewer.layers.remove(layer)
+    elif shown:
+        for layer in shown:
+            layer.colormaps_dict = made[1]["colormaps_dict"]
+            layer.data = made[0]
+    else:
+        data, kwargs, _ = made
+        n_axes = data.shape[1] - 1
+        kwargs.update(scale=points[0].scale[:n_axes], translate=points[0].translate[:n_axes])
+        viewer.add_tracks(data, **kwargs)
 
 
 def change_nodes(viewer: napari.Viewer, labels, edit) -> None:
