@@ -125,6 +125,7 @@ def test_predict_command_takes_stack_axes_and_tracks_each_z_along_time(tmp_path,
     assert [arrays.tracks[t].name for t in np.unique(arrays.track)] == [
         "z0 track_0", "z1 track_1", "z2 track_2"]  # fmt: skip
     assert all(len(set(z[arrays.track == t].tolist())) == 1 for t in range(3))
+    assert arrays.videos[0].backend_metadata["axes"] == "TZYX"
     out.unlink()
     assert main([*command, "--axes", "TYX"]) == 2
     assert "stack.tif: axes 'TYX' do not fit the data of shape (5, 3, 64, 64)" in (
@@ -224,3 +225,100 @@ def test_predict_merge_refuses_a_model_with_other_nodes(project_and_model, tmp_p
     assert main(["predict", str(video), "-m", str(model), "-o", str(out), "--merge"]) == 2
     assert "--merge takes exactly one .slp input" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_stack_predictions_record_their_axes_for_napari_track_and_predict(
+    project_and_model, tmp_path
+):
+    """Predictions of a stack read with ``--axes TZYX`` (5 pages of 3 planes, which tifffile
+    takes for RGB samples) record those axes in their video: napari shows them on (t, z)
+    planes, ``track`` follows each z over time, and predicting their video again predicts the
+    same 15 gray planes (the file's own axes make 5 RGB ones, which this gray model refuses).
+    Without ``--axes`` the file's own axes are recorded."""
+    import tifffile
+
+    from napari_pose.core.synthetic import make_synthetic
+    from napari_pose.napari._reader import read_labels
+
+    _, model = project_and_model
+    frames = make_synthetic(n_frames=15, size=64, n_animals=1, seed=0).frames
+    tifffile.imwrite(tmp_path / "stack.tif", frames.reshape(5, 3, 64, 64), metadata=None)
+    out, options = tmp_path / "stack.slp", ["--peak-threshold", "-1", "--device", "cpu", "--quiet"]
+    assert main(["predict", str(tmp_path / "stack.tif"), "-m", str(model), "-o", str(out),
+                 "--axes", "TZYX", *options]) == 0  # fmt: skip
+    predicted = labels_to_arrays(sio.load_slp(out, open_videos=False))
+    assert predicted.videos[0].backend_metadata["axes"] == "TZYX"
+    assert sorted(set(predicted.frame.tolist())) == list(range(15))
+
+    layers = read_labels(str(out))
+    ((image, image_kw),) = [(d, kw) for d, kw, kind in layers if kind == "image"]
+    assert image.shape == (5, 3, 64, 64) and image_kw["axis_labels"] == ("t", "z", "y", "x")
+    np.testing.assert_array_equal(np.asarray(image[2, 1]), frames[7])  # plane 7: t 2, z 1
+    points, kw = next((d, kw) for d, kw, kind in layers if kind == "points" and len(d))
+    shown = kw["metadata"]["napari_pose"].arrays
+    assert kw["metadata"]["napari_pose"].plane_shape == (5, 3)
+    planes = np.stack(np.unravel_index(shown.frame, (5, 3)), axis=1)
+    per_instance = np.isfinite(shown.xy[..., 0]).sum(axis=1)
+    np.testing.assert_array_equal(points[:, :2], np.repeat(planes, per_instance, axis=0))
+
+    tracked = tmp_path / "tracked.slp"
+    assert main(["track", str(out), "-o", str(tracked), "--max-tracks", "1"]) == 0
+    arrays = labels_to_arrays(sio.load_slp(tracked, open_videos=False))
+    assert [arrays.tracks[t].name for t in np.unique(arrays.track)] == [
+        "z0 track_0", "z1 track_1", "z2 track_2"]  # fmt: skip
+    assert all(set((arrays.frame[arrays.track == t] % 3).tolist()) == {t} for t in range(3))
+    assert arrays.videos[0].backend_metadata["axes"] == "TZYX"
+
+    again = tmp_path / "again.slp"
+    assert main(["predict", str(out), "-m", str(model), "-o", str(again), *options]) == 0
+    arrays = labels_to_arrays(sio.load_slp(again, open_videos=False))
+    assert sorted(set(arrays.frame.tolist())) == list(range(15))
+
+    ome = tmp_path / "stack.ome.tif"
+    tifffile.imwrite(ome, frames.reshape(5, 3, 64, 64), ome=True, metadata={"axes": "TZYX"})
+    assert main(["predict", str(ome), "-m", str(model), "-o", str(again), *options]) == 0
+    assert sio.load_slp(again, open_videos=False).videos[0].backend_metadata["axes"] == "TZYX"
+
+
+def test_predict_merge_records_stack_axes_in_the_project(project_and_model, tmp_path):
+    """Merged predictions are saved with the project's video, which records the axes used."""
+    import tifffile
+
+    from napari_pose.core.io import save_labels
+    from napari_pose.core.synthetic import make_synthetic
+
+    project, model = project_and_model
+    frames = make_synthetic(n_frames=15, size=64, n_animals=1, seed=0).frames
+    tifffile.imwrite(tmp_path / "stack.tif", frames.reshape(5, 3, 64, 64), metadata=None)
+    skeleton = sio.load_slp(str(project), open_videos=False).skeletons[0]
+    video = sio.Video(filename=str(tmp_path / "stack.tif"), open_backend=False)
+    instance = sio.Instance.from_numpy(np.full((len(skeleton.nodes), 2), 9.0), skeleton)
+    frame = sio.LabeledFrame(video=video, frame_idx=4, instances=[instance])
+    save_labels(sio.Labels(videos=[video], skeletons=[skeleton], labeled_frames=[frame]),
+                tmp_path / "p.slp")  # fmt: skip
+    merged = tmp_path / "merged.slp"
+    assert main(["predict", str(tmp_path / "p.slp"), "-m", str(model), "-o", str(merged),
+                 "--merge", "--axes", "TZYX", "--frames", "0-5", "--peak-threshold", "-1",
+                 "--device", "cpu", "--quiet"]) == 0  # fmt: skip
+    labels = sio.load_slp(str(merged), open_videos=False)
+    assert len(labels.videos) == 1 and labels.videos[0].backend_metadata["axes"] == "TZYX"
+    arrays = labels_to_arrays(labels)
+    assert sorted(set(arrays.frame[arrays.predicted].tolist())) == list(range(6))
+    assert arrays.frame[~arrays.predicted].tolist() == [4]
+
+
+def test_track_needs_a_stack_it_cannot_find(tmp_path, capsys):
+    """Stack frame numbers are flat plane indices: without the file, no (t, z) to track along."""
+    from napari_pose.core.io import save_labels
+
+    skeleton = sio.Skeleton(["head"])
+    video = sio.Video(filename=str(tmp_path / "gone.tif"), backend_metadata={"axes": "TZYX"},
+                      open_backend=False)  # fmt: skip
+    instance = sio.PredictedInstance.from_numpy(np.ones((1, 2)), skeleton, point_scores=[1.0],
+                                                score=1.0)  # fmt: skip
+    frame = sio.LabeledFrame(video=video, frame_idx=0, instances=[instance])
+    save_labels(sio.Labels(videos=[video], skeletons=[skeleton], labeled_frames=[frame]),
+                tmp_path / "p.slp")  # fmt: skip
+    assert main(["track", str(tmp_path / "p.slp"), "-o", str(tmp_path / "t.slp")]) == 2
+    assert f"p.slp: its stack {tmp_path / 'gone.tif'} was not found" in capsys.readouterr().err
+    assert not (tmp_path / "t.slp").exists()

@@ -151,3 +151,38 @@ def test_bad_input_raises_one_clear_error(data_dir, tmp_path, case):
     with pytest.raises(PoseFileError) as info:
         reader(str(path))
     assert case in str(info.value)
+
+
+def test_stack_labels_open_on_the_planes_their_video_records(tmp_path):
+    """Labels of a TIFF stack open with the axes their video records (``record_axes``), each
+    point on its plane; a video recording none (older files) opens with the file's own."""
+    from napari_pose.core.io import save_labels
+    from napari_pose.core.stacks import record_axes
+    from napari_pose.core.video import open_video
+
+    stack = np.random.default_rng(0).integers(0, 255, (5, 3, 32, 32), dtype=np.uint8)
+    path = tmp_path / "pages.tif"
+    tifffile.imwrite(path, stack, metadata=None)  # tifffile takes it for 5 RGB images
+    skeleton = sio.Skeleton(["head", "tail"])
+    video = sio.Video(filename=str(path), open_backend=False)
+    frame = sio.LabeledFrame(video=video, frame_idx=4, instances=[
+        sio.Instance.from_numpy(np.array([[3.0, 5.0], [7.0, 9.0]]), skeleton)])  # fmt: skip
+    labels = sio.Labels(videos=[video], skeletons=[skeleton], labeled_frames=[frame])
+    with open_video(video, axes="TZYX") as reader:
+        record_axes(video, reader)
+    save_labels(labels, tmp_path / "zt.slp")
+    layers = _read(get_labels_reader, tmp_path / "zt.slp")
+    (image, kw), = [(d, kw) for d, kw, kind in layers if kind == "image"]
+    assert image.shape == (5, 3, 32, 32) and not kw["rgb"]
+    assert kw["axis_labels"] == ("t", "z", "y", "x")
+    np.testing.assert_array_equal(np.asarray(image), stack)
+    points = next(d for d, _, kind in layers if kind == "points" and len(d))
+    np.testing.assert_array_equal(points, [[1, 1, 5, 3], [1, 1, 9, 7]])  # frame 4: t 1, z 1
+
+    del video.backend_metadata["axes"]
+    save_labels(labels, tmp_path / "t.slp")
+    layers = _read(get_labels_reader, tmp_path / "t.slp")
+    (image, kw), = [(d, kw) for d, kw, kind in layers if kind == "image"]
+    assert image.shape == (5, 32, 32, 3) and kw["rgb"] and kw["axis_labels"] == ("t", "y", "x")
+    points = next(d for d, _, kind in layers if kind == "points" and len(d))
+    np.testing.assert_array_equal(points, [[4, 5, 3], [4, 9, 7]])

@@ -164,6 +164,7 @@ def test_given_axes_decide_what_a_frame_is(pages: tuple[Path, np.ndarray]) -> No
     reader = open_video(path, axes="ZTYX")  # the same planes in the same order; time is second
     assert reader.plane_shape == (5, 3) and reader.plane_axes == "ZT"
     np.testing.assert_array_equal(reader[5], stack[1, 2])
+    assert open_tiff(path, axes="tsyx").axes == "TSYX"  # the file's own, S not last: taken
     assert open_tiff(path, axes="TCYX").axes == "TCYX"
     reader = open_video(path, axes="TCYX")  # channels move last
     assert reader.shape == (5, 32, 32, 3) and reader.plane_shape == (5,)
@@ -178,7 +179,7 @@ def test_given_axes_decide_what_a_frame_is(pages: tuple[Path, np.ndarray]) -> No
         ("TTYX", "T more than once"),
         ("TZYY", "Y more than once; no X"),
         ("TQYX", "unknown Q"),
-        ("TSYX", "S \\(RGB samples\\) not last"),
+        ("STYX", "S \\(RGB samples\\) not last"),  # not TSYX: the file's own axes fit
     ],
 )
 def test_axes_that_do_not_fit_are_refused(
@@ -205,3 +206,60 @@ def test_pixel_sizes_follow_given_axes(tmp_path: Path) -> None:
     assert open_tiff(path, axes="TZYX").scale == {"Z": 2.0, "Y": 0.5, "X": 0.5}
     assert open_tiff(path, axes="ZTYX").scale == {"Z": 2.0, "Y": 0.5, "X": 0.5}  # the z-step
     assert open_tiff(path, axes="TCYX").scale == {"Y": 0.5, "X": 0.5}  # no Z: no z-step
+
+
+def test_recorded_axes_survive_saving_and_open_the_same_planes(
+    tmp_path: Path, pages: tuple[Path, np.ndarray]
+) -> None:
+    """Labels of planes read as 'TZYX' keep those axes in their video through .slp files
+    (sleap-io's ``videos_json``, where a closed video's backend metadata is written as it is),
+    and the video opens on the same planes; given axes still win."""
+    import json
+
+    import h5py
+    import sleap_io as sio
+
+    from napari_pose.core.io import load_labels, save_labels
+    from napari_pose.core.stacks import record_axes
+    from napari_pose.core.video import open_video
+
+    path, stack = pages
+    video = sio.Video(filename=str(path))  # sleap-io opens its own TIFF backend: 5 RGB frames
+    with open_video(video, axes="tzyx") as reader:
+        record_axes(video, reader)
+    assert video.backend is None
+    assert video.backend_metadata["axes"] == "TZYX" and video.shape == [15, 32, 32, 1]
+    skeleton = sio.Skeleton(["head", "tail"])
+    instance = sio.PredictedInstance.from_numpy(np.array([[3.0, 4.0], [5.0, 6.0]]), skeleton,
+                                                point_scores=np.ones(2), score=1.0)  # fmt: skip
+    frame = sio.LabeledFrame(video=video, frame_idx=4, instances=[instance])
+    save_labels(sio.Labels(videos=[video], skeletons=[skeleton], labeled_frames=[frame]),
+                tmp_path / "a.slp")  # fmt: skip
+    with h5py.File(tmp_path / "a.slp", "r") as f:
+        (entry,) = [json.loads(raw) for raw in f["videos_json"][:]]
+    assert entry["backend"]["axes"] == "TZYX" and entry["backend"]["shape"] == [15, 32, 32, 1]
+    save_labels(load_labels(tmp_path / "a.slp"), tmp_path / "b.slp")  # loaded, saved again
+    loaded = load_labels(tmp_path / "b.slp").videos[0]
+    assert loaded.backend_metadata["axes"] == "TZYX"
+    reader = open_video(loaded)
+    assert reader.shape == (15, 32, 32) and reader.plane_axes == "TZ"
+    np.testing.assert_array_equal(reader[4], stack[1, 1])  # frame 4 is still (t=1, z=1)
+    assert open_video(loaded, axes="TCYX").plane_shape == (5,)
+
+
+def test_planes_as_a_stack_array(pages: tuple[Path, np.ndarray]) -> None:
+    """``planes_to_dask``: (t, z, y, x) in 8 bits, one plane a chunk, each plane read alone."""
+    from napari_pose.core.stacks import planes_to_dask
+    from napari_pose.core.video import open_video
+
+    path, stack = pages
+    reader = open_video(path, axes="TZYX")
+    data = planes_to_dask(reader)
+    assert data.shape == (5, 3, 32, 32) and data.dtype == np.uint8
+    assert data.numblocks == (5, 3, 1, 1) and len(data.dask.layers) == 1
+    np.testing.assert_array_equal(data.compute(), stack)
+    np.testing.assert_array_equal(data[2, 1].compute(), stack[2, 1])
+    np.testing.assert_array_equal(data[1:4, 2, 5:9, ::3].compute(), stack[1:4, 2, 5:9, ::3])
+    rgb = planes_to_dask(open_video(path))  # the file's own axes: 5 RGB planes
+    assert rgb.shape == (5, 32, 32, 3)
+    np.testing.assert_array_equal(rgb[3].compute(), np.moveaxis(stack[3], 0, -1))

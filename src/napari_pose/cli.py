@@ -120,18 +120,12 @@ def _input_videos(inputs: list[Path]):
     """Videos to predict: media files and image folders as given, ``.slp`` files' videos."""
     import sleap_io as sio
 
-    from napari_pose.core.io import load_labels, missing_videos
+    from napari_pose.core.io import load_labels
 
     videos = []
     for path in inputs:
         if path.suffix.lower() == ".slp":
-            labels = load_labels(path)
-            missing = missing_videos(labels)
-            if missing:
-                from napari_pose.core.errors import MissingVideoError
-
-                raise MissingVideoError(path, f"its video {missing[0]} was not found")
-            videos += list(labels.videos)
+            videos += _found_videos(load_labels(path), path)
         elif not path.exists():
             from napari_pose.core.errors import PoseFileError
 
@@ -139,6 +133,19 @@ def _input_videos(inputs: list[Path]):
         else:
             videos.append(sio.Video(filename=str(path)))
     return videos
+
+
+def _found_videos(labels, path: Path) -> list:
+    """The videos of ``labels`` (loaded from ``path``), every one found where it is looked for,
+    or a ``MissingVideoError`` naming the first that is not."""
+    from napari_pose.core.io import missing_videos
+
+    missing = missing_videos(labels)
+    if missing:
+        from napari_pose.core.errors import MissingVideoError
+
+        raise MissingVideoError(path, f"its video {missing[0]} was not found")
+    return list(labels.videos)
 
 
 def _merge_target(args: argparse.Namespace):
@@ -189,7 +196,9 @@ def _predict(args: argparse.Namespace) -> int:
                            max_instances=args.max_instances, device=args.device)  # fmt: skip
     frames = parse_frames(args.frames) if args.frames else None
     project = _merge_target(args) if args.merge else None
-    videos = _input_videos(args.inputs)
+    # Merged predictions are saved with the project's own videos, which record stacks' axes.
+    videos = (_input_videos(args.inputs) if project is None
+              else _found_videos(project, args.inputs[0]))  # fmt: skip
     planes = _stack_planes(videos, args.axes)  # checks --axes before any prediction starts
     if len(videos) == 1 and args.scheduler is None:  # in this process, a bar over frames
         with tqdm(unit="frame", disable=args.quiet) as bar:
@@ -219,8 +228,11 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _stack_planes(videos, axes: str | None) -> dict[int, tuple[tuple[int, ...], str]]:
     """Plane shape and axes of the TIFF stacks among ``videos``, by index, so tracking follows
-    their time axis. Opening a stack reads its tags only; with ``axes`` every video goes to
+    their time axis. Each stack's video records the axes it is read with (``axes``, else those
+    it recorded before, else the file's; ``record_axes``), so the labels saved with it open on
+    the same planes. Opening a stack reads its tags only; with ``axes`` every video goes to
     ``open_video``, so axes that do not fit, or a non-TIFF input, fail before predicting."""
+    from napari_pose.core.stacks import record_axes
     from napari_pose.core.video import open_video
 
     planes = {}
@@ -230,6 +242,7 @@ def _stack_planes(videos, axes: str | None) -> dict[int, tuple[tuple[int, ...], 
         if tiff or axes is not None:
             with open_video(video, axes=axes) as reader:
                 planes[i] = (reader.plane_shape, reader.plane_axes)
+                record_axes(video, reader)
     return planes
 
 
@@ -249,12 +262,24 @@ def _add_tracker_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _track(args: argparse.Namespace) -> int:
-    from napari_pose.core.io import load_labels, save_labels
+    """Track ``args.input``'s predictions; a TIFF stack's along its time axis, each z alone
+    (``track_planes``), which needs the stack file: frame numbers are flat plane indices, and
+    only the file's shape tells which (t, z) each is."""
+    from napari_pose.core.io import load_labels, missing_videos, save_labels
     from napari_pose.core.pose_arrays import arrays_to_labels, labels_to_arrays
-    from napari_pose.nn.tracking import track
+    from napari_pose.nn.tracking import track_planes
 
     labels = load_labels(args.input)
-    tracked = track(labels_to_arrays(labels), _tracker_config(args))
+    missing = set(missing_videos(labels))
+    names = [v.filename for v in labels.videos if isinstance(v.filename, str)]
+    stacks = [n for n in names if n in missing and n.lower().endswith((".tif", ".tiff"))]
+    if stacks:
+        from napari_pose.core.errors import MissingVideoError
+
+        raise MissingVideoError(args.input, f"its stack {stacks[0]} was not found; tracking "
+                                "follows a stack's time axis, known from the stack")  # fmt: skip
+    planes = _stack_planes(labels.videos, None)
+    tracked = track_planes(labels_to_arrays(labels), planes, _tracker_config(args))
     out = arrays_to_labels(tracked)
     out.suggestions = list(labels.suggestions)
     save_labels(out, args.output)

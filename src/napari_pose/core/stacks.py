@@ -23,6 +23,7 @@ from xml.etree import ElementTree
 import attrs
 import dask.array as da
 import numpy as np
+import sleap_io as sio
 import tifffile
 
 from napari_pose.core.errors import VideoFileError
@@ -61,9 +62,11 @@ def open_tiff(path: str | Path, axes: str | None = None) -> Stack:
     """Open the first series of a TIFF or OME-TIFF without reading its pixels.
 
     ``axes`` (letters from ``AXIS_LETTERS``, any case, one per axis of the data) replaces the
-    axes the file records. Pixel sizes follow the letters: OME records one per dimension name
-    (``PhysicalSizeZ``...), and a file whose axes are mislabelled, e.g. z-slices saved as time
-    points, still records the right z-step for whichever axis really is Z.
+    axes the file records; the file's own (as ``Stack.axes`` has them) are taken as they are,
+    even where tifffile puts RGB samples before other axes, so axes recorded from a stack
+    (``record_axes``) always open it again. Pixel sizes follow the letters: OME records one per
+    dimension name (``PhysicalSizeZ``...), and a file whose axes are mislabelled, e.g. z-slices
+    saved as time points, still records the right z-step for whichever axis really is Z.
 
     Raises:
         VideoFileError: The file is missing, not a TIFF, or truncated, or ``axes`` do not fit
@@ -82,7 +85,10 @@ def open_tiff(path: str | Path, axes: str | None = None) -> Stack:
             if errors:
                 raise VideoFileError(path, f"truncated TIFF, or corrupt: {errors[0]}")
             recorded = normalise_axes(series.axes)
-            axes = recorded if axes is None else _given_axes(path, axes, series.shape, recorded)
+            if axes is None or axes.upper() == recorded:  # the file's own axes always fit it
+                axes = recorded
+            else:
+                axes = _given_axes(path, axes, series.shape, recorded)
             scale = _ome_scale(tif.ome_metadata, axes)
             if series.dataoffset is not None:
                 data = _memory_mapped(path, series)
@@ -280,6 +286,8 @@ class StackPlaneReader(FrameReader):
             single plane.
         plane_axes: Their letters, e.g. ``"TZ"`` (empty for a single plane), so a caller can
             tell time from depth, e.g. to track along time only.
+        axes: All the stack's axes, as read (e.g. ``"TZCYX"``): what labels of these planes
+            record (``record_axes``) to be opened on the same planes again.
     """
 
     def __init__(self, stack: Stack) -> None:
@@ -290,6 +298,7 @@ class StackPlaneReader(FrameReader):
         lead = data.shape[: len(plane_axes)]
         self.plane_shape: tuple[int, ...] = tuple(lead) or (1,)
         self.plane_axes = "".join(stack.axes[i] for i in plane_axes)
+        self.axes = stack.axes
         self._planes = data.reshape(int(np.prod(lead)) if lead else 1, *data.shape[len(lead) :])
         if len(channel_axes) > 1:  # e.g. C and S together: fold into one last axis
             self._planes = self._planes.reshape(*self._planes.shape[:3], -1)
@@ -300,3 +309,64 @@ class StackPlaneReader(FrameReader):
 
     def _read(self, index: int) -> np.ndarray:
         return to_uint8(np.asarray(self._planes[index]))
+
+
+def planes_to_dask(reader: StackPlaneReader) -> da.Array:
+    """The planes of ``reader`` as a lazy ``(*plane_shape, y, x[, c])`` dask array, one plane
+    a chunk: the stack with its plane axes (e.g. ``(t, z)``) as napari shows it, in the 8 bits
+    the model sees, so plane ``i`` of the labels sits at ``np.unravel_index(i, plane_shape)``.
+
+    One graph layer, like ``video_to_dask``: reshaping a flat frame array instead builds a
+    task per plane, slow to build and to slice for stacks of many planes.
+    """
+    source = _Planes(reader)
+    return da.from_array(
+        source,
+        chunks=(1,) * len(reader.plane_shape) + (-1,) * (source.ndim - len(reader.plane_shape)),
+        name=False,
+        lock=False,
+        asarray=False,
+        inline_array=True,
+        meta=np.empty((0,) * source.ndim, reader.dtype),
+    )
+
+
+class _Planes:
+    """A reader's planes as the array-like that dask slices: leading axes pick planes."""
+
+    def __init__(self, reader: StackPlaneReader) -> None:
+        self.reader = reader
+        self.numbers = np.arange(len(reader)).reshape(reader.plane_shape)
+        self.shape = (*reader.plane_shape, *reader.shape[1:])
+        self.dtype = reader.dtype
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        n_lead = self.numbers.ndim
+        numbers = self.numbers[key[:n_lead]]
+        frame_shape = self.shape[n_lead:]
+        block = np.empty((numbers.size, *frame_shape), self.dtype)
+        for i, number in enumerate(numbers.ravel().tolist()):
+            block[i] = self.reader[number]
+        pixels = (slice(None),) * numbers.ndim + tuple(key[n_lead:])
+        return block.reshape(numbers.shape + frame_shape)[pixels]
+
+
+def record_axes(video: sio.Video, reader: StackPlaneReader) -> None:
+    """Record in ``video`` the axes ``reader`` read its stack with (``backend_metadata["axes"]``,
+    where ``open_video`` finds them) and the shape of its planes as frames, so labels saved
+    with it number and show planes as they were predicted or labelled, whatever the file says.
+
+    The video is closed, and left closed: sleap-io saves a closed video's backend metadata as
+    it is, but an open one's through a fixed list of keys per backend, and its own TIFF backend
+    (which takes a stack for frames its own way, e.g. 3 z-slices for RGB) saves neither the
+    axes nor this shape.
+    """
+    video.close()
+    video.open_backend = False
+    n_planes, height, width, *channels = reader.shape
+    video.backend_metadata.update(
+        axes=reader.axes,
+        shape=[n_planes, height, width, channels[0] if channels else 1],
+        grayscale=not channels,
+    )

@@ -660,7 +660,9 @@ def open_video(source: str | Path | sio.Video, *, grayscale: bool | None = None,
     grayscale setting recorded in the labels file is kept unless ``grayscale`` says otherwise.
     ``axes`` replaces a TIFF stack's recorded axes (see ``open_tiff``), which decides what a
     frame is; other sources have no such axes, so giving them ``axes`` is an error
-    (``ValueError``) rather than silently ignored.
+    (``ValueError``) rather than silently ignored. A ``sleap_io.Video`` of a stack opens with
+    the axes its labels were made with (``stacks.record_axes``) unless ``axes`` says otherwise,
+    so its frame numbers mean the same planes again.
     """
     if axes is not None:
         name = source.filename if isinstance(source, sio.Video) else source
@@ -677,6 +679,8 @@ def open_video(source: str | Path | sio.Video, *, grayscale: bool | None = None,
         stack = path.suffix.lower() in (".tif", ".tiff")
         if path.suffix.lower() not in MEDIA_SUFFIXES and not path.is_dir() and not stack:
             return SleapVideoReader(source, grayscale=grayscale)
+        if stack and axes is None:
+            axes = source.backend_metadata.get("axes")
     else:
         path = Path(source)
     if path.is_dir():

@@ -17,7 +17,7 @@ import sleap_io as sio
 
 from napari_pose.core.errors import MissingVideoError, PoseFileError
 from napari_pose.core.io import detect_labels_format, load_labels, missing_videos
-from napari_pose.core.stacks import open_tiff
+from napari_pose.core.stacks import StackPlaneReader, open_tiff, planes_to_dask
 from napari_pose.core.video import IMAGE_SUFFIXES, MEDIA_SUFFIXES, open_video, video_to_dask
 from napari_pose.napari.convert import LayerData, labels_to_layers, video_name
 from napari_pose.napari.sync import attach_current_viewer
@@ -55,8 +55,12 @@ def read_labels(path: Any) -> list[LayerData]:
 
 
 def layers_with_videos(labels: sio.Labels) -> list[LayerData]:
-    """Open every video of ``labels`` that can be found, warn about the rest, build layers."""
-    images = {}
+    """Open every video of ``labels`` that can be found, warn about the rest, build layers.
+
+    A TIFF stack is shown with its plane axes, e.g. ``(t, z, y, x)``, read with the axes its
+    labels recorded (``open_video``), so each point sits on the plane it was put on.
+    """
+    images, plane_shapes, plane_axes = {}, {}, {}
     missing = set(missing_videos(labels))
     for v, video in enumerate(labels.videos):
         filename = video.filename if isinstance(video.filename, str) else None
@@ -66,11 +70,18 @@ def layers_with_videos(labels: sio.Labels) -> list[LayerData]:
             warnings.warn(str(MissingVideoError(filename, problem)), stacklevel=2)
             continue
         try:
-            images[v] = video_to_dask(open_video(video))
+            reader = open_video(video)
         except PoseFileError as error:
             warnings.warn(str(error), stacklevel=2)
+            continue
+        if isinstance(reader, StackPlaneReader) and reader.plane_axes:
+            images[v] = planes_to_dask(reader)
+            plane_shapes[v], plane_axes[v] = reader.plane_shape, reader.plane_axes
+        else:
+            images[v] = video_to_dask(reader)
     attach_current_viewer()
-    return labels_to_layers(labels, images=images)
+    return labels_to_layers(labels, images=images, plane_shapes=plane_shapes,
+                            plane_axes=plane_axes)  # fmt: skip
 
 
 def get_image_reader(path: Any) -> Reader | None:

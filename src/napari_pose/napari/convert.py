@@ -107,6 +107,7 @@ def labels_to_layers(
     *,
     images: dict[int, Any] | None = None,
     plane_shapes: dict[int, tuple[int, ...]] | None = None,
+    plane_axes: dict[int, str] | None = None,
     window_threshold: int | None = None,
 ) -> list[LayerData]:
     """Layer-data tuples for a project: images, points, skeleton edges and trajectories.
@@ -118,17 +119,20 @@ def labels_to_layers(
             get no Image layer (e.g. a video file that could not be found).
         plane_shapes: Leading image axes per video when frames are planes of a stack, e.g.
             ``{0: (t, z)}``; default ``(n_frames,)``.
+        plane_axes: Letters of those axes per stack, e.g. ``{0: "TZ"}``: the image layer's
+            axis labels (``t, z, y, x``), which the Predict dock takes for the stack's axes.
         window_threshold: Points layers with more points than this hold a window of frames
             (default ``WINDOW_THRESHOLD``).
     """
     images = images or {}
     plane_shapes = plane_shapes or {}
+    plane_axes = plane_axes or {}
     if window_threshold is None:
         window_threshold = WINDOW_THRESHOLD
     layers: list[LayerData] = []
     for v, video in enumerate(labels.videos):
         if v in images:
-            layers.append(_image_layer(images[v], video_name(video)))
+            layers.append(_image_layer(images[v], video_name(video), plane_axes.get(v, "")))
     if not labels.skeletons:
         return layers
 
@@ -179,10 +183,16 @@ def _n_frames(image: Any, arrays: PoseArrays, v: int) -> int:
     return max(labelled, int(image.shape[0]) if image is not None else 0, 1)
 
 
-def _image_layer(data: Any, name: str) -> LayerData:
-    rgb = data.ndim == 4 and data.shape[-1] in (3, 4)
+def _image_layer(data: Any, name: str, plane_axes: str = "") -> LayerData:
+    """An Image layer of ``data``, ``(*planes, y, x[, c])``, with one frame axis or, for a stack,
+    the axes ``plane_axes`` names (and labels)."""
+    n_lead = len(plane_axes) or 1
+    rgb = data.ndim == n_lead + 3 and data.shape[-1] in (3, 4)
     # Fixed contrast limits: napari would otherwise decode frames just to guess them.
-    return data, {"name": name, "rgb": rgb, "contrast_limits": (0, 255)}, "image"
+    kwargs = {"name": name, "rgb": rgb, "contrast_limits": (0, 255)}
+    if plane_axes:
+        kwargs["axis_labels"] = (*plane_axes.lower(), "y", "x", "c")[: data.ndim - rgb]
+    return data, kwargs, "image"
 
 
 def points_layer(binding: PoseBinding) -> LayerData:
