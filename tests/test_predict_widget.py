@@ -437,3 +437,7 @@ def test_merged_tracks_join_the_projects_trajectories_and_the_merge_is_an_edit(
                  for f in range(105, 115)]  # fmt: skip
     np.testing.assert_allclose(tracks.data[tracks.data[:, 0] == 1], centroids)
     np.testing.assert_array_equal(tracks.data[tracks.data[:, 0] == 0], user_trajectory)
+    # Border colours cover the track the merge added: one per track, then white (untracked).
+    assert len(labels.tracks) == 2
+    for layer in (viewer.layers["v labels"], predictions):
+        assert len(layer.border_color_cycle) == 3

@@ -50,6 +50,7 @@ from napari_pose.napari.convert import (
     layers_to_labels,
     points_layer,
     replace_frames,
+    track_colors,
     video_name,
     window_around,
 )
@@ -569,6 +570,8 @@ class PredictWidget(Container):
         binding: PoseBinding = target.metadata[POSE_KEY]
         binding.arrays = replace_frames(binding.merged(target.data, target.features), new)
         self._show(target, binding)
+        for points in project_points_layers(self._viewer, labels):  # the merge may add tracks
+            points.border_color_cycle = track_colors(len(labels.tracks))
         refresh_tracks_layer(self._viewer, labels, v)
         self._remove(layer)
         project_edited.emit(labels)

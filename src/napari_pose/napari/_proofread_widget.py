@@ -31,7 +31,7 @@ from qtpy.QtWidgets import QWidget
 from napari_pose.core import proofreading as pr
 from napari_pose.core.pose_arrays import PoseArrays, labels_to_arrays
 from napari_pose.napari._label_widget import project_edited
-from napari_pose.napari.convert import POSE_KEY, PoseBinding, arrays_to_points, palette
+from napari_pose.napari.convert import POSE_KEY, PoseBinding, arrays_to_points, track_colors
 from napari_pose.napari.labelling import (
     current_project,
     open_projects,
@@ -374,7 +374,7 @@ class ProofreadWidget(Container):
                     layer.selected_data = set()
                     layer.data = data
                     layer.features = features
-                    layer.border_color_cycle = np.vstack([palette(len(tracks)), [[1, 1, 1, 1]]])
+                    layer.border_color_cycle = track_colors(len(tracks))
                 layer.refresh()
                 self._sync.refresh(layer)
         finally:

@@ -208,7 +208,7 @@ def points_layer(binding: PoseBinding) -> LayerData:
         "face_color": "node",
         "face_color_cycle": palette(len(skeleton.nodes)),
         "border_color": "track",
-        "border_color_cycle": np.vstack([palette(len(tracks)), [[1, 1, 1, 1]]]),
+        "border_color_cycle": track_colors(len(tracks)),
         "border_width": 0.15,
         "size": max(4.0, height / 100),
         "symbol": np.where(features["visible"].to_numpy(), "disc", "ring"),
@@ -371,7 +371,9 @@ def tracks_layer(binding: TracksBinding, name: str) -> LayerData | None:
     data = trajectories(binding.arrays(), binding.bindings[0].plane_shape)
     if data is None:
         return None
-    n_tracks = len(binding.bindings[0].arrays.tracks)
+    # The project's list: a merge or a proofreading edit may have added tracks since layers
+    # were made from it (their arrays keep the list they were given).
+    n_tracks = len(binding.bindings[0].labels.tracks)
     kwargs = {
         "name": f"{name} tracks",
         "tail_length": 50,
@@ -403,6 +405,11 @@ def trajectories(arrays: PoseArrays, plane_shape: tuple[int, ...]) -> np.ndarray
     order, track, frame = order[first], track[first], frame[first]
     plane = np.unravel_index(frame, plane_shape)
     return np.column_stack([track, *plane, centroid[order, 1], centroid[order, 0]]).astype(float)
+
+
+def track_colors(n_tracks: int) -> np.ndarray:
+    """Point border colours: one palette colour per track, then white for untracked points."""
+    return np.vstack([palette(n_tracks), [[1, 1, 1, 1]]])
 
 
 def _track_colormap(n_tracks: int):
