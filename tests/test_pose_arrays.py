@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import attrs
 import numpy as np
 import pytest
 import sleap_io as sio
 
-from napari_pose.core.pose_arrays import PoseArrays, arrays_to_labels, concat, labels_to_arrays
+from napari_pose.core.pose_arrays import (
+    PoseArrays,
+    arrays_to_labels,
+    concat,
+    labels_to_arrays,
+    replace_frames,
+)
 
 FIELDS = ["instance_id", "video", "frame", "track", "predicted", "score", "tracking_score",
           "from_predicted", "xy", "visible", "complete", "point_score"]  # fmt: skip
@@ -86,3 +93,20 @@ def test_concat_select_and_frame_rows(data_dir):
     assert sorted(set(arrays.frame[rows])) == list(range(100, 110)) and len(rows) == 20
     halves = concat([arrays.select(arrays.frame < 700), arrays.select(arrays.frame >= 700)])
     assert_arrays_equal(halves.sorted(), arrays)
+
+
+def test_replace_frames_swaps_redone_frames_and_keeps_ids_unique():
+    skeleton = sio.Skeleton(["a"])
+    videos = [sio.Video("v.mp4")]
+
+    def arrays(frames: list[int]) -> PoseArrays:
+        out = PoseArrays.empty(skeleton, videos, [], len(frames))
+        xy = np.array(frames, float)[:, None, None].repeat(2, axis=2)
+        return attrs.evolve(out, frame=np.array(frames, np.int64), xy=xy,
+                            predicted=np.ones(len(frames), bool))  # fmt: skip
+
+    base = attrs.evolve(arrays([1, 2, 3]), xy=np.full((3, 1, 2), -1.0))
+    merged = replace_frames(base, arrays([2, 4]))
+    assert merged.frame.tolist() == [1, 2, 3, 4]
+    assert merged.xy[:, 0, 0].tolist() == [-1, 2, -1, 4]  # frame 2 redone, 1 and 3 kept
+    assert len(set(merged.instance_id.tolist())) == 4

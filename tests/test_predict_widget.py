@@ -17,10 +17,8 @@ import sleap_io as sio
 import torch
 
 from napari_pose.core.io import load_labels, save_labels
-from napari_pose.core.pose_arrays import PoseArrays
 from napari_pose.core.skeleton import save_skeleton
 from napari_pose.core.synthetic import SyntheticData, make_synthetic, to_labels, write_video
-from napari_pose.napari.convert import replace_frames
 from napari_pose.napari.labelling import open_projects
 from napari_pose.nn.data import load_frames
 from napari_pose.nn.inference import Predictor
@@ -199,23 +197,6 @@ def test_bad_input_is_reported_and_leaves_the_widgetidle(make_napari_viewer, qtb
     widget.frames.value = "suggested"  # a bare video has no project, so no suggestions
     press(qtbot, widget.start_button)
     assert len(errors) == 2 and "no open pose project" in errors[1] and idle(widget)
-
-
-def test_replace_frames_swaps_redone_frames_and_keeps_ids_unique():
-    skeleton = sio.Skeleton(["a"])
-    videos = [sio.Video("v.mp4")]
-
-    def arrays(frames: list[int]) -> PoseArrays:
-        out = PoseArrays.empty(skeleton, videos, [], len(frames))
-        xy = np.array(frames, float)[:, None, None].repeat(2, axis=2)
-        return attrs.evolve(out, frame=np.array(frames, np.int64), xy=xy,
-                            predicted=np.ones(len(frames), bool))  # fmt: skip
-
-    base = attrs.evolve(arrays([1, 2, 3]), xy=np.full((3, 1, 2), -1.0))
-    merged = replace_frames(base, arrays([2, 4]))
-    assert merged.frame.tolist() == [1, 2, 3, 4]
-    assert merged.xy[:, 0, 0].tolist() == [-1, 2, -1, 4]  # frame 2 redone, 1 and 3 kept
-    assert len(set(merged.instance_id.tolist())) == 4
 
 
 def test_tracking_after_a_run_gives_identities_that_save(make_napari_viewer, qtbot, tmp_path,

@@ -171,8 +171,12 @@ def _merge_target(args: argparse.Namespace):
 def _merged(labels, predictions):
     """``labels`` with ``predictions`` in: user instances, suggestions, tracks and videos kept,
     older predictions on the frames predicted replaced, those on other frames kept."""
-    from napari_pose.core.pose_arrays import arrays_to_labels, concat, labels_to_arrays
-    from napari_pose.napari.convert import replace_frames
+    from napari_pose.core.pose_arrays import (
+        arrays_to_labels,
+        concat,
+        labels_to_arrays,
+        replace_frames,
+    )
     from napari_pose.nn.inference import in_project
 
     project = labels_to_arrays(labels)
@@ -233,13 +237,11 @@ def _stack_planes(videos, axes: str | None) -> dict[int, tuple[tuple[int, ...], 
     the same planes. Opening a stack reads its tags only; with ``axes`` every video goes to
     ``open_video``, so axes that do not fit, or a non-TIFF input, fail before predicting."""
     from napari_pose.core.stacks import record_axes
-    from napari_pose.core.video import open_video
+    from napari_pose.core.video import is_stack_file, open_video
 
     planes = {}
     for i, video in enumerate(videos):
-        name = video.filename
-        tiff = isinstance(name, str) and name.lower().endswith((".tif", ".tiff"))
-        if tiff or axes is not None:
+        if is_stack_file(video.filename) or axes is not None:
             with open_video(video, axes=axes) as reader:
                 planes[i] = (reader.plane_shape, reader.plane_axes)
                 record_axes(video, reader)
@@ -267,12 +269,11 @@ def _track(args: argparse.Namespace) -> int:
     only the file's shape tells which (t, z) each is."""
     from napari_pose.core.io import load_labels, missing_videos, save_labels
     from napari_pose.core.pose_arrays import arrays_to_labels, labels_to_arrays
+    from napari_pose.core.video import is_stack_file
     from napari_pose.nn.tracking import track_planes
 
     labels = load_labels(args.input)
-    missing = set(missing_videos(labels))
-    names = [v.filename for v in labels.videos if isinstance(v.filename, str)]
-    stacks = [n for n in names if n in missing and n.lower().endswith((".tif", ".tiff"))]
+    stacks = [name for name in missing_videos(labels) if is_stack_file(name)]
     if stacks:
         from napari_pose.core.errors import MissingVideoError
 

@@ -140,6 +140,19 @@ def concat(parts: list[PoseArrays]) -> PoseArrays:
     )
 
 
+def replace_frames(base: PoseArrays, new: PoseArrays) -> PoseArrays:
+    """``base`` with its instances on every (video, frame) of ``new`` replaced by ``new``'s.
+
+    A re-run of a model over some frames thus updates those frames and keeps the rest. ``new``
+    gets instance ids above ``base``'s so ids stay unique; both must share skeleton and videos.
+    """
+    redone = np.isin(base.video.astype(np.int64) << 40 | base.frame,
+                     new.video.astype(np.int64) << 40 | new.frame)  # fmt: skip
+    first_id = int(base.instance_id.max(initial=-1)) + 1
+    new = attrs.evolve(new, instance_id=new.instance_id + first_id)
+    return concat([base.select(~redone), new]).sorted()
+
+
 def labels_to_arrays(labels: sio.Labels, skeleton: sio.Skeleton | None = None) -> PoseArrays:
     """Every instance of ``skeleton`` (default: the first) in ``labels`` as ``PoseArrays``.
 

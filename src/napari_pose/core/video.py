@@ -38,6 +38,13 @@ from napari_pose.core.errors import VideoFileError
 MEDIA_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg"})
 #: Suffixes that ``ImageSequenceReader`` collects from a folder.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+#: Single files opened as stacks of planes (``core.stacks``) rather than as one image.
+STACK_SUFFIXES = frozenset({".tif", ".tiff"})
+
+
+def is_stack_file(name: str | Path | list) -> bool:
+    """Whether ``name`` (a video's filename) is one TIFF file, read as a stack of planes."""
+    return not isinstance(name, list) and Path(name).suffix.lower() in STACK_SUFFIXES
 
 #: Default bound of a ``VideoReader``'s frame cache: 512 frames of 1024 x 1024 gray.
 DEFAULT_CACHE_BYTES = 512 * 2**20
@@ -655,8 +662,9 @@ def open_video(source: str | Path | sio.Video, *, grayscale: bool | None = None,
     """The right reader for a video file, an image folder or a ``sleap_io.Video``.
 
     Media files go to PyAV (``VideoReader``), (OME-)TIFF files to ``StackPlaneReader`` (each
-    plane of a (t, z) stack is a frame), folders and image lists to ``ImageSequenceReader``, and everything else sleap-io can read (embedded frames of a
-    ``.pkg.slp``, HDF5 and TIFF videos) to ``SleapVideoReader``. For a ``sleap_io.Video`` the
+    plane of a (t, z) stack is a frame), folders and image lists to ``ImageSequenceReader``,
+    and everything else sleap-io can read (embedded frames of a ``.pkg.slp``, HDF5 videos) to
+    ``SleapVideoReader``. For a ``sleap_io.Video`` the
     grayscale setting recorded in the labels file is kept unless ``grayscale`` says otherwise.
     ``axes`` replaces a TIFF stack's recorded axes (see ``open_tiff``), which decides what a
     frame is; other sources have no such axes, so giving them ``axes`` is an error
@@ -666,8 +674,7 @@ def open_video(source: str | Path | sio.Video, *, grayscale: bool | None = None,
     """
     if axes is not None:
         name = source.filename if isinstance(source, sio.Video) else source
-        tiff = not isinstance(name, list) and Path(name).suffix.lower() in (".tif", ".tiff")
-        if not tiff or Path(name).is_dir():
+        if not is_stack_file(name) or Path(name).is_dir():
             raise ValueError(f"{name}: axes ({axes!r}) can only be given for TIFF stacks")
     if isinstance(source, sio.Video):
         if grayscale is None:
@@ -676,7 +683,7 @@ def open_video(source: str | Path | sio.Video, *, grayscale: bool | None = None,
         if isinstance(filename, list):
             return ImageSequenceReader(filename, grayscale=grayscale)
         path = Path(filename)
-        stack = path.suffix.lower() in (".tif", ".tiff")
+        stack = is_stack_file(path)
         if path.suffix.lower() not in MEDIA_SUFFIXES and not path.is_dir() and not stack:
             return SleapVideoReader(source, grayscale=grayscale)
         if stack and axes is None:
@@ -685,7 +692,7 @@ def open_video(source: str | Path | sio.Video, *, grayscale: bool | None = None,
         path = Path(source)
     if path.is_dir():
         return ImageSequenceReader(path, grayscale=grayscale)
-    if path.suffix.lower() in (".tif", ".tiff"):
+    if is_stack_file(path):
         from napari_pose.core.stacks import StackPlaneReader, open_tiff  # stacks reads frames
 
         return StackPlaneReader(open_tiff(path, axes))

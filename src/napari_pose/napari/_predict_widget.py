@@ -37,7 +37,7 @@ from napari.utils.notifications import show_error
 
 from napari_pose.core.io import save_labels
 from napari_pose.core.labelling import PointTable, next_instance_id
-from napari_pose.core.pose_arrays import PoseArrays
+from napari_pose.core.pose_arrays import PoseArrays, replace_frames
 from napari_pose.core.skeleton import load_skeleton
 from napari_pose.napari._label_widget import PlaneFrames
 from napari_pose.napari.convert import (
@@ -49,7 +49,6 @@ from napari_pose.napari.convert import (
     edges_layer,
     layers_to_labels,
     points_layer,
-    replace_frames,
     track_colors,
     video_name,
     window_around,

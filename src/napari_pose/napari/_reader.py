@@ -18,7 +18,13 @@ import sleap_io as sio
 from napari_pose.core.errors import MissingVideoError, PoseFileError
 from napari_pose.core.io import detect_labels_format, load_labels, missing_videos
 from napari_pose.core.stacks import StackPlaneReader, open_tiff, planes_to_dask
-from napari_pose.core.video import IMAGE_SUFFIXES, MEDIA_SUFFIXES, open_video, video_to_dask
+from napari_pose.core.video import (
+    IMAGE_SUFFIXES,
+    MEDIA_SUFFIXES,
+    STACK_SUFFIXES,
+    open_video,
+    video_to_dask,
+)
 from napari_pose.napari.convert import LayerData, labels_to_layers, video_name
 from napari_pose.napari.sync import attach_current_viewer
 
@@ -92,7 +98,7 @@ def get_image_reader(path: Any) -> Reader | None:
     suffix = single.suffix.lower()
     if suffix in MEDIA_SUFFIXES:
         return read_video
-    if suffix in (".tif", ".tiff"):
+    if suffix in STACK_SUFFIXES:
         return read_tiff
     return None
 

@@ -514,16 +514,3 @@ def layers_to_labels(layers: list[tuple[np.ndarray, dict[str, Any]]]) -> sio.Lab
     if len(projects) > 1:
         raise ValueError("these layers come from different projects; save them one at a time")
     return arrays_to_labels(concat(parts), template=bindings[0].labels)
-
-
-def replace_frames(base: PoseArrays, new: PoseArrays) -> PoseArrays:
-    """``base`` with its instances on every (video, frame) of ``new`` replaced by ``new``'s.
-
-    A re-run of a model over some frames thus updates those frames and keeps the rest. ``new``
-    gets instance ids above ``base``'s so ids stay unique; both must share skeleton and videos.
-    """
-    redone = np.isin(base.video.astype(np.int64) << 40 | base.frame,
-                     new.video.astype(np.int64) << 40 | new.frame)  # fmt: skip
-    first_id = int(base.instance_id.max(initial=-1)) + 1
-    new = attrs.evolve(new, instance_id=new.instance_id + first_id)
-    return concat([base.select(~redone), new]).sorted()
