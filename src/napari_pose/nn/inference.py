@@ -134,7 +134,8 @@ class Predictor:
         n_batches = -(-len(frames) // size)
         return [p for _, found in self.predict_batches(batches, n_batches) for p in found]
 
-    def predict_batches(self, batches: Iterable[tuple[Key, np.ndarray]], n_batches: int | None = None,
+    def predict_batches(self, batches: Iterable[tuple[Key, np.ndarray]],
+                        n_batches: int | None = None,
                         ) -> Iterator[tuple[Key, list[FramePrediction]]]:  # fmt: skip
         """Predict ``(key, frames)`` batches, yielding ``(key, predictions)`` in their order.
 

@@ -88,19 +88,26 @@ def predict_single_instance(
     maps = run_model(model, inputs)["confmaps"]
     xy, values = global_peaks(maps, model.output_stride)
     xy = _to_frame(xy, matrices)
-    return [instance_from_peaks(xy[i : i + 1], values[i : i + 1], threshold) for i in range(len(xy))]
+    return instances_by_frame(xy, values, [1] * len(xy), threshold)
 
 
-def instance_from_peaks(xy: torch.Tensor, values: torch.Tensor,
-                         threshold: float) -> FramePrediction:  # fmt: skip
-    """Instances from per-node peaks ``(n, k, 2)``; nodes below ``threshold`` become NaN and
-    instances with no node left are dropped. Score: mean of the found nodes' peak values."""
+def instances_by_frame(xy: torch.Tensor, values: torch.Tensor, counts: Sequence[int],
+                       threshold: float) -> list[FramePrediction]:  # fmt: skip
+    """Each frame's instances from per-node peaks ``(n, k, 2)`` of consecutive frames
+    (``counts[i]`` rows for frame ``i``), thresholded all at once: nodes below ``threshold``
+    become NaN and instances with no node left are dropped. Score: mean of the found nodes'
+    peak values."""
+    if len(counts) == 0:
+        return []
     found = values > threshold
     points = torch.where(found[..., None], xy, torch.nan).cpu().numpy().astype(np.float32)
     point_scores = torch.where(found, values, torch.nan).cpu().numpy().astype(np.float32)
     keep = found.any(dim=-1).cpu().numpy()
     scores = np.nan_to_num(np.nanmean(np.where(keep[:, None], point_scores, 0.0), axis=-1))
-    return FramePrediction(points[keep], point_scores[keep], scores[keep].astype(np.float32))
+    bounds = np.cumsum(counts)[:-1]
+    arrays = (points, point_scores, scores.astype(np.float32), keep)
+    per_frame = (np.split(a, bounds) for a in arrays)
+    return [FramePrediction(p[k], s[k], v[k]) for p, s, v, k in zip(*per_frame, strict=True)]
 
 
 @torch.inference_mode()
@@ -158,11 +165,7 @@ def predict_topdown(
         torch.tensor(counts, device=frames.device),
     )
     xy, values = predict_centered(model, stage, frames, frame_index, anchors, threshold)
-    out, start = [], 0
-    for n in counts:
-        out.append(instance_from_peaks(xy[start : start + n], values[start : start + n], threshold))
-        start += n
-    return out
+    return instances_by_frame(xy, values, counts, threshold)
 
 
 @torch.inference_mode()

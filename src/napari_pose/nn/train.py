@@ -46,7 +46,7 @@ from napari_pose.nn.predict import (
     FramePrediction,
     find_centroids,
     frames_to_tensor,
-    instance_from_peaks,
+    instances_by_frame,
     predict_bottomup,
     predict_centered,
     predict_single_instance,
@@ -181,10 +181,6 @@ def _frame_poses(points: np.ndarray, scale_points: np.ndarray) -> FramePoses:
     return FramePoses(points.astype(np.float64), visible, np.ones(len(points)), area)
 
 
-def _prediction_poses(pred: FramePrediction) -> FramePoses:
-    return FramePoses.from_points(pred.points, pred.scores)
-
-
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ("oks_map", "oks_mar", "dist_median_px", "dist_p90_px", "dist_p95_px", "dist_mean_px",
             "pck_2px", "pck_5px", "pck_10px", "per_node_dist_median", "n_gt", "n_pred")  # fmt: skip
@@ -268,11 +264,22 @@ def _val_loss(run: _StageRun, data: LabelledFrames, examples: np.ndarray,
     return total / max(count, 1)
 
 
+def _frame_batches(data: LabelledFrames) -> Iterator[slice]:
+    """Runs of up to ``_VAL_BATCH`` consecutive frames of one size: a batch is one tensor, and
+    frames of different videos may differ in size."""
+    start = 0
+    while start < len(data):
+        stop, shape = start + 1, data.images[start].shape
+        while stop < min(start + _VAL_BATCH, len(data)) and data.images[stop].shape == shape:
+            stop += 1
+        yield slice(start, stop)
+        start = stop
+
+
 def _predict_frames(data: LabelledFrames, device: torch.device, predict) -> list[FramePrediction]:
     out: list[FramePrediction] = []
-    for start in range(0, len(data), _VAL_BATCH):
-        frames = frames_to_tensor(data.images[start : start + _VAL_BATCH], device)
-        out += predict(frames)
+    for batch in _frame_batches(data):
+        out += predict(frames_to_tensor(data.images[batch], device))
     return out
 
 
@@ -282,7 +289,7 @@ def _metrics(truth: list[np.ndarray], predicted: list[FramePrediction],
     scale_points = truth if scale_points is None else scale_points
     gt = {i: _frame_poses(points, scale) for i, (points, scale)
           in enumerate(zip(truth, scale_points, strict=True))}  # fmt: skip
-    pred = {i: _prediction_poses(p) for i, p in enumerate(predicted)}
+    pred = {i: FramePoses.from_points(p.points, p.scores) for i, p in enumerate(predicted)}
     return _summary(evaluate(gt, pred))
 
 
@@ -303,25 +310,23 @@ def validate_stage(run: _StageRun, data: LabelledFrames, max_instances: int) -> 
         return _metrics(data.points, pred)
     anchors = [anchor_points(p, stage.anchor) for p in data.points]
     if stage.kind == "centroid":
-        found = []
-        for start in range(0, len(data), _VAL_BATCH):
-            frames = frames_to_tensor(data.images[start : start + _VAL_BATCH], run.device)
-            found += find_centroids(model, stage, frames, max_instances)
-        pred = [FramePrediction(xy.cpu().numpy()[:, None], v.cpu().numpy()[:, None],
-                                v.cpu().numpy()) for xy, v in found]  # fmt: skip
+        def centroids(frames: torch.Tensor) -> list[FramePrediction]:
+            found = find_centroids(model, stage, frames, max_instances)
+            return [FramePrediction(xy.cpu().numpy()[:, None], v.cpu().numpy()[:, None],
+                                    v.cpu().numpy()) for xy, v in found]  # fmt: skip
+
+        pred = _predict_frames(data, run.device, centroids)
         return _metrics([a[:, None] for a in anchors], pred, scale_points=data.points)
     # Centred instance: one crop per true anchor, frames in batches.
     preds: list[FramePrediction] = []
-    for start in range(0, len(data), _VAL_BATCH):
-        frames = frames_to_tensor(data.images[start : start + _VAL_BATCH], run.device)
-        kept = [a[np.isfinite(a).all(axis=-1)] for a in anchors[start : start + _VAL_BATCH]]
+    for batch in _frame_batches(data):
+        frames = frames_to_tensor(data.images[batch], run.device)
+        kept = [a[np.isfinite(a).all(axis=-1)] for a in anchors[batch]]
         counts = torch.tensor([len(a) for a in kept], device=run.device)
         frame_index = torch.repeat_interleave(torch.arange(len(kept), device=run.device), counts)
         xy, values = predict_centered(model, stage, frames, frame_index,
                                       torch.from_numpy(np.concatenate(kept)).to(run.device))  # fmt: skip
-        split = counts.tolist()
-        preds += [instance_from_peaks(x, v, 0.2)
-                  for x, v in zip(xy.split(split), values.split(split), strict=True)]  # fmt: skip
+        preds += instances_by_frame(xy, values, counts.tolist(), 0.2)
     return _metrics(data.points, preds)
 
 
@@ -402,7 +407,7 @@ def train(
             "labels": None if labels_path is None else str(labels_path),
             "n_train_frames": len(train_data),
             "n_val_frames": len(val_data),
-            "val_frames": [[int(v), int(f)] for v, f in val_data.keys],
+            "val_frames": val_data.keys.tolist(),
         },
     }
     package.write_skeleton(out, data.skeleton)
@@ -411,6 +416,7 @@ def train(
 
     models: dict[str, PoseModel] = {}
     kinds = PIPELINES[pipeline]
+    edges = data.edges
     for index, kind in enumerate(kinds):
         stage = stages[kind]
         run = _StageRun(stage, config, device, index)
@@ -421,10 +427,10 @@ def train(
         if run.done:
             run.model.load_state_dict(package.load_torch(package.weights_path(out, kind), device))
             continue
-        budget = None
-        if config.time_limit is not None:
-            share = _TIME_SHARE.get(kind, 1.0) if len(kinds) > 1 else 1.0
-            budget = config.time_limit * 60 * share
+        # This stage's share of the time (or of the progress bar), and the share done before it.
+        share = _TIME_SHARE.get(kind, 1.0) if len(kinds) > 1 else 1.0
+        before = sum(_TIME_SHARE.get(k, 1.0) for k in kinds[:index]) if len(kinds) > 1 else 0
+        budget = None if config.time_limit is None else config.time_limit * 60 * share
         examples = stage_examples(train_data, stage)
         val_examples = stage_examples(val_data, stage)
         steps = config.steps_per_epoch or max(
@@ -433,13 +439,11 @@ def train(
         stage_start = time.monotonic() - run.elapsed
 
         def fraction(epoch: int, step: int) -> float:
-            done = sum(_TIME_SHARE.get(k, 1.0) for k in kinds[:index]) if len(kinds) > 1 else 0
-            share = _TIME_SHARE.get(kind, 1.0) if len(kinds) > 1 else 1.0
             if budget is not None:
                 part = (time.monotonic() - stage_start) / budget
             else:
                 part = ((epoch - 1) * steps + step) / (config.epochs * steps)
-            return min(1.0, done + share * min(1.0, part))
+            return min(1.0, before + share * min(1.0, part))
 
         while run.epoch < config.epochs and not run.done:
             epoch = run.epoch + 1
@@ -451,7 +455,7 @@ def train(
             for step in range(1, steps + 1):
                 chosen = examples[picks[(step - 1) * config.batch_size : step * config.batch_size]]
                 batch = stage_batch(train_data, stage, chosen, augment=True, generator=generator)
-                loss = run.step(batch.images, _targets(stage, batch, data.edges, device))
+                loss = run.step(batch.images, _targets(stage, batch, edges, device))
                 yield Progress(kind, epoch, step, steps, loss, fraction(epoch, step), elapsed(),
                                message=f"{kind}: epoch {epoch} step {step}/{steps} loss {loss:.2e}")  # fmt: skip
                 if (stop is not None and stop.is_set()) or (
