@@ -107,6 +107,24 @@ def test_frames_are_loaded_split_and_configured_from_clip(sleap_dir):
     assert side % 32 == 0 and 160 <= side <= 256
 
 
+def test_frames_of_different_sizes_are_predicted_in_batches_of_one_size():
+    """Two videos of different frame sizes: validation batches never mix them."""
+    from napari_pose.nn.models import build_model
+    from napari_pose.nn.train import predict_pipeline
+
+    sizes = [(64, 64), (64, 64), (96, 80), (64, 64)]
+    points = [np.array([[[20.0, 30.0], [40.0, 34.0]]], dtype=np.float32)] * len(sizes)
+    data = LabelledFrames(sio.Skeleton(["a", "b"]), [sio.Video("x.mp4"), sio.Video("y.mp4")],
+                          np.array([[0, 0], [0, 1], [1, 0], [0, 2]]),
+                          [np.zeros((h, w, 1), np.uint8) for h, w in sizes], points)  # fmt: skip
+    stages = default_stages(data, "single_instance")
+    stages["single_instance"] = attrs.evolve(stages["single_instance"], model=attrs.evolve(
+        stages["single_instance"].model, backbone=TINY))  # fmt: skip
+    models = {"single_instance": build_model(stages["single_instance"].model).eval()}
+    predictions = predict_pipeline(models, stages, data, torch.device("cpu"), max_instances=1)
+    assert len(predictions) == len(sizes)
+
+
 def test_no_user_labels_is_a_clear_error(tmp_path):
     data = make_synthetic(n_frames=4, size=64, n_animals=1)
     labels = to_labels(data, str(tmp_path / "v.mp4"), predicted=True)

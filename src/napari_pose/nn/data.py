@@ -15,7 +15,7 @@ resampling of the output pixels only.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import attrs
 import numpy as np
@@ -107,16 +107,11 @@ class LabelledFrames:
         )
 
 
-def load_frames(
-    labels: sio.Labels,
-    frames: range | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> LabelledFrames:
+def load_frames(labels: sio.Labels, frames: range | None = None) -> LabelledFrames:
     """Decode every frame with user instances (restricted to frame indices in ``frames``).
 
     Raises ``ValueError`` when nothing is labelled, ``MissingVideoError`` when a video with
     labels cannot be found (naming it), ``VideoFileError`` when a frame cannot be decoded.
-    ``progress(done, total)`` is called after each decoded frame.
     """
     arrays = labels_to_arrays(labels)
     keep = ~arrays.predicted
@@ -145,8 +140,6 @@ def load_frames(
             for frame in unique[unique[:, 0] == video_index, 1]:
                 image = to_uint8(reader[int(frame)])
                 images.append(image[..., None] if image.ndim == 2 else image)
-                if progress is not None:
-                    progress(len(images), len(unique))
     channels = max(image.shape[-1] for image in images)
     images = [np.repeat(image, channels // image.shape[-1], axis=-1) for image in images]
     return LabelledFrames(

@@ -70,7 +70,6 @@ def group_instances(
     edges: np.ndarray,
     stride: int,
     config: GroupingConfig | None = None,
-    max_lengths: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Group one frame's peaks into instances.
 
@@ -78,8 +77,6 @@ def group_instances(
         peaks: Per node, ``(xy (m, 2), values (m,))`` in input pixels.
         pafs: ``(2 * n_edges, h, w)`` the frame's fields.
         edges: ``(n_edges, 2)`` node indices.
-        max_lengths: Optional per-edge longest plausible length (overrides
-            ``config.max_length``).
 
     Returns:
         ``points`` ``(n, k, 2)`` (NaN where an instance has no such node), ``point_scores``
@@ -95,15 +92,12 @@ def group_instances(
         src, dst = peaks[s][0], peaks[d][0]
         if len(src) == 0 or len(dst) == 0:
             continue
-        edge_config = config
-        if max_lengths is not None:
-            edge_config = attrs.evolve(config, max_length=float(max_lengths[e]))
         score, valid = line_integrals(
             pafs[2 * e : 2 * e + 2],
             torch.as_tensor(src, dtype=torch.float32, device=pafs.device),
             torch.as_tensor(dst, dtype=torch.float32, device=pafs.device),
             stride,
-            edge_config,
+            config,
         )
         score, valid = score.cpu().numpy(), valid.cpu().numpy()
         rows, cols = linear_sum_assignment(np.where(valid, -score, 1e6))

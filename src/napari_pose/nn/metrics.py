@@ -432,8 +432,7 @@ def identity_metrics(
             pairs.append((gt_track, pred_track))
     n_gt, n_pred = len(gt), int(np.isin(pred_key, gt_key).sum())  # predictions on gt frames
     counts = np.zeros((max(gt.track.max(initial=-1) + 1, 1), max(pred.track.max(initial=-1) + 1, 1)))
-    for a, b in pairs:
-        counts[a, b] += 1
+    np.add.at(counts, tuple(np.array(pairs, np.intp).reshape(-1, 2).T), 1)
     rows, cols = linear_sum_assignment(-counts)
     idtp = counts[rows, cols].sum()
     missed, false_pos = n_gt - matches, n_pred - matches

@@ -330,4 +330,3 @@ def fuse_batchnorm(model: PoseModel) -> PoseModel:
                 block[i] = fuse_conv_bn_eval(conv, norm)
                 block[i + 1] = nn.Identity()
     return model
-

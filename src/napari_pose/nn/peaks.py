@@ -23,16 +23,19 @@ def _refine(maps: torch.Tensor, b: torch.Tensor, c: torch.Tensor, i: torch.Tenso
             j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Sub-cell offsets ``(dx, dy)`` in ``[-0.5, 0.5]`` of peaks at cells ``(b, c, i, j)``."""
     h, w = maps.shape[-2:]
-    log = maps.clamp_min(_EPS).log()
+
+    def log(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        # The log of the five cells read per peak only, not of the whole maps.
+        return maps[b, c, rows, cols].clamp_min(_EPS).log()
 
     def offset(before: torch.Tensor, at: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         curvature = before - 2 * at + after
         delta = 0.5 * (before - after) / torch.where(curvature < -_EPS, curvature, -1.0)
         return torch.where(curvature < -_EPS, delta, 0.0).clamp(-0.5, 0.5)
 
-    at = log[b, c, i, j]
-    dx = offset(log[b, c, i, (j - 1).clamp_min(0)], at, log[b, c, i, (j + 1).clamp_max(w - 1)])
-    dy = offset(log[b, c, (i - 1).clamp_min(0), j], at, log[b, c, (i + 1).clamp_max(h - 1), j])
+    at = log(i, j)
+    dx = offset(log(i, (j - 1).clamp_min(0)), at, log(i, (j + 1).clamp_max(w - 1)))
+    dy = offset(log((i - 1).clamp_min(0), j), at, log((i + 1).clamp_max(h - 1), j))
     # At the border a neighbour is the peak itself; no refinement toward the outside.
     dx = torch.where((j == 0) | (j == w - 1), 0.0, dx)
     dy = torch.where((i == 0) | (i == h - 1), 0.0, dy)

@@ -98,11 +98,14 @@ def _track_video(xy: np.ndarray, frame: np.ndarray, config: TrackerConfig
     last_pose: list[np.ndarray] = []  # per track: latest pose (k, 2)
     velocity: list[np.ndarray] = []  # per track: displacement per frame
     last_frame: list[int] = []
+    # Tracks still within ``window``, ascending. Frames only increase, so a track that falls
+    # out never comes back: pruning this list keeps each frame's cost off the tracks of the past.
+    live: list[int] = []
     starts = np.flatnonzero(np.diff(frame, prepend=frame[0] - 1))
     for start, stop in zip(starts, np.append(starts[1:], n), strict=True):
         f = int(frame[start])
         rows = np.arange(start, stop)
-        live = [t for t in range(len(last_pose)) if f - last_frame[t] <= config.window]
+        live = [t for t in live if f - last_frame[t] <= config.window]
         sim = np.zeros((len(rows), len(live)))
         if live:
             previous = np.stack([last_pose[t] for t in live])
@@ -122,6 +125,7 @@ def _track_video(xy: np.ndarray, frame: np.ndarray, config: TrackerConfig
             sub = sim[np.ix_(leftover, free)]
             for r, c in zip(*linear_sum_assignment(-sub), strict=True):
                 assigned[leftover[r]] = free[c]
+        known = len(last_pose)
         for r in range(len(rows)):
             row = rows[r]
             if r in assigned:
@@ -139,6 +143,7 @@ def _track_video(xy: np.ndarray, frame: np.ndarray, config: TrackerConfig
             ids[row] = t
             last_pose[t] = np.where(np.isfinite(xy[row]), xy[row], last_pose[t])
             last_frame[t] = f
+        live += range(known, len(last_pose))  # tracks this frame started
     return ids, scores
 
 
@@ -149,8 +154,8 @@ def _join_breaks(ids: np.ndarray, frame: np.ndarray, xy: np.ndarray,
     first = {t: frame[ids == t].min() for t in tracks}
     last = {t: frame[ids == t].max() for t in tracks}
     for t in sorted(tracks, key=first.get):
-        candidates = [u for u in tracks if u != t and 0 < first[t] - last[u] <= config.max_gap
-                      and not np.isin(frame[ids == t], frame[ids == u]).any()]  # fmt: skip
+        # ``u`` ends before ``t`` starts, so they never share a frame (``last`` follows joins).
+        candidates = [u for u in tracks if u != t and 0 < first[t] - last[u] <= config.max_gap]
         if not candidates:
             continue
         head = xy[(ids == t) & (frame == first[t])][:1]
@@ -182,13 +187,15 @@ def track(arrays: PoseArrays, config: TrackerConfig | None = None) -> PoseArrays
         rows = np.flatnonzero(predicted & (arrays.video == v))
         ids, scores = _track_video(arrays.xy[rows], arrays.frame[rows], config)
         ids = _join_breaks(ids, arrays.frame[rows], arrays.xy[rows], config)
-        counts = {t: int((ids == t).sum()) for t in np.unique(ids) if t >= 0}
-        keep = [t for t in sorted(counts, key=lambda t: arrays.frame[rows][ids == t].min())
-                if counts[t] >= config.min_length]  # fmt: skip
-        remap = {t: n_tracks + i for i, t in enumerate(keep)}
-        track_ids[rows] = [remap.get(int(t), -1) for t in ids]
+        # Tracks long enough, numbered by first frame, then id (rows are sorted by frame).
+        tracks, first, counts = np.unique(ids, return_index=True, return_counts=True)
+        keep = (tracks >= 0) & (counts >= config.min_length)
+        tracks = tracks[keep][np.argsort(arrays.frame[rows][first[keep]], kind="stable")]
+        remap = np.full(ids.max(initial=-1) + 2, -1, np.int64)  # remap[-1]: untracked
+        remap[tracks] = n_tracks + np.arange(len(tracks))
+        track_ids[rows] = remap[ids]
         tracking[rows] = np.where(track_ids[rows] >= 0, scores, np.nan)
-        n_tracks += len(keep)
+        n_tracks += len(tracks)
     user_tracks = list(arrays.tracks) if (~predicted).any() else []
     offset = len(user_tracks)
     new = [sio.Track(name=f"track_{i}") for i in range(n_tracks)]
