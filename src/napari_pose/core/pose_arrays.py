@@ -110,13 +110,19 @@ class PoseArrays:
             return self
         return self.select(order)
 
+    @property
+    def frame_keys(self) -> np.ndarray:
+        """Each row's (video, frame) as one int64 (``video << 40 | frame``), ordered as rows
+        sorted by video then frame are, so frames compare, match and search as plain numbers."""
+        return self.video.astype(np.int64) << 40 | self.frame
+
     def frame_rows(self, video: int, start: int, stop: int) -> np.ndarray:
         """Indices of the rows of ``video`` with ``start <= frame < stop``.
 
         Uses binary search when rows are sorted by (video, frame), which ``sorted`` guarantees
         and every loader here returns, so stepping through a 100k-frame file stays O(log n).
         """
-        keys = self.video.astype(np.int64) << 40 | self.frame
+        keys = self.frame_keys
         if np.all(keys[:-1] <= keys[1:]):
             lo, hi = np.searchsorted(keys, [video << 40 | start, video << 40 | stop])
             return np.arange(lo, hi)
@@ -146,8 +152,7 @@ def replace_frames(base: PoseArrays, new: PoseArrays) -> PoseArrays:
     A re-run of a model over some frames thus updates those frames and keeps the rest. ``new``
     gets instance ids above ``base``'s so ids stay unique; both must share skeleton and videos.
     """
-    redone = np.isin(base.video.astype(np.int64) << 40 | base.frame,
-                     new.video.astype(np.int64) << 40 | new.frame)  # fmt: skip
+    redone = np.isin(base.frame_keys, new.frame_keys)
     first_id = int(base.instance_id.max(initial=-1)) + 1
     new = attrs.evolve(new, instance_id=new.instance_id + first_id)
     return concat([base.select(~redone), new]).sorted()

@@ -360,7 +360,7 @@ def compare(gt: PoseArrays, pred: PoseArrays, predicted_frames_only: bool = True
         index = {video_key(v): i for i, v in enumerate(gt.videos)}
         video = np.array([index.get(video_key(v), -1) for v in pred.videos])[pred.video]
         compared = [index[name] << 40 | frame for name, frame in gt_frames]
-        shared = np.isin(gt.video.astype(np.int64) << 40 | gt.frame, compared)
+        shared = np.isin(gt.frame_keys, compared)
         gt_cols = [gt.skeleton.node_names.index(n) for n in nodes]
         pred_cols = [pred.skeleton.node_names.index(n) for n in nodes]
         full_area = instance_area(gt.xy[shared], gt.visible[shared])
@@ -403,8 +403,7 @@ def identity_metrics(
     area = instance_area(gt.xy, gt_vis) if gt_area is None else np.asarray(gt_area)[tracked]
     gt_xy = np.where(gt_vis[..., None], gt.xy, np.nan)
     pred_xy = np.where(pred.visible[..., None], pred.xy, np.nan)
-    key = lambda a: a.video.astype(np.int64) << 40 | a.frame  # noqa: E731
-    gt_key, pred_key = key(gt), key(pred)
+    gt_key, pred_key = gt.frame_keys, pred.frame_keys
     pairs: list[tuple[int, int]] = []  # (gt track, pred track) per frame match, in frame order
     matches = switches = 0
     last: dict[int, int] = {}
