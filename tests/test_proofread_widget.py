@@ -110,6 +110,7 @@ def test_set_rename_merge_and_delete_act_on_the_layers(opened, qtbot):
     changed = np.flatnonzero(after.track != before.track)
     assert set(before.frame[changed]) == {300} and len(changed) == 2
     press(qtbot, widget.undo)
+    np.testing.assert_array_equal(labels_to_arrays(project(viewer)).track, before.track)
 
     widget.new_name.value = "fly A"
     press(qtbot, widget.rename)
@@ -121,6 +122,7 @@ def test_set_rename_merge_and_delete_act_on_the_layers(opened, qtbot):
     press(qtbot, widget.merge)  # both flies are on every frame: refused, nothing changes
     assert "1500 frame(s)" in widget.status.value
     assert [t.name for t in project(viewer).tracks] == ["fly A", "male"]
+    np.testing.assert_array_equal(labels_to_arrays(project(viewer)).track, before.track)
 
     press(qtbot, widget.delete)
     deleted = labels_to_arrays(project(viewer))

@@ -49,6 +49,7 @@ from napari_pose.napari.labelling import (
     SHORTCUTS,
     Labeller,
     current_project,
+    go_to_frame,
     project_layers,
     save_project,
 )
@@ -320,8 +321,7 @@ class LabelWidget(Container):
 
     def _go_to_suggestion(self, frame: int | None) -> None:
         if self.labeller is not None and frame is not None:
-            plane = np.unravel_index(int(frame), self.labeller.binding.plane_shape)
-            self.labeller.go_to_plane(tuple(int(v) for v in plane))
+            go_to_frame(self._viewer, self.labeller.layer, frame)
 
     def _count_edit(self, labels: sio.Labels) -> None:
         """Count an edit for autosave if it is of the bound layer's project, the only one the

@@ -64,18 +64,15 @@ class ProjectWidget(Container):
         self._reset()
 
     # ------------------------------------------------------------------ state shown
-    def _projects(self) -> dict[str, sio.Labels]:
-        return open_projects(self._viewer)
-
     def _project_choices(self, _widget=None) -> list[str]:
-        return list(self._projects())
+        return list(open_projects(self._viewer))
 
     def _missing_choices(self, _widget=None) -> list[str]:
         labels = self.current_labels()
         return missing_videos(labels) if labels is not None else []
 
     def current_labels(self) -> sio.Labels | None:
-        return self._projects().get(self.project.value)
+        return open_projects(self._viewer).get(self.project.value)
 
     def _reset(self, event=None) -> None:
         self.project.reset_choices()
@@ -117,7 +114,7 @@ class ProjectWidget(Container):
             show_warning(f"exported {path}, but an analysis file reads user labels back as "
                          "predictions: save the project as .slp to keep them")  # fmt: skip
         self.project.reset_choices()
-        for name, other in self._projects().items():
+        for name, other in open_projects(self._viewer).items():
             if other is labels:
                 self.project.value = name
         return path

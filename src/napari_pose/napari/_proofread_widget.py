@@ -24,21 +24,21 @@ import napari
 import napari.viewer
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, PushButton
-from qtpy.QtCore import QRectF, Qt, QTimer, Signal
+from qtpy.QtCore import QLine, QRectF, Qt, QTimer, Signal
 from qtpy.QtGui import QColor, QMouseEvent, QPainter, QPaintEvent, QPalette, QPen
 from qtpy.QtWidgets import QWidget
 
 from napari_pose.core import proofreading as pr
 from napari_pose.core.pose_arrays import PoseArrays, labels_to_arrays
-from napari_pose.napari._label_widget import project_edited
 from napari_pose.napari.convert import POSE_KEY, PoseBinding, arrays_to_points, track_colors
 from napari_pose.napari.labelling import (
     current_project,
+    go_to_frame,
     open_projects,
     project_points_layers,
     refresh_tracks_layer,
 )
-from napari_pose.napari.sync import attach
+from napari_pose.napari.sync import attach, project_edited
 from napari_pose.nn.metrics import compare, video_key
 
 #: Milliseconds of quiet after the layer's points change before its frames are scored again.
@@ -54,16 +54,6 @@ def pose_layers(viewer: napari.Viewer) -> list[napari.layers.Points]:
     """Points layers of ``viewer`` holding a pose project's user labels or predictions."""
     return [layer for layer in viewer.layers
             if isinstance(layer, napari.layers.Points) and POSE_KEY in layer.metadata]  # fmt: skip
-
-
-def go_to_frame(viewer: napari.Viewer, layer: napari.layers.Points, frame: int) -> None:
-    """Show ``frame`` of ``layer``'s video (a plane of a stack, for stacks)."""
-    binding: PoseBinding = layer.metadata[POSE_KEY]
-    plane = np.unravel_index(int(frame), binding.plane_shape)
-    world = layer.data_to_world([*plane, 0, 0])
-    first_axis = viewer.dims.ndim - layer.ndim
-    for axis, value in enumerate(world[: len(plane)], start=first_axis):
-        viewer.dims.set_point(axis, value)
 
 
 class NodeErrorPlot(QWidget):
@@ -118,9 +108,11 @@ class SuspicionPlot(QWidget):
         self.values = np.zeros(0)  # combined suspicion per frame
         self.flagged = np.zeros(0, bool)  # frames with a criterion past its threshold
         self.current = 0
+        self._bars: tuple[QRectF, list[QLine], list[QLine]] | None = None  # area, plain, flagged
 
     def show_scores(self, values: np.ndarray, flagged: np.ndarray) -> None:
         self.values, self.flagged = values, flagged
+        self._bars = None
         self.update()
 
     def set_current(self, frame: int) -> None:
@@ -147,23 +139,33 @@ class SuspicionPlot(QWidget):
         if len(self.values):
             self.frame_clicked.emit(self.frame_at(event.position().x()))
 
+    def _columns(self, area: QRectF) -> tuple[list[QLine], list[QLine]]:
+        """One bar per pixel column of ``area``, as high as the worst frame it covers: those
+        without and those with a flagged frame. Kept until the scores or the size change, since
+        the plot repaints at every frame step and only its current-frame line moves then."""
+        n = len(self.values)
+        starts = np.unique(np.linspace(0, n, max(int(area.width()), 1), endpoint=False).astype(int))
+        worst = np.maximum.reduceat(self.values, starts)
+        marked = np.logical_or.reduceat(self.flagged, starts)
+        xs = (area.left() + area.width() * starts / max(n - 1, 1)).astype(int)
+        tops = (area.bottom() - worst / max(float(worst.max()), 1e-9) * area.height()).astype(int)
+        bottom = int(area.bottom())
+        lines = [QLine(x, bottom, x, top) for x, top in zip(xs.tolist(), tops.tolist())]
+        return ([line for line, flag in zip(lines, marked) if not flag],
+                [line for line, flag in zip(lines, marked) if flag])  # fmt: skip
+
     def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 (Qt's name)
         painter = QPainter(self)
         area = self._area()
         painter.setPen(self.palette().color(QPalette.ColorRole.WindowText))
         painter.drawRect(area)
-        n = len(self.values)
-        if not n:
+        if not len(self.values):
             return
-        columns = max(int(area.width()), 1)  # one bar per pixel column: its worst frame
-        starts = np.unique(np.linspace(0, n, columns, endpoint=False).astype(int))
-        worst = np.maximum.reduceat(self.values, starts)
-        marked = np.logical_or.reduceat(self.flagged, starts)
-        height = worst / max(float(worst.max()), 1e-9)
-        for start, h, flag in zip(starts, height, marked, strict=True):
-            x, top = int(self._x(start)), int(area.bottom() - h * area.height())
-            painter.setPen(QColor("#e8504c" if flag else "#4c9be8"))
-            painter.drawLine(x, int(area.bottom()), x, top)
+        if self._bars is None or self._bars[0] != area:
+            self._bars = (area, *self._columns(area))
+        for lines, colour in zip(self._bars[1:], ("#4c9be8", "#e8504c"), strict=True):
+            painter.setPen(QColor(colour))
+            painter.drawLines(lines)
         painter.setPen(QPen(self.palette().color(QPalette.ColorRole.WindowText), 2))
         x = int(self._x(self.current))
         painter.drawLine(x, int(area.top()), x, int(area.bottom()))

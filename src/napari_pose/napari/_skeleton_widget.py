@@ -15,9 +15,10 @@ import napari.viewer
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton
 
 from napari_pose.core import skeleton as sk
-from napari_pose.napari._label_widget import project_edited, user_label_layers
+from napari_pose.napari._label_widget import user_label_layers
 from napari_pose.napari.convert import POSE_KEY
 from napari_pose.napari.labelling import change_nodes
+from napari_pose.napari.sync import project_edited
 
 
 def ask(question: str) -> bool:

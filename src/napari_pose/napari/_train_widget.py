@@ -157,11 +157,8 @@ class TrainWidget(Container):
         viewer.layers.events.inserted.connect(self.project.reset_choices)
         viewer.layers.events.removed.connect(self.project.reset_choices)
 
-    def _projects(self) -> dict[str, sio.Labels]:
-        return open_projects(self._viewer)
-
     def _project_choices(self, _widget: ComboBox | None = None) -> list[str]:
-        return list(self._projects())
+        return list(open_projects(self._viewer))
 
     @staticmethod
     def _chosen(edit: FileEdit) -> Path | None:
@@ -171,7 +168,7 @@ class TrainWidget(Container):
     def start(self) -> None:
         """Start training with the chosen labels and settings (what the Start button does)."""
         out, labels_file = self._chosen(self.output), self._chosen(self.labels_file)
-        project = self._projects().get(self.project.value)
+        project = open_projects(self._viewer).get(self.project.value)
         if out is None:
             show_error("choose an output folder for the model")
             return

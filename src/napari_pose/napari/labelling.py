@@ -247,11 +247,7 @@ class Labeller:
         return True
 
     def go_to_plane(self, plane: tuple[int, ...]) -> None:
-        n_lead = len(plane)
-        world = self.layer.data_to_world([*plane, 0, 0])
-        first_axis = self.viewer.dims.ndim - self.layer.ndim
-        for axis, value in zip(range(first_axis, first_axis + n_lead), world[:n_lead]):
-            self.viewer.dims.set_point(axis, value)
+        go_to_plane(self.viewer, self.layer, plane)
 
     def next_labelled_frame(self, direction: int = 1) -> None:
         target = lab.previous_labelled_plane(self.table(), self.plane(), direction)
@@ -269,8 +265,7 @@ class Labeller:
             return
         here = int(np.ravel_multi_index(self.plane(), self.binding.plane_shape))
         following = [f for f in frames if f > here]
-        target = following[0] if following else frames[0]
-        self.go_to_plane(tuple(int(v) for v in np.unravel_index(target, self.binding.plane_shape)))
+        go_to_frame(self.viewer, self.layer, following[0] if following else frames[0])
 
     def set_mode(self, mode: Mode) -> None:
         self.mode = mode
@@ -326,6 +321,20 @@ class Labeller:
         if len(selected) == 1 and selected[0] < len(self.layer.features):
             row = self.layer.features.iloc[selected[0]]
             self.select(int(row["instance"]), self.node_names.index(row["node"]))
+
+
+def go_to_plane(viewer: napari.Viewer, layer: napari.layers.Points, plane: tuple[int, ...]) -> None:
+    """Show ``plane`` of ``layer`` (its leading data coordinates: a frame, or (t, z) of a stack)."""
+    world = layer.data_to_world([*plane, 0, 0])
+    first_axis = viewer.dims.ndim - layer.ndim
+    for axis, value in enumerate(world[: len(plane)], start=first_axis):
+        viewer.dims.set_point(axis, value)
+
+
+def go_to_frame(viewer: napari.Viewer, layer: napari.layers.Points, frame: int) -> None:
+    """Show ``frame`` of ``layer``'s video (a plane of a stack, for stacks)."""
+    plane_shape = layer.metadata[POSE_KEY].plane_shape
+    go_to_plane(viewer, layer, tuple(int(v) for v in np.unravel_index(int(frame), plane_shape)))
 
 
 def project_points_layers(viewer: napari.Viewer, labels) -> list[napari.layers.Points]:
