@@ -35,7 +35,6 @@ DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 def _open_in_viewer(path: str, windowed: bool) -> dict:
     """Child process: open ``path`` into a viewer, report seconds and peak memory gained."""
     import napari
-
     from napari_pose.napari import convert
     from napari_pose.napari._reader import read_labels
 
@@ -50,7 +49,11 @@ def _open_in_viewer(path: str, windowed: bool) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     points = sum(len(l.data) for l in viewer.layers if isinstance(l, napari.layers.Points))
     viewer.close()
-    return {"seconds": seconds, "peak_gain_mb": (peak - baseline) / 1024, "points_in_layers": points}
+    return {
+        "seconds": seconds,
+        "peak_gain_mb": (peak - baseline) / 1024,
+        "points_in_layers": points,
+    }
 
 
 def bench_open(data: Path, n_frames: int) -> None:
@@ -110,7 +113,9 @@ def bench_video(data: Path) -> None:
         for i in range(n):
             reader[i]
         ours = n / (time.perf_counter() - start)
-    print(f"    VideoReader sequential (arrays)      {ours:7.1f} frames/s  ({ours / plain:.2f}x plain)")
+    print(
+        f"    VideoReader sequential (arrays)      {ours:7.1f} frames/s  ({ours / plain:.2f}x plain)"
+    )
 
     per_frame_ms = 1000 / plain
     rng = np.random.default_rng(0)

@@ -36,11 +36,10 @@ def _timed(app, action, paint: bool) -> float:
 
 
 def bench_project(path: Path, label: str, n: int = 60) -> None:
-    import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_pose.napari._label_widget import user_label_layers
-    from napari_pose.napari.labelling import Labeller
+    import napari
+    from napari_pose.napari.labelling import Labeller, user_label_layers
 
     viewer = napari.Viewer()
     viewer.open(str(path), plugin="napari-pose")
@@ -58,10 +57,12 @@ def bench_project(path: Path, label: str, n: int = 60) -> None:
             if i % labeller.n_nodes == 0:
                 labeller.new_instance()
             yx = tuple(rng.uniform(50, 300, 2))
-            add.append(_timed(app, lambda: labeller.place(yx), paint))
+            add.append(_timed(app, lambda yx=yx: labeller.place(yx), paint))
         for i in range(n):
             frame = start + 1 + i + (n if paint else 0)
-            step.append(_timed(app, lambda: viewer.dims.set_current_step(0, frame), paint))
+            step.append(
+                _timed(app, lambda frame=frame: viewer.dims.set_current_step(0, frame), paint)
+            )
         results[paint] = {"add point + redraw edges": add, "step one frame": step}
     points = sum(len(l.data) for l in viewer.layers if isinstance(l, napari.layers.Points))
     print(f"{label}: {points:,} points in layers")

@@ -114,8 +114,10 @@ def main() -> None:
         "end_to_end_fps": round(end_to_end_fps, 1),
         "end_to_end_vs_limit": round(end_to_end_fps / limit, 2),
         "end_to_end_vs_sleap_nn": round(end_to_end_fps / SLEAP_NN_END_TO_END, 2),
-        "one_frame_latency_ms": {"median": round(1000 * float(np.median(latencies))),
-                                 "max": round(1000 * max(latencies))},
+        "one_frame_latency_ms": {
+            "median": round(1000 * float(np.median(latencies))),
+            "max": round(1000 * max(latencies)),
+        },
         "instances": len(arrays),
     }
     print(json.dumps(result, indent=2))

@@ -51,7 +51,8 @@ def main() -> None:
             start = time.perf_counter()
             track(pair, config)
             speed[f"{similarity}{' + kalman' if kalman else ''}"] = round(
-                n_frames / (time.perf_counter() - start))
+                n_frames / (time.perf_counter() - start)
+            )
 
     clip = labels_to_arrays(load_labels(args.data / "sleap" / "tracks" / "clip.slp"))
     truth = attrs.evolve(clip, predicted=np.zeros(len(clip), bool))

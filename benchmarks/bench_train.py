@@ -81,15 +81,19 @@ def main() -> None:
     }  # fmt: skip
     print(json.dumps(result, indent=2))
     print("ratios vs sleap-nn 0.3.5 (same data, same CPU):")
-    print(f"  OKS mAP      {result['oks_map']:.3f} vs {SLEAP_NN['oks_map']} "
-          f"({result['oks_map'] / SLEAP_NN['oks_map']:.1f}x)")
+    print(
+        f"  OKS mAP      {result['oks_map']:.3f} vs {SLEAP_NN['oks_map']} "
+        f"({result['oks_map'] / SLEAP_NN['oks_map']:.1f}x)"
+    )
     print(f"  median error {result['dist_median_px']:.2f} px vs {SLEAP_NN['dist_median_px']} px")
     print(f"  p90 error    {result['dist_p90_px']:.2f} px vs {SLEAP_NN['dist_p90_px']} px")
     for stage in ("centroid", "centered_instance"):
         key = f"{stage}_img_s"
         if key in result:
-            print(f"  {stage} {result[key]:.1f} img/s vs {SLEAP_NN[key]} "
-                  f"({result[key] / SLEAP_NN[key]:.2f}x)")
+            print(
+                f"  {stage} {result[key]:.1f} img/s vs {SLEAP_NN[key]} "
+                f"({result[key] / SLEAP_NN[key]:.2f}x)"
+            )
 
 
 if __name__ == "__main__":

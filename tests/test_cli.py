@@ -63,7 +63,10 @@ def test_train_command_writes_a_model_package(tmp_path, capsys):
     data = make_synthetic(n_frames=12, size=64, n_animals=1, seed=0)
     write_video(data.frames, tmp_path / "v.mp4")
     save_labels(to_labels(data, str(tmp_path / "v.mp4")), tmp_path / "p.slp")
-    tiny = {"backbone": {"filters": 4, "max_stride": 16, "output_stride": 2}, "heads": {"confmaps": 5}}
+    tiny = {
+        "backbone": {"filters": 4, "max_stride": 16, "output_stride": 2},
+        "heads": {"confmaps": 5},
+    }
     stage = {"kind": "single_instance", "model": tiny, "input_size": [64, 64]}
     config = {"pipeline": "single_instance", "training": {"batch_size": 2, "steps_per_epoch": 2},
               "stages": {"single_instance": stage}}  # fmt: skip

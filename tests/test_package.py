@@ -28,12 +28,24 @@ def test_napari_discovers_every_contribution():
     manifest = pm.get_manifest("napari-pose")
     contributions = manifest.contributions
     assert {r.command for r in contributions.readers} == {
-        "napari-pose.read_labels", "napari-pose.read_video", "napari-pose.read_folder"}
+        "napari-pose.read_labels",
+        "napari-pose.read_video",
+        "napari-pose.read_folder",
+    }
     assert {w.command for w in contributions.writers} == {
-        "napari-pose.write_slp", "napari-pose.write_dlc", "napari-pose.write_analysis"}
+        "napari-pose.write_slp",
+        "napari-pose.write_dlc",
+        "napari-pose.write_analysis",
+    }
     assert {s.key for s in contributions.sample_data} == {"synthetic_video", "synthetic_project"}
     assert [w.display_name for w in contributions.widgets] == [
-        "Pose project", "Label poses", "Skeleton", "Train model", "Predict", "Proofread"]
+        "Pose project",
+        "Label poses",
+        "Skeleton",
+        "Train model",
+        "Predict",
+        "Proofread",
+    ]
     # Every command resolves to a real Python object.
     for command in contributions.commands:
         assert import_python_name(command.python_name) is not None, command.id

@@ -110,8 +110,10 @@ def _train(args: argparse.Namespace) -> int:
     print(final.message if final else "stopped")
     if final is not None and final.validation is not None:
         m = final.validation
-        print(f"validation: OKS mAP {m['oks_map']:.3f}, median {m['dist_median_px']:.2f} px, "
-              f"p90 {m['dist_p90_px']:.2f} px, PCK@5px {m['pck_5px']:.3f}")
+        print(
+            f"validation: OKS mAP {m['oks_map']:.3f}, median {m['dist_median_px']:.2f} px, "
+            f"p90 {m['dist_p90_px']:.2f} px, PCK@5px {m['pck_5px']:.3f}"
+        )
     print(f"model package: {args.output}")
     return 0
 
@@ -330,11 +332,17 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model package from user labels")
     train.add_argument("labels", type=Path, help="labels file (.slp, DLC config.yaml/.csv/.h5)")
     train.add_argument("-o", "--output", type=Path, required=True, help="model folder to write")
-    train.add_argument("--pipeline", choices=["single_instance", "topdown", "bottomup"],
-                       help="default: single_instance for one animal per frame, else topdown")
+    train.add_argument(
+        "--pipeline",
+        choices=["single_instance", "topdown", "bottomup"],
+        help="default: single_instance for one animal per frame, else topdown",
+    )
     train.add_argument("--preset", choices=["small", "medium", "large"], help="model size")
-    train.add_argument("--config", type=Path, help="YAML with training:/stages: sections "
-                       "(a model package's config.yaml works)")
+    train.add_argument(
+        "--config",
+        type=Path,
+        help="YAML with training:/stages: sections (a model package's config.yaml works)",
+    )
     train.add_argument("--epochs", type=int, help="most epochs per stage (default 200)")
     train.add_argument("--time-limit", type=float, help="minutes for the whole pipeline")
     train.add_argument("--frames", help="frame indices to train on, e.g. 0-1199 or 0-1199:10")
@@ -346,8 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     predict = sub.add_parser("predict", help="predict videos with a model package")
-    predict.add_argument("inputs", type=Path, nargs="+", help="videos, image folders or .slp "
-                         "files (their videos are predicted)")
+    predict.add_argument(
+        "inputs",
+        type=Path,
+        nargs="+",
+        help="videos, image folders or .slp files (their videos are predicted)",
+    )
     predict.add_argument("-m", "--model", type=Path, required=True, help="model package folder")
     predict.add_argument("-o", "--output", type=Path, required=True, help="predictions .slp")
     predict.add_argument("--frames", help="frame indices, e.g. 1300-1499 or 0-99999:10")

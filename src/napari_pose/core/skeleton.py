@@ -226,9 +226,7 @@ def relayout(arrays: PoseArrays, old_nodes: list[sio.Node]) -> PoseArrays:
     return attrs.evolve(arrays, **{field: getattr(blank, field) for field in _NODE_FIELDS})
 
 
-def add_node_in_labels(
-    labels: sio.Labels, name: str, skeleton: sio.Skeleton | None = None
-) -> None:
+def add_node_in_labels(labels: sio.Labels, name: str, skeleton: sio.Skeleton | None = None) -> None:
     """Add node ``name`` to ``skeleton`` (default: the only one) and a missing point for it to
     each of its instances in ``labels`` (in place).
 

@@ -45,9 +45,7 @@ def _check_k(k: int) -> None:
         raise ValueError(f"the number of frames to suggest must be non-negative, not {k}")
 
 
-def random_frames(
-    n_frames: int, k: int, seed: int = 0, exclude: Iterable[int] = ()
-) -> np.ndarray:
+def random_frames(n_frames: int, k: int, seed: int = 0, exclude: Iterable[int] = ()) -> np.ndarray:
     """``k`` distinct frames drawn uniformly at random from those not excluded, sorted.
 
     Fewer than ``k`` come back only when fewer frames are left after the exclusion. The same

@@ -458,9 +458,9 @@ def write_sample_project(
         },
         indent=1,
     )
-    if video_path.exists() and labels_path.exists() and stamp_path.exists():
-        if stamp_path.read_text() == stamp:
-            return labels_path
+    files_there = video_path.exists() and labels_path.exists() and stamp_path.exists()
+    if files_there and stamp_path.read_text() == stamp:
+        return labels_path
     # Invalidate first: a run cut short must not leave an old stamp vouching for new files.
     stamp_path.unlink(missing_ok=True)
 

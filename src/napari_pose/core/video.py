@@ -46,6 +46,7 @@ def is_stack_file(name: str | Path | list) -> bool:
     """Whether ``name`` (a video's filename) is one TIFF file, read as a stack of planes."""
     return not isinstance(name, list) and Path(name).suffix.lower() in STACK_SUFFIXES
 
+
 #: Default bound of a ``VideoReader``'s frame cache: 512 frames of 1024 x 1024 gray.
 DEFAULT_CACHE_BYTES = 512 * 2**20
 #: Frames decoded ahead in the background after each read.

@@ -10,8 +10,9 @@ still open.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import sleap_io as sio
 
@@ -71,8 +72,10 @@ def layers_with_videos(labels: sio.Labels) -> list[LayerData]:
     for v, video in enumerate(labels.videos):
         filename = video.filename if isinstance(video.filename, str) else None
         if filename is not None and filename in missing:
-            problem = ("video not found where the labels say, beside them or in their parent "
-                       "folders; locate it in the Pose project widget")
+            problem = (
+                "video not found where the labels say, beside them or in their parent "
+                "folders; locate it in the Pose project widget"
+            )
             warnings.warn(str(MissingVideoError(filename, problem)), stacklevel=2)
             continue
         try:

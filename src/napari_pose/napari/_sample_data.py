@@ -12,8 +12,8 @@ from pathlib import Path
 from platformdirs import user_cache_dir
 
 from napari_pose.core.synthetic import make_synthetic, write_sample_project
-from napari_pose.napari.convert import LayerData
 from napari_pose.napari._reader import read_labels
+from napari_pose.napari.convert import LayerData
 
 
 def sample_folder() -> Path:

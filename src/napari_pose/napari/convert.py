@@ -341,7 +341,9 @@ def skeleton_edges(
     vectors = np.stack([a, b - a], axis=1)
     vectors[:, 1, :n_lead] = 0
     categories = list(features["track"].cat.categories)
-    untracked = (track < 0) | (track == (categories.index(NO_TRACK) if NO_TRACK in categories else -1))
+    untracked = (track < 0) | (
+        track == (categories.index(NO_TRACK) if NO_TRACK in categories else -1)
+    )
     colors = np.vstack([palette(len(categories)), [[1, 1, 1, 1]]])[
         np.where(untracked, len(categories), track)[order[src_pos[found]]]
     ]
@@ -439,10 +441,13 @@ def points_to_arrays(
     more than one frame, for each frame after its first.
     """
     n_lead = len(binding.plane_shape)
-    n_nodes = len(binding.arrays.skeleton.nodes)
-    frame = np.ravel_multi_index(
-        tuple(np.round(data[:, :n_lead]).astype(np.int64).T), binding.plane_shape
-    ) if len(data) else np.zeros(0, np.int64)
+    frame = (
+        np.ravel_multi_index(
+            tuple(np.round(data[:, :n_lead]).astype(np.int64).T), binding.plane_shape
+        )
+        if len(data)
+        else np.zeros(0, np.int64)
+    )
     inst = features["instance"].to_numpy(np.int64, na_value=-1).copy()
     new = inst < 0
     if new.any():
@@ -474,7 +479,9 @@ def points_to_arrays(
     track_map = np.array([track_index.get(name, -1) for name in features["track"].cat.categories]
                          + [-1])  # fmt: skip
     track_codes = features["track"].cat.codes.to_numpy()
-    arrays = PoseArrays.empty(binding.arrays.skeleton, binding.arrays.videos, list(tracks), len(ids))
+    arrays = PoseArrays.empty(
+        binding.arrays.skeleton, binding.arrays.videos, list(tracks), len(ids)
+    )
 
     arrays.instance_id[:] = ids
     arrays.video[:] = binding.video

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-import napari
 import numpy as np
 import psygnal
 import sleap_io as sio
 
+import napari
 from napari_pose.core import labelling as lab
 from napari_pose.core.io import detect_labels_format, save_labels
 from napari_pose.core.skeleton import relayout
@@ -135,7 +135,9 @@ class Labeller:
 
     def _predictions_layer(self) -> napari.layers.Points | None:
         for layer in self.viewer.layers:
-            other = layer.metadata.get(POSE_KEY) if isinstance(layer, napari.layers.Points) else None
+            other = (
+                layer.metadata.get(POSE_KEY) if isinstance(layer, napari.layers.Points) else None
+            )
             if (other is not None and other.predicted and other.labels is self.binding.labels
                     and other.video == self.binding.video):  # fmt: skip
                 return layer
@@ -472,3 +474,28 @@ def change_nodes(viewer: napari.Viewer, labels, edit) -> None:
             layer.symbol = np.where(features["visible"].to_numpy(bool), "disc", "ring")
         layer.refresh()
         sync.refresh(layer)
+
+
+def user_label_layers(viewer: napari.Viewer) -> list[napari.layers.Points]:
+    """Points layers of ``viewer`` holding user labels of a pose project."""
+    return [
+        layer
+        for layer in viewer.layers
+        if isinstance(layer, napari.layers.Points)
+        and layer.metadata.get(POSE_KEY) is not None
+        and not layer.metadata[POSE_KEY].predicted
+    ]
+
+
+class PlaneFrames:
+    """An image layer's planes as frames (``shape`` and ``[i]``), for frame suggestions.
+
+    Works for any image: a lazily decoded video, a TIFF stack whose (t, z) planes are frames.
+    """
+
+    def __init__(self, image: napari.layers.Image, plane_shape: tuple[int, ...]) -> None:
+        self._data, self._plane_shape = image.data, plane_shape
+        self.shape = (int(np.prod(plane_shape)), *image.data.shape[len(plane_shape) :])
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return np.asarray(self._data[np.unravel_index(index, self._plane_shape)])

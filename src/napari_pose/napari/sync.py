@@ -25,11 +25,11 @@ from __future__ import annotations
 import weakref
 from functools import partial
 
-import napari
 import numpy as np
 import psygnal
 from napari.layers.base import ActionType
 
+import napari
 from napari_pose.napari.convert import (
     EDGES_KEY,
     POSE_KEY,
@@ -193,11 +193,7 @@ class PoseSync:
 
     def _redraw_edges(self, layer: napari.layers.Points, binding: PoseBinding) -> None:
         viewer = self._viewer()
-        edges = [
-            other
-            for other in viewer.layers
-            if other.metadata.get(EDGES_KEY) is binding
-        ]
+        edges = [other for other in viewer.layers if other.metadata.get(EDGES_KEY) is binding]
         if not edges:
             return
         vectors, colors = skeleton_edges(layer.data, layer.features, binding)

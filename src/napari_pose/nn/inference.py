@@ -16,8 +16,8 @@ import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
 from pathlib import Path
+from typing import TypeVar
 
 import attrs
 import numpy as np
@@ -27,22 +27,21 @@ import torch
 from napari_pose.core.pose_arrays import PoseArrays, arrays_to_labels
 from napari_pose.core.stacks import to_uint8
 from napari_pose.core.video import FrameReader
-from napari_pose.nn.package import ModelPackage, load_package
-from napari_pose.nn.pipelines import with_centre_cue
 from napari_pose.nn.augment import warp
 from napari_pose.nn.data import crop_matrices
+from napari_pose.nn.package import ModelPackage, load_package
+from napari_pose.nn.pipelines import with_centre_cue
 from napari_pose.nn.predict import (
     FramePrediction,
-    frame_inputs,
-    run_model,
     find_centroids,
+    frame_inputs,
     frames_to_tensor,
     predict_bottomup,
     predict_single_instance,
     predict_topdown,
+    run_model,
 )
 from napari_pose.nn.train import resolve_device
-
 
 #: Name prefix of ``Predictor.predict_batches``'s worker threads.
 INFERENCE_THREAD = "napari-pose inference"
@@ -185,7 +184,6 @@ class Predictor:
                                     self.max_instances, threshold)  # fmt: skip
         return predict_single_instance(models["single_instance"], stages["single_instance"],
                                        batch, threshold)  # fmt: skip
-
 
     @torch.inference_mode()
     def confidence_maps(self, frames: np.ndarray) -> dict[str, np.ndarray]:
@@ -384,6 +382,8 @@ def in_project(predictions: PoseArrays, skeleton: sio.Skeleton, videos: list[sio
         instance_id=first_id + np.arange(n, dtype=np.int64),
         video=predictions.video if video is None else np.full(n, video, np.int32),
         track=track_map[predictions.track],  # -1 (untracked) picks the appended -1
-        **{name: getattr(predictions, name)[:, columns]
-           for name in ("xy", "visible", "complete", "point_score")},  # fmt: skip
+        **{
+            name: getattr(predictions, name)[:, columns]
+            for name in ("xy", "visible", "complete", "point_score")
+        },  # fmt: skip
     )

@@ -430,7 +430,9 @@ def identity_metrics(
             last[gt_track] = pred_track
             pairs.append((gt_track, pred_track))
     n_gt, n_pred = len(gt), int(np.isin(pred_key, gt_key).sum())  # predictions on gt frames
-    counts = np.zeros((max(gt.track.max(initial=-1) + 1, 1), max(pred.track.max(initial=-1) + 1, 1)))
+    counts = np.zeros(
+        (max(gt.track.max(initial=-1) + 1, 1), max(pred.track.max(initial=-1) + 1, 1))
+    )
     np.add.at(counts, tuple(np.array(pairs, np.intp).reshape(-1, 2).T), 1)
     rows, cols = linear_sum_assignment(-counts)
     idtp = counts[rows, cols].sum()

@@ -190,7 +190,9 @@ def predict_bottomup(
         peaks = list(zip(xy_runs[mine], value_runs[mine], strict=True))
         points, point_scores, scores = group_instances(peaks, pafs[i], edges, stride, grouping)
         points, point_scores, scores = (
-            points[:max_instances], point_scores[:max_instances], scores[:max_instances]
+            points[:max_instances],
+            point_scores[:max_instances],
+            scores[:max_instances],
         )
         points_t = torch.from_numpy(points)[None]
         points = _to_frame(points_t, matrices[i : i + 1].cpu())[0].numpy()

@@ -85,8 +85,9 @@ def predict_videos(
         threads = max(1, (os.cpu_count() or 1) // n)
     try:
         futures = {
-            client.submit(predict_one, video, model_dir, config, frames, threads, axes=axes,
-                          pure=False): i
+            client.submit(
+                predict_one, video, model_dir, config, frames, threads, axes=axes, pure=False
+            ): i
             for i, video in enumerate(videos)
         }
         parts: dict[int, PoseArrays] = {}

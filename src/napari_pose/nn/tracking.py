@@ -70,7 +70,9 @@ def similarity(kind: str, current: np.ndarray, previous: np.ndarray) -> np.ndarr
         area = instance_area(previous, visible) + np.spacing(1)
         sq = ((current[:, None] - previous[None]) ** 2).sum(axis=-1)  # (n, m, k)
         both = np.isfinite(sq)
-        ks = np.exp(-np.where(both, sq, 0) / (2 * (2 * DEFAULT_SIGMA) ** 2 * 2 * area[None, :, None]))
+        ks = np.exp(
+            -np.where(both, sq, 0) / (2 * (2 * DEFAULT_SIGMA) ** 2 * 2 * area[None, :, None])
+        )
         count = both.sum(axis=-1)
         return np.divide(np.where(both, ks, 0).sum(axis=-1), count, out=np.zeros(sq.shape[:2]),
                          where=count > 0)  # fmt: skip

@@ -310,6 +310,7 @@ def validate_stage(run: _StageRun, data: LabelledFrames, max_instances: int) -> 
         return _metrics(data.points, pred)
     anchors = [anchor_points(p, stage.anchor) for p in data.points]
     if stage.kind == "centroid":
+
         def centroids(frames: torch.Tensor) -> list[FramePrediction]:
             found = find_centroids(model, stage, frames, max_instances)
             return [FramePrediction(xy.cpu().numpy()[:, None], v.cpu().numpy()[:, None],
@@ -397,8 +398,10 @@ def train(
         "complete": False,
         "nodes": data.skeleton.node_names,
         "max_instances": data.max_instances,
-        "flip_pairs": [[data.skeleton.node_names[a], data.skeleton.node_names[b]]
-                       for a, b in data.symmetric_pairs],
+        "flip_pairs": [
+            [data.skeleton.node_names[a], data.skeleton.node_names[b]]
+            for a, b in data.symmetric_pairs
+        ],
         "stages": {kind: stage.to_dict() for kind, stage in stages.items()},
         "training": {
             **config.to_dict(),
@@ -448,7 +451,9 @@ def train(
         while run.epoch < config.epochs and not run.done:
             epoch = run.epoch + 1
             order_rng = np.random.default_rng([config.seed, index, epoch])
-            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + index * 10_007 + epoch)
+            generator = torch.Generator().manual_seed(
+                config.seed * 1_000_003 + index * 10_007 + epoch
+            )
             picks = order_rng.permutation(np.resize(order_rng.permutation(len(examples)),
                                                     steps * config.batch_size))  # fmt: skip
             stopped = False
@@ -487,8 +492,10 @@ def train(
             package.write_log(out, log)
             cancelled = stop is not None and stop.is_set()
             # A cancelled stage stays resumable; one out of time or patience is finished.
-            run.done = (stopped and not cancelled) or run.stale >= config.patience or (
-                epoch >= config.epochs
+            run.done = (
+                (stopped and not cancelled)
+                or run.stale >= config.patience
+                or (epoch >= config.epochs)
             )
             package.save_torch(run.state(), ckpt)
             yield Progress(kind, epoch, steps, steps, loss, fraction(epoch, steps), elapsed(),

@@ -24,22 +24,29 @@ from pathlib import Path
 
 import attrs
 import dask.array as da
-import napari
 import napari.viewer
 import numpy as np
 import sleap_io as sio
 from magicgui.widgets import (
-    CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton, SpinBox,
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
 )  # fmt: skip
 from napari.layers import Image, Points
 from napari.qt.threading import GeneratorWorker, thread_worker
 from napari.utils.notifications import show_error
 
+import napari
 from napari_pose.core.io import save_labels
 from napari_pose.core.labelling import PointTable, next_instance_id
 from napari_pose.core.pose_arrays import PoseArrays, replace_frames
 from napari_pose.core.skeleton import load_skeleton
-from napari_pose.napari._label_widget import PlaneFrames
 from napari_pose.napari.convert import (
     EDGES_KEY,
     POSE_KEY,
@@ -54,6 +61,7 @@ from napari_pose.napari.convert import (
     window_around,
 )
 from napari_pose.napari.labelling import (
+    PlaneFrames,
     open_projects,
     project_points_layers,
     refresh_tracks_layer,
@@ -319,8 +327,10 @@ class PredictWidget(Container):
         if image is None:
             raise ValueError("open an image or a video to predict on")
         if image.ndim < 3:  # poses are stored per frame: a lone image is not a frame of anything
-            raise ValueError(f"{image.name!r} is a single 2D image; predict on a video or a stack "
-                             "of frames (add it as one with `viewer.add_image(image[None])`)")
+            raise ValueError(
+                f"{image.name!r} is a single 2D image; predict on a video or a stack "
+                "of frames (add it as one with `viewer.add_image(image[None])`)"
+            )
         return folder, image
 
     # ------------------------------------------------------------------ frames

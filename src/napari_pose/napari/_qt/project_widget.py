@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import napari
 import napari.viewer
 import sleap_io as sio
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 from napari.utils.notifications import show_info, show_warning
 
+import napari
 from napari_pose.core.io import missing_videos
 from napari_pose.core.video import open_video, video_to_dask
 from napari_pose.napari.convert import video_name
@@ -24,7 +24,9 @@ from napari_pose.napari.sync import attach
 def summary(labels: sio.Labels) -> str:
     """One line per fact a user checks first: frames, instances, skeleton, tracks, videos."""
     missing = set(missing_videos(labels))
-    n_user = sum(len(lf.user_instances) for lf in labels.labeled_frames) if not labels.is_lazy else None
+    n_user = (
+        sum(len(lf.user_instances) for lf in labels.labeled_frames) if not labels.is_lazy else None
+    )
     lines = [
         f"{len(labels.labeled_frames)} labelled frames"
         + (f", {n_user} user instances" if n_user is not None else ""),

@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import attrs
-import napari
 import napari.viewer
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, PushButton
@@ -28,6 +27,7 @@ from qtpy.QtCore import QLine, QRectF, Qt, QTimer, Signal
 from qtpy.QtGui import QColor, QMouseEvent, QPainter, QPaintEvent, QPalette, QPen
 from qtpy.QtWidgets import QWidget
 
+import napari
 from napari_pose.core import proofreading as pr
 from napari_pose.core.pose_arrays import PoseArrays, labels_to_arrays
 from napari_pose.napari.convert import POSE_KEY, PoseBinding, arrays_to_points, track_colors
@@ -391,8 +391,10 @@ class ProofreadWidget(Container):
         a, b, frame = self.track_a.value, self.track_b.value, self.current_frame()
         done = self._edit(lambda arrays: pr.swap_tracks(arrays, a, b, frame, self._binding().video))
         if done:
-            self.status.value = (f"swapped {self.track_a.current_choice} and "
-                                 f"{self.track_b.current_choice} from frame {frame}")
+            self.status.value = (
+                f"swapped {self.track_a.current_choice} and "
+                f"{self.track_b.current_choice} from frame {frame}"
+            )
         return done
 
     def set_selected(self) -> bool:

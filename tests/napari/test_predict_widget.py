@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import sleap_io as sio
 import torch
+from gui import idle, press
 
 from napari_pose.core.io import load_labels, save_labels
 from napari_pose.core.skeleton import save_skeleton
@@ -25,7 +26,6 @@ from napari_pose.nn.inference import Predictor
 from napari_pose.nn.models import UNetConfig
 from napari_pose.nn.pipelines import default_stages
 from napari_pose.nn.train import TrainConfig, train
-from gui import idle, press
 
 pytestmark = pytest.mark.gui
 
@@ -74,8 +74,6 @@ def _dock(make_napari_viewer, path: Path, model: Path | None = None):
         widget.model.value = model
     widget.device.value = "cpu"
     return viewer, widget
-
-
 
 
 def _run(qtbot, widget) -> None:
@@ -184,7 +182,7 @@ def test_suggested_and_labelled_frames_come_from_the_open_project(make_napari_vi
 
 def test_bad_input_is_reported_and_leaves_the_widgetidle(make_napari_viewer, qtbot, setup,
                                                           tmp_path, monkeypatch):  # fmt: skip
-    from napari_pose.napari import _predict_widget
+    from napari_pose.napari._qt import predict_widget as _predict_widget
 
     errors: list[str] = []
     monkeypatch.setattr(_predict_widget, "show_error", errors.append)
@@ -212,7 +210,9 @@ def test_tracking_after_a_run_gives_identities_that_save(make_napari_viewer, qtb
     press(qtbot, widget.save_button)
     saved = sio.load_slp(str(tmp_path / "tracked.slp"))
     assert len(saved.tracks) == 1
-    assert all(inst.track is saved.tracks[0] for lf in saved.labeled_frames for inst in lf.instances)
+    assert all(
+        inst.track is saved.tracks[0] for lf in saved.labeled_frames for inst in lf.instances
+    )
 
 
 #: Frames an older model predicted in the project of ``_with_old_predictions``.
@@ -307,7 +307,7 @@ def test_merge_matches_nodes_by_name_and_adds_a_predictions_layer(make_napari_vi
 
 def test_a_model_with_other_nodes_is_refused_and_nothing_changes(make_napari_viewer, qtbot,
                                                                  tmp_path, setup, monkeypatch):  # fmt: skip
-    from napari_pose.napari import _predict_widget
+    from napari_pose.napari._qt import predict_widget as _predict_widget
 
     errors: list[str] = []
     monkeypatch.setattr(_predict_widget, "show_error", errors.append)
@@ -334,7 +334,7 @@ def test_a_model_with_other_nodes_is_refused_and_nothing_changes(make_napari_vie
 
 def test_merge_without_an_open_project_says_how_to_keep_the_predictions(
         make_napari_viewer, qtbot, setup, monkeypatch):  # fmt: skip
-    from napari_pose.napari import _predict_widget
+    from napari_pose.napari._qt import predict_widget as _predict_widget
 
     errors: list[str] = []
     monkeypatch.setattr(_predict_widget, "show_error", errors.append)
@@ -342,7 +342,9 @@ def test_merge_without_an_open_project_says_how_to_keep_the_predictions(
     _run(qtbot, widget)
     assert open_projects(viewer) == {}  # nothing to train on or to merge into
     press(qtbot, widget.merge_button)
-    assert errors == ["no open pose project labels 'v'; open it first or Save predictions to a file"]
+    assert errors == [
+        "no open pose project labels 'v'; open it first or Save predictions to a file"
+    ]
     assert widget.predictions_layer in viewer.layers
 
 
@@ -350,7 +352,7 @@ def test_a_stack_is_tracked_along_its_time_axis_each_depth_apart(make_napari_vie
                                                                  setup, monkeypatch):  # fmt: skip
     """A (t, z) stack: the dock offers its axes from the layer, tracks each depth over time,
     and refuses letters that do not fit."""
-    from napari_pose.napari import _predict_widget
+    from napari_pose.napari._qt import predict_widget as _predict_widget
 
     errors: list[str] = []
     monkeypatch.setattr(_predict_widget, "show_error", errors.append)

@@ -264,7 +264,6 @@ def test_sleap_labels_older_than_format_1(sleap_dir: Path) -> None:
     assert "before format 1.0 (no format_id)" in problem
 
 
-
 def test_missing_and_unknown_files(tmp_path: Path) -> None:
     assert _load_error(tmp_path / "absent.slp") == "file not found"
     (tmp_path / "notes.txt").write_text("hi")

@@ -12,11 +12,17 @@ import threading
 from collections.abc import Generator
 from pathlib import Path
 
-import napari
 import napari.viewer
 import sleap_io as sio
 from magicgui.widgets import (
-    ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
 )  # fmt: skip
 from napari.qt.threading import GeneratorWorker, thread_worker
 from napari.utils.notifications import show_error
@@ -24,6 +30,7 @@ from qtpy.QtCore import QPointF, QRectF, Qt
 from qtpy.QtGui import QColor, QPainter, QPaintEvent, QPalette, QPen, QPolygonF
 from qtpy.QtWidgets import QWidget
 
+import napari
 from napari_pose.core.io import load_labels
 from napari_pose.napari.labelling import current_project, open_projects
 from napari_pose.napari.sync import attach

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
+import sleap_io as sio
 
 from napari_pose.core import labelling as lab
 from napari_pose.core.synthetic import make_skeleton
 from napari_pose.napari.convert import POSE_KEY, new_project_layers, points_to_arrays
-
-import sleap_io as sio
 
 
 @pytest.fixture
 def empty():
     """An empty labels table for a 5-node skeleton on a 10-frame video, as the layer has it."""
     (data, kw, _), _edges = new_project_layers(
-        sio.Video(filename="v.mp4", open_backend=False), make_skeleton(), (10,))
+        sio.Video(filename="v.mp4", open_backend=False), make_skeleton(), (10,)
+    )
     defaults = kw["feature_defaults"]
     return lab.PointTable(data.reshape(0, 3), kw["features"]), defaults, kw["metadata"][POSE_KEY]
 
@@ -25,7 +24,7 @@ def empty():
 def test_sequential_placement_and_uniqueness(empty):
     table, defaults, binding = empty
     node = 0
-    for k, yx in enumerate([(10, 10), (20, 20), (30, 30)]):
+    for yx in [(10, 10), (20, 20), (30, 30)]:
         table = lab.place(table, (3,), yx, instance=0, node=node, defaults=defaults)
         node = lab.next_unplaced(table, 0, (3,), node, 5)
     assert node == 3 and lab.placed_nodes(table, 0, (3,)).tolist() == [0, 1, 2]
@@ -56,7 +55,10 @@ def test_occlusion_tracks_and_deletion(empty):
             table = lab.place(table, (2,), (inst * 50 + node, node), inst, node, defaults)
     table = lab.toggle_visible(table, 1, 2, (2,))
     vis = table.features["visible"].to_numpy()
-    assert vis.sum() == 9 and not vis[(table.features["instance"] == 1) & (table.features["node"] == "abdomen")].any()
+    assert (
+        vis.sum() == 9
+        and not vis[(table.features["instance"] == 1) & (table.features["node"] == "abdomen")].any()
+    )
     assert len(table.data) == 10  # occluded points are kept
     table = lab.set_track(table, 1, "female", (2,))
     assert set(table.features["track"][table.features["instance"] == 1]) == {"female"}
@@ -77,8 +79,10 @@ def test_copy_previous_frame_and_predictions(empty):
     assert on3.sum() == 5 and set(copied.features["instance"][on3]) == {7}
     np.testing.assert_array_equal(copied.data[on3, 1:], table.data[:, 1:])
 
-    predictions = lab.PointTable(table.data.copy(), table.features.assign(
-        predicted=True, instance=42, score=0.9, instance_score=3.0))
+    predictions = lab.PointTable(
+        table.data.copy(),
+        table.features.assign(predicted=True, instance=42, score=0.9, instance_score=3.0),
+    )
     user = lab.copy_instances(predictions, (2,), empty[0], (2,), first_id=100, from_predicted=True)
     assert set(user.features["from_predicted"]) == {42} and not user.features["predicted"].any()
     assert user.features["score"].isna().all() and set(user.features["instance"]) == {100}

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from gui import press
 
 from napari_pose.core.io import load_labels
-from gui import press
 
 pytestmark = pytest.mark.gui
 

@@ -6,17 +6,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import sleap_io as sio
+from test_pose_arrays import FILES, _project_with_everything, assert_arrays_equal
 
 from napari_pose.core.pose_arrays import labels_to_arrays
 from napari_pose.napari.convert import (
     POSE_KEY,
     WINDOW_HALF_WIDTH,
-    skeleton_edges,
     labels_to_layers,
     layers_to_labels,
     points_to_arrays,
+    skeleton_edges,
 )
-from test_pose_arrays import FIELDS, FILES, _project_with_everything, assert_arrays_equal
 
 
 def _points(layers):
@@ -115,7 +115,8 @@ def test_windowed_layer_holds_window_and_saves_everything(data_dir):
     keep = (features["instance"] != gone).to_numpy()
     data, features = data[keep], features[keep].reset_index(drop=True)
     new_row = pd.DataFrame([{**kw["feature_defaults"], "node": "head"}]).astype(
-        {"node": features["node"].dtype, "track": features["track"].dtype})
+        {"node": features["node"].dtype, "track": features["track"].dtype}
+    )
     data = np.vstack([data, [[42, 10.0, 20.0]]])
     features = pd.concat([features, new_row], ignore_index=True)
     saved = binding.merged(data, features)  # what a save writes, with ids kept to compare
@@ -130,14 +131,20 @@ def test_windowed_layer_holds_window_and_saves_everything(data_dir):
     assert new.frame.tolist() == [42] and new.xy[0, 0].tolist() == [20.0, 10.0]
     moved = saved.select(saved.instance_id == kw["features"]["instance"][0])
     node = kw["features"]["node"].cat.codes[0]
-    assert moved.xy[0, node].tolist() == (original.select(
-        original.instance_id == kw["features"]["instance"][0]).xy[0, node] + 5).tolist()
+    assert (
+        moved.xy[0, node].tolist()
+        == (
+            original.select(original.instance_id == kw["features"]["instance"][0]).xy[0, node] + 5
+        ).tolist()
+    )
 
 
 def test_points_without_known_node_are_rejected():
     labels = _project_with_everything()
     data, kw = _points(labels_to_layers(labels))[0]
     features = kw["features"].copy()
-    features["node"] = pd.Categorical([None] * len(features), categories=features["node"].cat.categories)
+    features["node"] = pd.Categorical(
+        [None] * len(features), categories=features["node"].cat.categories
+    )
     with pytest.raises(ValueError, match="node"):
         points_to_arrays(data, features, kw["metadata"][POSE_KEY])

@@ -398,7 +398,9 @@ def test_fast_gray_equals_ffmpeg_gray(data_dir: Path, name: str) -> None:
     """Gray frames come from the luma plane directly; they must equal FFmpeg's conversion."""
     path = data_dir / name
     with av.open(str(path)) as container:
-        expected = [f.to_ndarray(format="gray") for _, f in zip(range(5), container.decode(video=0))]
+        expected = [
+            f.to_ndarray(format="gray") for _, f in zip(range(5), container.decode(video=0))
+        ]
     with VideoReader(path, grayscale=True, prefetch=0) as reader:
         for i, frame in enumerate(expected):
             np.testing.assert_array_equal(reader[i], frame)

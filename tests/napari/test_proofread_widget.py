@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gui import press
 
 from napari_pose.core.io import load_labels, save_labels
 from napari_pose.core.pose_arrays import labels_to_arrays
 from napari_pose.napari.convert import POSE_KEY, TRACKS_KEY
 from napari_pose.napari.labelling import current_project, open_projects
-from gui import press
 
 pytestmark = pytest.mark.gui
-
 
 
 @pytest.fixture

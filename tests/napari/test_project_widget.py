@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gui import press
 
 from napari_pose.core.autosave import recovery_for
 from napari_pose.core.io import load_labels
 from napari_pose.core.pose_arrays import labels_to_arrays
-from gui import press
 
 pytestmark = pytest.mark.gui
 

@@ -77,7 +77,10 @@ def test_round_trip_keeps_every_field():
     arrays = labels_to_arrays(labels)
     assert arrays.visible[arrays.predicted == False].tolist() == [[True, False, True]]  # noqa: E712
     back = arrays_to_labels(arrays, template=labels)
-    user, pred = back.labeled_frames[0].user_instances[0], back.labeled_frames[0].predicted_instances[0]
+    user, pred = (
+        back.labeled_frames[0].user_instances[0],
+        back.labeled_frames[0].predicted_instances[0],
+    )
     assert user.from_predicted is pred
     assert user.points["visible"].tolist() == [True, False, True]  # occluded point kept
     np.testing.assert_array_equal(user.points["xy"], [[11, 21], [31, 41], [50, 60]])

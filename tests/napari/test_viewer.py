@@ -15,7 +15,7 @@ from napari_pose.napari import convert
 from napari_pose.napari.convert import EDGES_KEY, POSE_KEY, TRACKS_KEY
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from big_file import tile_as_predictions  # noqa: E402
+from big_file import tile_as_predictions
 
 pytestmark = pytest.mark.gui
 
@@ -27,11 +27,11 @@ def _by_type(viewer, kind):
 def test_open_clip_project(make_napari_viewer, data_dir):
     viewer = make_napari_viewer()
     viewer.open(str(data_dir / "sleap/tracks/clip.slp"), plugin="napari-pose")
-    image, = _by_type(viewer, "Image")
+    (image,) = _by_type(viewer, "Image")
     assert image.data.shape == (1500, 1024, 1024) and not image.rgb
-    points, = _by_type(viewer, "Points")
-    edges, = _by_type(viewer, "Vectors")
-    tracks, = _by_type(viewer, "Tracks")
+    (points,) = _by_type(viewer, "Points")
+    (edges,) = _by_type(viewer, "Vectors")
+    (tracks,) = _by_type(viewer, "Tracks")
     assert points.name == "clip labels"
     # 38,363 points are more than a layer re-slices quickly: it holds the frames around the
     # one on screen, every point of those frames.
@@ -61,8 +61,12 @@ def test_open_clip_project(make_napari_viewer, data_dir):
     points.data = moved
     frame_edges = edges.data[edges.data[:, 0, 0] == 700]
     assert tuple(moved[row, 1:]) in {tuple(p) for p in frame_edges[:, 0, 1:]} | {
-        tuple(p) for p in (frame_edges[:, 0, 1:] + frame_edges[:, 1, 1:])}
-    assert set(tracks.data[:, 0]) == {0, 1} and tracks.data[:, 1].min() <= 700 <= tracks.data[:, 1].max()
+        tuple(p) for p in (frame_edges[:, 0, 1:] + frame_edges[:, 1, 1:])
+    }
+    assert (
+        set(tracks.data[:, 0]) == {0, 1}
+        and tracks.data[:, 1].min() <= 700 <= tracks.data[:, 1].max()
+    )
 
 
 def test_save_from_widget_and_reopen(make_napari_viewer, data_dir, tmp_path):
@@ -72,7 +76,7 @@ def test_save_from_widget_and_reopen(make_napari_viewer, data_dir, tmp_path):
     assert widget.project.value == "clip.slp"
     assert "tracks: female, male" in widget.info.value and "video clip: ok" in widget.info.value
 
-    points, = _by_type(viewer, "Points")
+    (points,) = _by_type(viewer, "Points")
     moved = points.data.copy()
     moved[0, 1:] = [111.5, 222.25]
     points.data = moved
@@ -84,7 +88,7 @@ def test_save_from_widget_and_reopen(make_napari_viewer, data_dir, tmp_path):
     a, b = labels_to_arrays(original), labels_to_arrays(saved)
     changed = {tuple(i[:2]) for i in np.argwhere(~np.isclose(a.xy, b.xy, equal_nan=True))}
     assert len(changed) == 1  # exactly the moved point, on its frame and node
-    (row, node), = changed
+    ((row, node),) = changed
     assert a.frame[row] == moved[0, 0] and node == points.features["node"].cat.codes[0]
     assert b.xy[row, node].tolist() == [222.25, 111.5]
     assert [t.name for t in saved.tracks] == ["female", "male"]
@@ -99,7 +103,7 @@ def test_missing_video_warns_and_can_be_located(make_napari_viewer, data_dir, tm
     with pytest.warns(UserWarning, match="centered_pair_low_quality.mp4"):
         viewer.open(str(labels_file), plugin="napari-pose")
     assert not _by_type(viewer, "Image")
-    points, = _by_type(viewer, "Points")
+    (points,) = _by_type(viewer, "Points")
     assert len(points.data) == 4  # the labels still open
 
     _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Pose project")
@@ -107,7 +111,7 @@ def test_missing_video_warns_and_can_be_located(make_napari_viewer, data_dir, tm
     assert widget.missing.value.endswith("centered_pair_low_quality.mp4")
     widget.video_file.value = data_dir / "sleap/json_format_v1/centered_pair_low_quality.mp4"
     widget.locate.clicked.emit()
-    image, = _by_type(viewer, "Image")
+    (image,) = _by_type(viewer, "Image")
     assert image.data.shape[0] == 1100 and viewer.layers.index(image) == 0
     assert "MISSING" not in widget.info.value
 
@@ -131,7 +135,7 @@ def test_big_file_is_windowed_and_window_follows_frame(make_napari_viewer, data_
     assert stop - start == width and start <= shown < stop
     assert start <= predictions.data[:, 0].min() and predictions.data[:, 0].max() < stop
     assert len(predictions.data) <= 26 * width  # a window, not all 6000 frames
-    tracks, = _by_type(viewer, "Tracks")
+    (tracks,) = _by_type(viewer, "Tracks")
     assert tracks.metadata[TRACKS_KEY].window[0] <= shown < tracks.metadata[TRACKS_KEY].window[1]
 
     viewer.dims.set_current_step(0, 1400)  # the video has 1500 frames
@@ -162,7 +166,7 @@ def test_sample_project_opens(make_napari_viewer, tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_POSE_CACHE", str(tmp_path))
     viewer = make_napari_viewer()
     viewer.open_sample("napari-pose", "synthetic_project")
-    image, = _by_type(viewer, "Image")
+    (image,) = _by_type(viewer, "Image")
     assert image.data.shape == (200, 256, 256)
     points = next(l for l in viewer.layers if l.name.endswith("labels"))
     assert len(points.data) > 0 and set(points.features["track"]) >= {"animal_0", "animal_1"}

@@ -394,4 +394,3 @@ def test_saved_json_references_resolve_as_in_sleaps_own_files(data_dir, tmp_path
     assert edges == fly.edge_names
     symmetric = {frozenset((s[1], t[1])) for s, t, kind in links if kind == ("type", 2)}
     assert symmetric == symmetry_set(fly)
-

@@ -6,10 +6,10 @@ import csv
 from pathlib import Path
 
 import pytest
+from gui import idle, press
 
 from napari_pose.core.io import save_labels
 from napari_pose.core.synthetic import make_synthetic, to_labels, write_video
-from gui import idle, press
 
 pytestmark = pytest.mark.gui
 
@@ -29,8 +29,6 @@ def _dock(make_napari_viewer, path: Path | None = None):
         viewer.open(str(path), plugin="napari-pose")
     _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Train model")
     return viewer, widget
-
-
 
 
 def test_training_runs_to_the_end_and_shows_results(make_napari_viewer, qtbot, tmp_path):
@@ -78,7 +76,7 @@ def test_cancel_stops_early_and_leaves_napari_usable(make_napari_viewer, qtbot, 
 
 def test_labels_without_user_instances_give_a_clear_error(make_napari_viewer, qtbot, tmp_path,
                                                           monkeypatch):  # fmt: skip
-    from napari_pose.napari import _train_widget
+    from napari_pose.napari._qt import train_widget as _train_widget
 
     errors: list[str] = []
     monkeypatch.setattr(_train_widget, "show_error", errors.append)

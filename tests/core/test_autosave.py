@@ -183,9 +183,7 @@ def test_autosaves_every_n_edits(tmp_path: Path) -> None:
 
 def test_autosaves_when_the_oldest_unsaved_edit_is_old_enough(tmp_path: Path) -> None:
     clock, labels = FakeClock(), CountingLabels()
-    saver = Autosaver(
-        tmp_path / "clip.slp", labels, every_edits=100, every_seconds=60, clock=clock
-    )
+    saver = Autosaver(tmp_path / "clip.slp", labels, every_edits=100, every_seconds=60, clock=clock)
     clock.now = 500.0  # idle time before the first edit does not count
     saver.edited()
     clock.now = 559.0
@@ -231,9 +229,7 @@ def test_user_save_resets_and_deletes_the_sidecar(tmp_path: Path) -> None:
     assert saver.last_error is None
 
 
-def test_first_save_of_an_unsaved_project_moves_the_autosave(
-    tmp_path: Path, cache: Path
-) -> None:
+def test_first_save_of_an_unsaved_project_moves_the_autosave(tmp_path: Path, cache: Path) -> None:
     saver = Autosaver(None, CountingLabels(), every_edits=1, clock=FakeClock())
     saver.edited()
     untitled = cache / "untitled.autosave.slp"

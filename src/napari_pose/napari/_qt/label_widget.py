@@ -16,7 +16,6 @@ import time
 from functools import partial
 from pathlib import Path
 
-import napari
 import napari.viewer
 import numpy as np
 import sleap_io as sio
@@ -35,6 +34,7 @@ from magicgui.widgets import (
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_warning
 
+import napari
 from napari_pose.core import suggestions as sg
 from napari_pose.core.autosave import Autosaver, recovery_for
 from napari_pose.core.io import load_labels
@@ -48,26 +48,17 @@ from napari_pose.napari.convert import (
 from napari_pose.napari.labelling import (
     SHORTCUTS,
     Labeller,
+    PlaneFrames,
     current_project,
     go_to_frame,
     project_layers,
     save_project,
+    user_label_layers,
 )
 from napari_pose.napari.sync import project_edited, project_saved
 
 #: Seconds between autosaves of pending edits even when no new edit arrives.
 AUTOSAVE_INTERVAL_S = 30
-
-
-def user_label_layers(viewer: napari.Viewer) -> list[napari.layers.Points]:
-    """Points layers of ``viewer`` holding user labels of a pose project."""
-    return [
-        layer
-        for layer in viewer.layers
-        if isinstance(layer, napari.layers.Points)
-        and layer.metadata.get(POSE_KEY) is not None
-        and not layer.metadata[POSE_KEY].predicted
-    ]
 
 
 def start_labels_on_image(viewer: napari.Viewer, image: napari.layers.Image,
@@ -99,20 +90,6 @@ def ask_unsaved() -> str:
     answer = QMessageBox.question(None, "napari-pose", "Save your labels before closing?", buttons)
     return {QMessageBox.StandardButton.Save: "save",
             QMessageBox.StandardButton.Discard: "discard"}.get(answer, "cancel")  # fmt: skip
-
-
-class PlaneFrames:
-    """An image layer's planes as frames (``shape`` and ``[i]``), for frame suggestions.
-
-    Works for any image: a lazily decoded video, a TIFF stack whose (t, z) planes are frames.
-    """
-
-    def __init__(self, image: napari.layers.Image, plane_shape: tuple[int, ...]) -> None:
-        self._data, self._plane_shape = image.data, plane_shape
-        self.shape = (int(np.prod(plane_shape)), *image.data.shape[len(plane_shape):])
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        return np.asarray(self._data[np.unravel_index(index, self._plane_shape)])
 
 
 def color_points_by(layer: napari.layers.Points, feature: str) -> None:
@@ -175,11 +152,15 @@ class LabelWidget(Container):
         self.mode.changed.connect(lambda value: self.labeller and self.labeller.set_mode(value))
         self.node.changed.connect(self._node_picked)
         for name, button in self.buttons.items():
-            button.clicked.connect(lambda *_, name=name: self.labeller and getattr(self.labeller, name)())
+            button.clicked.connect(
+                lambda *_, name=name: self.labeller and getattr(self.labeller, name)()
+            )
         self.set_track_button.clicked.connect(self._set_track)
         self.save.clicked.connect(self.save_labels)
         self.restore.clicked.connect(self.restore_autosave)
-        self.color_by.changed.connect(lambda f: self.labeller and color_points_by(self.labeller.layer, f))
+        self.color_by.changed.connect(
+            lambda f: self.labeller and color_points_by(self.labeller.layer, f)
+        )
         self.names.changed.connect(self._show_names)
         self.suggest.clicked.connect(self.start_suggestions)
         self.suggested.changed.connect(self._go_to_suggestion)
@@ -221,7 +202,9 @@ class LabelWidget(Container):
     def _reset_choices(self, event=None) -> None:
         self.layer.reset_choices()
         self.image.reset_choices()
-        if self.layer.value is not None and (self.labeller is None or self.labeller.layer is not self.layer.value):
+        if self.layer.value is not None and (
+            self.labeller is None or self.labeller.layer is not self.layer.value
+        ):
             self._bind()
 
     # ------------------------------------------------------------------ binding
@@ -258,9 +241,10 @@ class LabelWidget(Container):
 
     # ------------------------------------------------------------------ actions
     def _node_picked(self, name: str | None) -> None:
-        if self.labeller is not None and name is not None and name in self.labeller.node_names:
-            if self.labeller.node_names.index(name) != self.labeller.node:
-                self.labeller.set_node(name)
+        labeller = self.labeller
+        known = labeller is not None and name in labeller.node_names
+        if known and labeller.node_names.index(name) != labeller.node:
+            labeller.set_node(name)
 
     def _set_track(self) -> None:
         name = self.new_track.value.strip() or self.track.value
@@ -296,7 +280,8 @@ class LabelWidget(Container):
         def work():
             if method == "diverse":
                 frames = yield from sg.iter_diverse_frames(
-                    PlaneFrames(image, binding.plane_shape), k, exclude=done)
+                    PlaneFrames(image, binding.plane_shape), k, exclude=done
+                )
                 return frames
             picker = sg.random_frames if method == "random" else sg.strided_frames
             return picker(n_frames, k, exclude=done)

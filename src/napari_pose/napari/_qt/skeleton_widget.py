@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import napari
 import napari.viewer
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton
 
+import napari
 from napari_pose.core import skeleton as sk
-from napari_pose.napari._label_widget import user_label_layers
 from napari_pose.napari.convert import POSE_KEY
-from napari_pose.napari.labelling import change_nodes
+from napari_pose.napari.labelling import change_nodes, user_label_layers
 from napari_pose.napari.sync import project_edited
 
 
@@ -40,7 +39,9 @@ class SkeletonWidget(Container):
         self.node = ComboBox(label="node", choices=self._nodes)
         self.name = LineEdit(label="name")
         node_actions = ("add", "rename", "delete", "move up", "move down")
-        self.node_buttons = {a: PushButton(label="", text=f"{a.capitalize()} node") for a in node_actions}
+        self.node_buttons = {
+            a: PushButton(label="", text=f"{a.capitalize()} node") for a in node_actions
+        }
         self.other = ComboBox(label="other node", choices=self._nodes)
         pair_actions = ("add edge", "remove edge", "set symmetric", "remove symmetry")
         self.pair_buttons = {a: PushButton(label="", text=a.capitalize()) for a in pair_actions}
@@ -82,11 +83,18 @@ class SkeletonWidget(Container):
             return
         edges = ", ".join(f"{a.name}-{b.name}" for a, b in skeleton.edges) or "none"
         pairs = ", ".join(f"{a.name}/{b.name}" for a, b in skeleton.symmetries) or "none"
-        self.info.value = f"nodes: {', '.join(skeleton.node_names)}\nedges: {edges}\nsymmetric: {pairs}"
+        self.info.value = (
+            f"nodes: {', '.join(skeleton.node_names)}\nedges: {edges}\nsymmetric: {pairs}"
+        )
 
     def run(self, action: str) -> None:
         """Carry out one editing action on the current node(s)."""
-        skeleton, node, other, name = self.skeleton, self.node.value, self.other.value, self.name.value.strip()
+        skeleton, node, other, name = (
+            self.skeleton,
+            self.node.value,
+            self.other.value,
+            self.name.value.strip(),
+        )
         names = skeleton.node_names
         if action == "add":
             change_nodes(self._viewer, self.labels, lambda arrays: sk.with_node(arrays, name))

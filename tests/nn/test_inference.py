@@ -22,6 +22,8 @@ from napari_pose.nn.inference import (
     Predictor,
     predict_video,
     predictions_to_arrays,
+)
+from napari_pose.nn.inference import (
     to_labels as predictions_to_labels,
 )
 from napari_pose.nn.models import UNetConfig
@@ -41,7 +43,9 @@ def trained(tmp_path_factory):
     labels = to_labels(attrs.evolve(data, frames=data.frames[:48], points=data.points[:48],
                                     visible=data.visible[:48]), str(folder / "train.mp4"))  # fmt: skip
     stages = default_stages(load_frames(labels), "single_instance")
-    stages = {k: attrs.evolve(s, model=attrs.evolve(s.model, backbone=TINY)) for k, s in stages.items()}
+    stages = {
+        k: attrs.evolve(s, model=attrs.evolve(s.model, backbone=TINY)) for k, s in stages.items()
+    }
     config = TrainConfig(pipeline="single_instance", epochs=6, steps_per_epoch=40, batch_size=8,
                          learning_rate=3e-3)  # fmt: skip
     list(train(labels, folder / "model", config, stages=stages))
@@ -121,7 +125,9 @@ def test_parallel_workers_predict_what_one_worker_does_in_order(trained):
     run (to float rounding), and the workers end with the stream."""
     folder, data = trained
     serial = Predictor.load(folder / "model", PredictConfig(batch_size=3, workers=1, device="cpu"))
-    parallel = Predictor.load(folder / "model", PredictConfig(batch_size=3, workers=3, device="cpu"))
+    parallel = Predictor.load(
+        folder / "model", PredictConfig(batch_size=3, workers=3, device="cpu")
+    )
     assert parallel.workers == 3 and serial.workers == 1
     threads = torch.get_num_threads()
     expected = serial.predict(data.frames[48:64])

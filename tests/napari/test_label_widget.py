@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import sleap_io as sio
 import tifffile
+from gui import press
 from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
 
 from napari_pose.core.pose_arrays import labels_to_arrays
-from gui import press
 
 pytestmark = pytest.mark.gui
 
@@ -26,7 +26,6 @@ def click(viewer, layer, yx):
     mouse_press_callbacks(layer, event)
     event.type = "mouse_release"
     mouse_release_callbacks(layer, event)
-
 
 
 def press_key(layer, key: str) -> None:
@@ -247,15 +246,32 @@ def test_start_from_skeleton_file_and_double_click_prediction(make_napari_viewer
     before = len(layer.data)
     from napari.utils.interactions import mouse_double_click_callbacks
 
-    pred_layer = viewer2.add_points(layer.data[on10], features=layer.features[on10].assign(
-        predicted=True, score=0.9), metadata={"napari_pose": type(labeller.binding)(
-        labeller.binding.labels, labeller.binding.arrays.select(labeller.binding.arrays.frame < 0),
-        labeller.binding.video, True, labeller.binding.plane_shape)}, name="clip predictions")
+    pred_layer = viewer2.add_points(
+        layer.data[on10],
+        features=layer.features[on10].assign(predicted=True, score=0.9),
+        metadata={
+            "napari_pose": type(labeller.binding)(
+                labeller.binding.labels,
+                labeller.binding.arrays.select(labeller.binding.arrays.frame < 0),
+                labeller.binding.video,
+                True,
+                labeller.binding.plane_shape,
+            )
+        },
+        name="clip predictions",
+    )
     assert labeller._predictions_layer() is pred_layer
     world = np.array(viewer2.dims.point, float)
     world[-2:] = target
-    event = SimpleNamespace(type="mouse_double_click", position=tuple(world), button=1,
-                            modifiers=(), handled=False, dims_displayed=[1, 2], view_direction=None)
+    event = SimpleNamespace(
+        type="mouse_double_click",
+        position=tuple(world),
+        button=1,
+        modifiers=(),
+        handled=False,
+        dims_displayed=[1, 2],
+        view_direction=None,
+    )
     mouse_double_click_callbacks(layer, event)
     added = layer.data[before:]
     assert len(added) > 0 and np.all(added[:, 0] == 10)
@@ -284,7 +300,7 @@ def test_autosaver_counts_announced_edits_of_its_project_only(
     make_napari_viewer, qtbot, sample_project
 ):
     """Other docks announce edits on ``project_edited``; a restored autosave counts as one."""
-    from napari_pose.napari._label_widget import project_edited
+    from napari_pose.napari.sync import project_edited
 
     viewer = make_napari_viewer()
     viewer.open(str(sample_project), plugin="napari-pose")
@@ -413,7 +429,7 @@ def test_frame_windows_are_not_edits_but_drags_in_them_are_kept(make_napari_view
 
 def test_a_failing_autosave_is_shown_once(make_napari_viewer, qtbot, sample_project, monkeypatch):
     from napari_pose.core import autosave
-    from napari_pose.napari import _label_widget
+    from napari_pose.napari._qt import label_widget as _label_widget
 
     shown = []
     monkeypatch.setattr(_label_widget, "show_warning", shown.append)

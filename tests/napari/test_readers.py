@@ -58,7 +58,9 @@ def test_package_slp_shows_embedded_frames(data_dir):
 def test_analysis_h5_opens_with_tracks(data_dir, tmp_path):
     slp = sio.load_slp(data_dir / "sleap/tracks/clip.slp")
     analysis = tmp_path / "clip.analysis.h5"
-    write_analysis_h5(str(analysis), _full(_read(get_labels_reader, data_dir / "sleap/tracks/clip.slp")))
+    write_analysis_h5(
+        str(analysis), _full(_read(get_labels_reader, data_dir / "sleap/tracks/clip.slp"))
+    )
     shutil.copy(data_dir / "sleap/tracks/clip.mp4", tmp_path / "clip.mp4")
     layers = _read(get_labels_reader, analysis)
     assert ("clip tracks", "tracks") in _kinds(layers)
@@ -77,13 +79,20 @@ def test_deeplabcut_project_opens(data_dir, target):
     image = next(d for d, _, k in layers if k == "image")
     assert image.shape[0] == 116 and image.shape[1:3] == (480, 640)
     data, kw = next((d, kw) for d, kw, k in layers if k == "points")
-    assert list(kw["features"]["node"].cat.categories) == ["snout", "leftear", "rightear", "tailbase"]
+    assert list(kw["features"]["node"].cat.categories) == [
+        "snout",
+        "leftear",
+        "rightear",
+        "tailbase",
+    ]
     assert data[:, 0].max() < 116 and len(data) > 300
 
 
 def test_write_dlc_and_slp_from_layers(data_dir, tmp_path):
     layers = _full(_read(get_labels_reader, data_dir / "deeplabcut/openfield/config.yaml"))
-    original = labels_to_arrays(next(kw for _, kw, k in layers if k == "points")["metadata"]["napari_pose"].labels)
+    original = labels_to_arrays(
+        next(kw for _, kw, k in layers if k == "points")["metadata"]["napari_pose"].labels
+    )
     for name, writer in (("CollectedData_Me.csv", write_dlc), ("CollectedData_Me.h5", write_dlc),
                          ("out.slp", write_slp)):  # fmt: skip
         out = tmp_path / name
@@ -96,9 +105,9 @@ def test_write_dlc_and_slp_from_layers(data_dir, tmp_path):
 
 
 def test_video_reader_layer(data_dir):
-    (data, kw, kind), = _read(get_image_reader, data_dir / "sleap/videos/small_robot.mp4")
+    ((data, kw, kind),) = _read(get_image_reader, data_dir / "sleap/videos/small_robot.mp4")
     assert kind == "image" and kw["rgb"] and data.shape == (166, 320, 560, 3)
-    (data, kw, kind), = _read(get_image_reader, data_dir / "sleap/tracks/clip.mp4")
+    ((data, kw, kind),) = _read(get_image_reader, data_dir / "sleap/tracks/clip.mp4")
     assert not kw["rgb"] and data.shape == (1500, 1024, 1024) and data.chunks[0][0] == 1
 
 
@@ -108,14 +117,16 @@ def test_ome_tiff_stack_layer(tmp_path):
     tifffile.imwrite(path, stack, ome=True, photometric="minisblack",
                      metadata={"axes": "TZCYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5,
                                "PhysicalSizeZ": 2.0})  # fmt: skip
-    (data, kw, kind), = _read(get_image_reader, path)
+    ((data, kw, kind),) = _read(get_image_reader, path)
     assert kind == "image" and kw["channel_axis"] == 2
     assert kw["axis_labels"] == ("t", "z", "y", "x") and kw["scale"] == (1.0, 2.0, 0.5, 0.5)
     np.testing.assert_array_equal(np.asarray(data), stack)
 
 
 def test_image_folder_layer(data_dir):
-    (data, kw, kind), = _read(get_folder_reader, data_dir / "deeplabcut/openfield/labeled-data/m4s1")
+    ((data, kw, kind),) = _read(
+        get_folder_reader, data_dir / "deeplabcut/openfield/labeled-data/m4s1"
+    )
     assert kind == "image" and data.shape[0] == 116 and kw["name"] == "m4s1"
 
 
@@ -172,7 +183,7 @@ def test_stack_labels_open_on_the_planes_their_video_records(tmp_path):
         record_axes(video, reader)
     save_labels(labels, tmp_path / "zt.slp")
     layers = _read(get_labels_reader, tmp_path / "zt.slp")
-    (image, kw), = [(d, kw) for d, kw, kind in layers if kind == "image"]
+    ((image, kw),) = [(d, kw) for d, kw, kind in layers if kind == "image"]
     assert image.shape == (5, 3, 32, 32) and not kw["rgb"]
     assert kw["axis_labels"] == ("t", "z", "y", "x")
     np.testing.assert_array_equal(np.asarray(image), stack)
@@ -182,7 +193,7 @@ def test_stack_labels_open_on_the_planes_their_video_records(tmp_path):
     del video.backend_metadata["axes"]
     save_labels(labels, tmp_path / "t.slp")
     layers = _read(get_labels_reader, tmp_path / "t.slp")
-    (image, kw), = [(d, kw) for d, kw, kind in layers if kind == "image"]
+    ((image, kw),) = [(d, kw) for d, kw, kind in layers if kind == "image"]
     assert image.shape == (5, 32, 32, 3) and kw["rgb"] and kw["axis_labels"] == ("t", "y", "x")
     points = next(d for d, _, kind in layers if kind == "points" and len(d))
     np.testing.assert_array_equal(points, [[4, 5, 3], [4, 9, 7]])
