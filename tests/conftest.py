@@ -52,11 +52,13 @@ def openfield(data_dir: Path) -> Path:
 def _no_modal_dialogs(monkeypatch):
     """Dialogs would block a headless run: answer them the way a test expects by default."""
     try:
-        from napari_pose.napari._qt import label_widget as _label_widget
+        from napari_pose.napari._qt import services
         from napari_pose.napari._qt import skeleton_widget as _skeleton_widget
     except ImportError:  # no Qt in this environment: nothing would show a dialog
         return
-    monkeypatch.setattr(_label_widget, "ask_unsaved", lambda: "discard")
+    monkeypatch.setattr(services, "ask_unsaved", lambda names: "discard")
+    monkeypatch.setattr(services, "ask_save_path", lambda session: None)  # "cancel"
+    monkeypatch.setattr(services, "confirm_replace", lambda path: False)
     monkeypatch.setattr(_skeleton_widget, "ask", lambda question: False)
 
 

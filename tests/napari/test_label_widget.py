@@ -185,11 +185,12 @@ def test_suggestions_colours_and_names(make_napari_viewer, qtbot, sample_project
     assert layer.text.visible and "head" in set(layer.text.values)
 
 
-def test_autosave_restore_and_close_guard(make_napari_viewer, qtbot, sample_project):
+def test_autosave_restore_and_close_guard(make_napari_viewer, qtbot, sample_project, monkeypatch):
     from qtpy.QtGui import QCloseEvent
     from qtpy.QtWidgets import QApplication
 
     from napari_pose.core.autosave import recovery_for
+    from napari_pose.napari._qt import services
 
     viewer = make_napari_viewer()
     viewer.open(str(sample_project), plugin="napari-pose")
@@ -205,11 +206,12 @@ def test_autosave_restore_and_close_guard(make_napari_viewer, qtbot, sample_proj
 
     # Closing with unsaved labels asks; "cancel" keeps napari open.
     qtbot.wait(10)  # let the widget find its window
-    widget.confirm_close = lambda: "cancel"
+    asked = []
+    monkeypatch.setattr(services, "ask_unsaved", lambda names: asked.append(names) or "cancel")
     event = QCloseEvent()
     QApplication.sendEvent(widget.native.window(), event)
-    assert not event.isAccepted()
-    widget.confirm_close = lambda: "discard"
+    assert not event.isAccepted() and asked == [[sample_project.name]]
+    monkeypatch.setattr(services, "ask_unsaved", lambda names: "discard")
 
     # A new session (as after a crash) offers the newer autosave and restores it.
     viewer2 = make_napari_viewer()
@@ -296,18 +298,18 @@ def test_rebinding_detaches_the_previous_layer(make_napari_viewer, qtbot, data_d
     assert len(second.data) == 1
 
 
-def test_autosaver_counts_announced_edits_of_its_project_only(
-    make_napari_viewer, qtbot, sample_project
-):
-    """Other docks announce edits on ``project_edited``; a restored autosave counts as one."""
-    from napari_pose.napari.sync import project_edited
+def test_autosaver_counts_edits_of_its_project_only(make_napari_viewer, qtbot, sample_project):
+    """Edits reach the session of their own project; a restored autosave counts as one."""
+    from napari_pose.napari.session import projects
 
     viewer = make_napari_viewer()
     viewer.open(str(sample_project), plugin="napari-pose")
+    viewer.open_sample("napari-pose", "synthetic_project")  # a second project
     _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
-    project_edited.emit(sio.Labels())  # another project's edit: not this autosaver's
-    assert not widget.autosaver.dirty
-    project_edited.emit(widget.labeller.binding.labels)
+    other = next(s for s in projects(viewer).sessions if s is not widget.session)
+    other.mark_edited()  # another project's edit: not this autosaver's
+    assert not widget.autosaver.dirty and other.dirty
+    widget.session.mark_edited()
     assert widget.autosaver.dirty
     assert widget.autosaver.flush() is None
 
@@ -429,10 +431,10 @@ def test_frame_windows_are_not_edits_but_drags_in_them_are_kept(make_napari_view
 
 def test_a_failing_autosave_is_shown_once(make_napari_viewer, qtbot, sample_project, monkeypatch):
     from napari_pose.core import autosave
-    from napari_pose.napari._qt import label_widget as _label_widget
+    from napari_pose.napari._qt import services
 
     shown = []
-    monkeypatch.setattr(_label_widget, "show_warning", shown.append)
+    monkeypatch.setattr(services, "show_warning", shown.append)
     writer = autosave.save_labels
 
     def full_disk(labels, path, format=None):

@@ -20,7 +20,7 @@ from gui import idle, press
 from napari_pose.core.io import load_labels, save_labels
 from napari_pose.core.skeleton import save_skeleton
 from napari_pose.core.synthetic import SyntheticData, make_synthetic, to_labels, write_video
-from napari_pose.napari.labelling import open_projects
+from napari_pose.napari.session import projects
 from napari_pose.nn.data import load_frames
 from napari_pose.nn.inference import Predictor
 from napari_pose.nn.models import UNetConfig
@@ -258,7 +258,7 @@ def test_merge_replaces_the_projects_predictions_on_those_frames_and_saves(
     widget.track_box.value, widget.max_tracks.value = True, 1
     _run(qtbot, widget)
     dock = widget.predictions_layer
-    assert list(open_projects(viewer)) == ["q.slp"]  # the dock's own layer is no project
+    assert list(projects(viewer).listed()) == ["q.slp"]  # the dock's own layer is no project
     new_110 = _points(dock, 110)
     score_110 = dock.features["instance_score"][dock.data[:, 0] == 110].iloc[0]
 
@@ -340,7 +340,7 @@ def test_merge_without_an_open_project_says_how_to_keep_the_predictions(
     monkeypatch.setattr(_predict_widget, "show_error", errors.append)
     viewer, widget = _dock(make_napari_viewer, setup.video, setup.model)
     _run(qtbot, widget)
-    assert open_projects(viewer) == {}  # nothing to train on or to merge into
+    assert projects(viewer).listed() == {}  # nothing to train on or to merge into
     press(qtbot, widget.merge_button)
     assert errors == [
         "no open pose project labels 'v'; open it first or Save predictions to a file"
@@ -391,12 +391,11 @@ def test_merged_tracks_join_the_projects_trajectories_and_the_merge_is_an_edit(
     """The project's Tracks layer is redrawn with the merged tracks, also when the merge made the
     project's predictions layer, and the merge is announced for the autosaver and close guard."""
     from napari_pose.napari.convert import POSE_KEY, TRACKS_KEY
-    from napari_pose.napari.sync import project_edited
 
     path = _with_old_predictions(setup, tmp_path) if old_predictions else setup.project
     viewer, widget = _dock(make_napari_viewer, path, setup.model)
     widget.image.value = viewer.layers["v"]
-    (labels,) = open_projects(viewer).values()
+    (session,) = projects(viewer).listed().values()
     (before,) = [layer for layer in viewer.layers if TRACKS_KEY in layer.metadata]
     user_trajectory = before.data.copy()  # the user labels' animal_0, on frames 0-59
     widget.frames.value = "range"
@@ -405,12 +404,9 @@ def test_merged_tracks_join_the_projects_trajectories_and_the_merge_is_an_edit(
     _run(qtbot, widget)
 
     edited: list = []
-    project_edited.connect(edited.append)
-    try:
-        press(qtbot, widget.merge_button)
-    finally:
-        project_edited.disconnect(edited.append)
-    assert len(edited) == 1 and edited[0] is labels
+    session.edited.connect(lambda: edited.append(True))
+    press(qtbot, widget.merge_button)
+    assert edited == [True] and session.dirty
 
     predictions = viewer.layers["v predictions"]
     (tracks,) = [layer for layer in viewer.layers if TRACKS_KEY in layer.metadata]
@@ -421,6 +417,6 @@ def test_merged_tracks_join_the_projects_trajectories_and_the_merge_is_an_edit(
     np.testing.assert_allclose(tracks.data[tracks.data[:, 0] == 1], centroids)
     np.testing.assert_array_equal(tracks.data[tracks.data[:, 0] == 0], user_trajectory)
     # Border colours cover the track the merge added: one per track, then white (untracked).
-    assert len(labels.tracks) == 2
+    assert len(session.labels.tracks) == 2
     for layer in (viewer.layers["v labels"], predictions):
         assert len(layer.border_color_cycle) == 3

@@ -1,4 +1,5 @@
-"""The *Pose project* dock in a real viewer: saving from it ends the *Label poses* guard."""
+"""The *Pose project* dock in a real viewer: saving ends the close guard, never replaces
+another project's file without asking, and follows the project that is chosen."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from gui import press
 from napari_pose.core.autosave import recovery_for
 from napari_pose.core.io import load_labels
 from napari_pose.core.pose_arrays import labels_to_arrays
+from napari_pose.napari._qt import services
+from napari_pose.napari.session import projects
 
 pytestmark = pytest.mark.gui
 
@@ -28,10 +31,11 @@ def docks(make_napari_viewer, sample_project):
     return viewer, label, project
 
 
-def asks(label) -> list:
-    """Record the close guard's questions (answering "discard") instead of showing a dialog."""
+def close_asks(viewer, monkeypatch) -> list:
+    """Whether napari's close guard asks (answering "discard"), without closing napari."""
     asked = []
-    label.confirm_close = lambda: asked.append("asked") or "discard"
+    monkeypatch.setattr(services, "ask_unsaved", lambda names: asked.append(names) or "discard")
+    assert services.close_allowed(projects(viewer))
     return asked
 
 
@@ -40,20 +44,20 @@ def holds_new_point(path) -> bool:
     return bool(np.isclose(arrays.xy[arrays.frame == 7], [44.0, 33.0]).all(axis=-1).any())
 
 
-def test_saving_the_project_file_ends_the_guard(docks, qtbot, sample_project):
-    _, label, project = docks
+def test_saving_the_project_file_ends_the_guard(docks, qtbot, sample_project, monkeypatch):
+    viewer, label, project = docks
     assert project.save_path.value == sample_project
     press(qtbot, project.save)
     assert holds_new_point(sample_project)
     assert not label.autosaver.dirty
     assert recovery_for(sample_project) is None and not label.autosaver.path.exists()
-    asked = asks(label)
-    label.close_allowed()
-    assert not asked
+    assert not close_asks(viewer, monkeypatch)
 
 
-def test_save_as_moves_the_project_but_an_analysis_export_does_not(docks, qtbot, tmp_path):
-    _, label, project = docks
+def test_save_as_moves_the_project_but_an_analysis_export_does_not(
+    docks, qtbot, tmp_path, monkeypatch
+):
+    viewer, label, project = docks
     moved = tmp_path / "moved.slp"
     project.save_path.value = moved
     press(qtbot, project.save)
@@ -68,6 +72,4 @@ def test_save_as_moves_the_project_but_an_analysis_export_does_not(docks, qtbot,
     assert (tmp_path / "moved.analysis.h5").is_file()
     assert label.autosaver.dirty  # an analysis file reads labels back as predictions
     assert project.project.value == "moved.slp"
-    asked = asks(label)
-    label.close_allowed()
-    assert asked
+    assert close_asks(viewer, monkeypatch) == [["moved.slp"]]

@@ -9,7 +9,7 @@ from gui import press
 from napari_pose.core.io import load_labels, save_labels
 from napari_pose.core.pose_arrays import labels_to_arrays
 from napari_pose.napari.convert import POSE_KEY, TRACKS_KEY
-from napari_pose.napari.labelling import current_project, open_projects
+from napari_pose.napari.session import projects
 
 pytestmark = pytest.mark.gui
 
@@ -25,8 +25,8 @@ def opened(make_napari_viewer, sleap_dir):
 
 def project(viewer):
     """The open project as its layers hold it now, every frame."""
-    (labels,) = open_projects(viewer).values()
-    return current_project(viewer, labels)
+    (session,) = projects(viewer).listed().values()
+    return session.current()
 
 
 def tracks_layers(viewer):
@@ -192,21 +192,58 @@ def test_proofreading_edits_are_autosaved(labelling, qtbot):
     np.testing.assert_array_equal(undone.track, before.track)
 
 
-def test_close_guard_asks_about_unsaved_proofreading(labelling, qtbot):
+def test_close_guard_asks_about_unsaved_proofreading_without_the_label_dock(
+    make_napari_viewer, qtbot, sleap_dir, tmp_path, monkeypatch
+):
+    """Proofread alone (no Label dock): the rename is autosaved and napari asks on closing."""
     from qtpy.QtGui import QCloseEvent
     from qtpy.QtWidgets import QApplication
 
-    viewer, label, proofread, path = labelling
+    from napari_pose.napari._qt import services
+    from napari_pose.napari.session import projects
+
+    for name in ("clip.slp", "clip.mp4"):
+        (tmp_path / name).write_bytes((sleap_dir / "tracks" / name).read_bytes())
+    path = tmp_path / "clip.slp"
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-pose")
+    _, proofread = viewer.window.add_plugin_dock_widget("napari-pose", "Proofread")
     proofread.new_name.value = "fly A"
     press(qtbot, proofread.rename)
-    qtbot.wait(10)  # let the Label dock find its window
-    asked = []
-    label.confirm_close = lambda: asked.append(True) or "cancel"
-    event = QCloseEvent()
-    QApplication.sendEvent(label.native.window(), event)
-    assert asked and not event.isAccepted()  # napari stays open with the rename unsaved
+    (session,) = projects(viewer).sessions
+    qtbot.waitUntil(lambda: path.with_name("clip.autosave.slp").exists(), timeout=5000)
+    sidecar = load_labels(path.with_name("clip.autosave.slp"))
+    assert [t.name for t in sidecar.tracks] == ["fly A", "male"]  # debounced autosave
 
-    label.confirm_close = lambda: "save"
-    assert label.close_allowed()
+    asked = []
+    monkeypatch.setattr(services, "ask_unsaved", lambda names: asked.append(names) or "cancel")
+    event = QCloseEvent()
+    QApplication.sendEvent(proofread.native.window(), event)
+    assert asked == [["clip.slp"]] and not event.isAccepted()  # napari stays open
+
+    monkeypatch.setattr(services, "ask_unsaved", lambda names: "save")
+    assert services.close_allowed(projects(viewer))
     assert [t.name for t in load_labels(path).tracks] == ["fly A", "male"]
-    assert not label.autosaver.dirty
+    assert not session.dirty
+
+
+def test_a_and_b_start_apart_and_a_track_is_never_swapped_or_merged_with_itself(
+    make_napari_viewer, qtbot, sleap_dir
+):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Proofread")  # docked first
+    viewer.open(str(sleap_dir / "tracks" / "clip.slp"), plugin="napari-pose")
+    assert (widget.track_a.current_choice, widget.track_b.current_choice) == ("female", "male")
+    before = labels_to_arrays(project(viewer))
+    viewer.dims.set_current_step(0, 700)
+
+    widget.track_b.value = widget.track_a.value  # the user picks the same track twice
+    press(qtbot, widget.swap)
+    assert "'female' cannot be swapped with itself" in widget.status.value
+    press(qtbot, widget.merge)
+    assert "'female' cannot be merged into itself" in widget.status.value
+    after = labels_to_arrays(project(viewer))
+    np.testing.assert_array_equal(after.track, before.track)
+    assert [t.name for t in after.tracks] == ["female", "male"]
+    press(qtbot, widget.undo)  # refusals are not edits
+    assert widget.status.value == "nothing to undo"

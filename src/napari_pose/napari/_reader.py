@@ -27,7 +27,7 @@ from napari_pose.core.video import (
     video_to_dask,
 )
 from napari_pose.napari.convert import LayerData, labels_to_layers, video_name
-from napari_pose.napari.sync import attach_current_viewer
+from napari_pose.napari.session import projects_of_current_viewer
 
 Reader = Callable[[Any], list[LayerData]]
 
@@ -88,7 +88,7 @@ def layers_with_videos(labels: sio.Labels) -> list[LayerData]:
             plane_shapes[v], plane_axes[v] = reader.plane_shape, reader.plane_axes
         else:
             images[v] = video_to_dask(reader)
-    attach_current_viewer()
+    projects_of_current_viewer()
     return labels_to_layers(labels, images=images, plane_shapes=plane_shapes,
                             plane_axes=plane_axes)  # fmt: skip
 

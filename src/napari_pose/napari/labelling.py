@@ -12,31 +12,27 @@ autosave (``sync`` sees and announces them): undo does not step through them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Literal
 
+import napari
 import numpy as np
 import psygnal
-import sleap_io as sio
 
-import napari
 from napari_pose.core import labelling as lab
-from napari_pose.core.io import detect_labels_format, save_labels
 from napari_pose.core.skeleton import relayout
 from napari_pose.napari.convert import (
-    EDGES_KEY,
     POSE_KEY,
     TRACKS_KEY,
     PoseBinding,
     TracksBinding,
     arrays_to_points,
-    layers_to_labels,
     palette,
     tracks_layer,
     video_name,
     window_around,
 )
-from napari_pose.napari.sync import attach, project_saved
+from napari_pose.napari.session import ProjectSession
+from napari_pose.napari.sync import attach
 
 Mode = Literal["label", "move"]
 
@@ -339,81 +335,8 @@ def go_to_frame(viewer: napari.Viewer, layer: napari.layers.Points, frame: int) 
     go_to_plane(viewer, layer, tuple(int(v) for v in np.unravel_index(int(frame), plane_shape)))
 
 
-def project_points_layers(viewer: napari.Viewer, labels) -> list[napari.layers.Points]:
-    """Every Points layer (user labels and predictions) of the project ``labels``."""
-    return [
-        layer
-        for layer in viewer.layers
-        if isinstance(layer, napari.layers.Points)
-        and layer.metadata.get(POSE_KEY) is not None
-        and layer.metadata[POSE_KEY].labels is labels
-    ]
-
-
-def open_projects(viewer: napari.Viewer) -> dict[str, sio.Labels]:
-    """The projects open in ``viewer`` by file name (or first layer name), in layer order.
-
-    Predictions made in the viewer and not yet saved or merged (the *Predict* dock's layer: no
-    file, no user-labels layer) are a result, not a project to train on or to take as ground
-    truth. Anything opened from a file, or labelled from scratch, is one.
-    """
-    groups: dict[int, list[napari.layers.Points]] = {}
-    for layer in viewer.layers:
-        binding = layer.metadata.get(POSE_KEY) if isinstance(layer, napari.layers.Points) else None
-        if binding is not None:
-            groups.setdefault(id(binding.labels), []).append(layer)
-    found: dict[str, sio.Labels] = {}
-    for layers in groups.values():
-        bindings = [layer.metadata[POSE_KEY] for layer in layers]
-        source = bindings[0].labels.provenance.get("filename")
-        if source or not all(binding.predicted for binding in bindings):
-            found[Path(str(source or layers[0].name)).name] = bindings[0].labels
-    return found
-
-
-def current_project(viewer: napari.Viewer, labels) -> sio.Labels:
-    """The project ``labels`` as its layers hold it now: every layer merged, every frame."""
-    layers = project_points_layers(viewer, labels)
-    return layers_to_labels([(l.data, {"metadata": l.metadata, "features": l.features})
-                             for l in layers])  # fmt: skip
-
-
-def save_project(viewer: napari.Viewer, labels: sio.Labels, path: str | Path) -> bool:
-    """Save the project ``labels`` as its layers hold it now (every frame) to ``path``, atomically.
-
-    A SLEAP or DeepLabCut labels file then holds the whole project and becomes its file: later
-    saves default to it, autosaves follow it, and the save is announced on ``project_saved`` so
-    that the *Label poses* dock stops guarding the edits and deletes their stale autosave. A
-    SLEAP analysis file is only an export (its user labels read back as predictions), so the
-    project stays unsaved and guarded.
-
-    Returns:
-        Whether ``path`` now holds the project (False for an analysis export).
-    """
-    path = Path(path)
-    save_labels(current_project(viewer, labels), path)
-    if detect_labels_format(path) == "analysis_h5":
-        return False
-    labels.provenance["filename"] = str(path)
-    project_saved.emit(labels, path)
-    return True
-
-
-def project_layers(viewer: napari.Viewer, labels) -> list:
-    """Every layer showing the project ``labels``: points, their skeleton edges, trajectories."""
-    points = project_points_layers(viewer, labels)
-    bindings = [layer.metadata[POSE_KEY] for layer in points]
-    others = [
-        layer
-        for layer in viewer.layers
-        if any(layer.metadata.get(EDGES_KEY) is b for b in bindings)
-        or any(b in getattr(layer.metadata.get(TRACKS_KEY), "bindings", ()) for b in bindings)
-    ]
-    return points + others
-
-
-def refresh_tracks_layer(viewer: napari.Viewer, labels, video: int) -> None:
-    """Redraw the trajectories of one video of the project ``labels`` from its Points layers.
+def refresh_tracks_layer(session: ProjectSession, video: int) -> None:
+    """Redraw the trajectories of one video of a project from its Points layers.
 
     Trajectories are drawn from the layers' bindings, not from layer events, so whatever
     rewrites those bindings (an identity edit, a merge of predictions) calls this. The Tracks
@@ -421,7 +344,8 @@ def refresh_tracks_layer(viewer: napari.Viewer, labels, video: int) -> None:
     and bound to the video's Points layers as they are now: a predictions layer added since (a
     merge) is drawn too, and a layer grown past the window threshold windows the trajectories.
     """
-    points = [layer for layer in project_points_layers(viewer, labels)
+    viewer, labels = session.viewer, session.labels
+    points = [layer for layer in session.points_layers()
               if layer.metadata[POSE_KEY].video == video]  # fmt: skip
     bindings = [layer.metadata[POSE_KEY] for layer in points]
     shown = [layer for layer in viewer.layers if TRACKS_KEY in layer.metadata
@@ -445,7 +369,7 @@ def refresh_tracks_layer(viewer: napari.Viewer, labels, video: int) -> None:
         viewer.add_tracks(data, **kwargs)
 
 
-def change_nodes(viewer: napari.Viewer, labels, edit) -> None:
+def change_nodes(session: ProjectSession, edit) -> None:
     """Apply a node edit to every layer of a project, keeping each point on its node.
 
     ``edit`` takes the first layer's full ``PoseArrays`` and returns new ones, changing the
@@ -453,13 +377,13 @@ def change_nodes(viewer: napari.Viewer, labels, edit) -> None:
     ``reorder_nodes`` or ``with_node``; the other layers follow by node identity. Undo history
     does not survive a node edit (the columns it refers to are gone).
     """
-    layers = project_points_layers(viewer, labels)
+    layers = session.points_layers()
     if not layers:
         return
     merged = [layer.metadata[POSE_KEY].merged(layer.data, layer.features) for layer in layers]
     old_nodes = list(merged[0].skeleton.nodes)
     changed = [edit(merged[0])] + [relayout(arrays, old_nodes) for arrays in merged[1:]]
-    sync = attach(viewer)
+    sync = attach(session.viewer)
     for layer, arrays in zip(layers, changed):
         binding = layer.metadata[POSE_KEY]
         binding.arrays = arrays

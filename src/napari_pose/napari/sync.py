@@ -8,12 +8,9 @@ Readers return plain layer data and cannot wire events, so each viewer gets one 
 - when a windowed Points layer (a very large file) is scrolled near the edge of the frames it
   holds, its edits are merged into the full arrays and a new window around the frame is loaded;
 - when the user edits a Points layer with napari's own tools (moves a point by dragging it,
-  adds or deletes points), the edit is announced on :data:`project_edited`, and a point added
-  that way starts a new instance whatever point was selected before.
-
-Edits and saves of a project are announced here, on :data:`project_edited` and
-:data:`project_saved`, because every dock can reach this module without import cycles. The
-*Label poses* dock listens, to autosave the project and ask before napari closes with it unsaved.
+  adds or deletes points), the edit is announced on :attr:`PoseSync.user_edited`, for the
+  project's session (``session.py``) to autosave it, and a point added that way starts a new
+  instance whatever point was selected before.
 
 Code that rewrites a pose Points layer (this module moving a window, a dock redrawing) sets its
 data with the layer's data events blocked, and announces an edit itself if it made one. That is
@@ -25,11 +22,11 @@ from __future__ import annotations
 import weakref
 from functools import partial
 
+import napari
 import numpy as np
 import psygnal
 from napari.layers.base import ActionType
 
-import napari
 from napari_pose.napari.convert import (
     EDGES_KEY,
     POSE_KEY,
@@ -44,17 +41,6 @@ from napari_pose.napari.convert import (
 
 _SYNCS: weakref.WeakKeyDictionary[napari.Viewer, PoseSync] = weakref.WeakKeyDictionary()
 
-#: Emitted with a project (its ``sio.Labels``) after any edit of it, by whichever dock made the
-#: edit (and by :class:`PoseSync` for edits made with napari's own tools): the *Label poses*
-#: dock counts these for its autosaver and close guard, so an edit that is not announced here is
-#: not autosaved and may be lost on closing.
-project_edited = psygnal.SignalInstance((object,), name="project_edited")
-
-#: Emitted with a project and the path it was written to after a save now holds all of it (see
-#: ``labelling.save_project``): the *Label poses* dock then stops guarding its edits and deletes
-#: their autosave, which the file has made stale.
-project_saved = psygnal.SignalInstance((object, object), name="project_saved")
-
 #: The data events napari emits once an add, a drag or a delete has changed a Points layer (the
 #: matching ``-ING`` events come before the change, and there is one of each per gesture).
 _DONE = (ActionType.ADDED, ActionType.CHANGED, ActionType.REMOVED)
@@ -62,21 +48,22 @@ _DONE = (ActionType.ADDED, ActionType.CHANGED, ActionType.REMOVED)
 
 def attach(viewer: napari.Viewer) -> PoseSync:
     """The viewer's ``PoseSync``, created and connected on first use."""
+    viewer = getattr(viewer, "__wrapped__", viewer)  # docks get a proxy; one sync per viewer
     sync = _SYNCS.get(viewer)
     if sync is None:
         sync = _SYNCS[viewer] = PoseSync(viewer)
     return sync
 
 
-def attach_current_viewer() -> None:
-    """Attach to the viewer napari is opening files into, if there is one (readers call this)."""
-    viewer = napari.current_viewer()
-    if viewer is not None:
-        attach(viewer)
-
-
 class PoseSync:
-    """Redraws edges and moves frame windows of the pose layers of one viewer."""
+    """Redraws edges and moves frame windows of the pose layers of one viewer.
+
+    Attributes:
+        user_edited: Emitted with a project (its ``sio.Labels``) when the user changed one of
+            its Points layers with napari's own tools.
+    """
+
+    user_edited = psygnal.Signal(object)
 
     def __init__(self, viewer: napari.Viewer) -> None:
         self._viewer = weakref.ref(viewer)
@@ -143,7 +130,7 @@ class PoseSync:
             return
         binding: PoseBinding = layer.metadata[POSE_KEY]
         if event.action in _DONE:
-            project_edited.emit(binding.labels)
+            self.user_edited.emit(binding.labels)
         self._redraw_edges(layer, binding)
 
     def _keep_defaults(self, layer_ref, event=None) -> None:

@@ -3,19 +3,19 @@
 Thin: every button calls a ``Labeller`` method (``napari/labelling.py``), which calls the pure
 table edits of ``core/labelling.py``. The same actions have keyboard shortcuts on the layer.
 
-The dock also guards the project against lost work (autosave, and a question on closing
-napari). It learns of edits only through :data:`project_edited`, which docks emit after editing
-a project (and ``sync`` for edits made with napari's own point tools), so edits made anywhere
-are autosaved and guarded too; and of saves only through :data:`project_saved`, so a save from
-any dock ends the guard. A failing autosave is shown once, then kept in the dock's status.
+Edits go to the bound project's session (``napari/session.py``), which autosaves them and
+which napari's close guard asks about, whichever docks are open; the dock shows the session's
+state (unsaved, autosave failures) and offers a newer autosave when there is one. Rarely used
+controls sit in collapsed sections, so the dock fits a laptop screen, and the status has a fixed
+height, so it never resizes the canvas under the cursor.
 """
 
 from __future__ import annotations
 
 import time
-from functools import partial
 from pathlib import Path
 
+import napari
 import napari.viewer
 import numpy as np
 import sleap_io as sio
@@ -34,13 +34,12 @@ from magicgui.widgets import (
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_warning
 
-import napari
 from napari_pose.core import suggestions as sg
-from napari_pose.core.autosave import Autosaver, recovery_for
 from napari_pose.core.io import load_labels
 from napari_pose.core.skeleton import TEMPLATES, load_skeleton
+from napari_pose.napari._qt.layout import collapsible, fixed_lines
+from napari_pose.napari._qt.services import save_session
 from napari_pose.napari.convert import (
-    POSE_KEY,
     labels_to_layers,
     new_project_layers,
     palette,
@@ -49,16 +48,10 @@ from napari_pose.napari.labelling import (
     SHORTCUTS,
     Labeller,
     PlaneFrames,
-    current_project,
     go_to_frame,
-    project_layers,
-    save_project,
     user_label_layers,
 )
-from napari_pose.napari.sync import project_edited, project_saved
-
-#: Seconds between autosaves of pending edits even when no new edit arrives.
-AUTOSAVE_INTERVAL_S = 30
+from napari_pose.napari.session import ProjectSession, projects
 
 
 def start_labels_on_image(viewer: napari.Viewer, image: napari.layers.Image,
@@ -75,23 +68,6 @@ def start_labels_on_image(viewer: napari.Viewer, image: napari.layers.Image,
     return added[0]
 
 
-def labels_path(layer: napari.layers.Points) -> Path | None:
-    """The file a labels layer was opened from, if any."""
-    filename = layer.metadata[POSE_KEY].labels.provenance.get("filename")
-    return Path(str(filename)) if filename else None
-
-
-def ask_unsaved() -> str:
-    """Ask whether to save unsaved labels before closing: "save", "discard" or "cancel"."""
-    from qtpy.QtWidgets import QMessageBox
-
-    buttons = (QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
-               | QMessageBox.StandardButton.Cancel)  # fmt: skip
-    answer = QMessageBox.question(None, "napari-pose", "Save your labels before closing?", buttons)
-    return {QMessageBox.StandardButton.Save: "save",
-            QMessageBox.StandardButton.Discard: "discard"}.get(answer, "cancel")  # fmt: skip
-
-
 def color_points_by(layer: napari.layers.Points, feature: str) -> None:
     """Colour point faces by a categorical feature (node, track or instance)."""
     values = layer.features[feature]
@@ -105,11 +81,10 @@ class LabelWidget(Container):
     """Label keypoints: nodes in order, instances, occlusion, tracks, copy, undo, save."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
+        super().__init__(scrollable=True)
         self._viewer = viewer
         self.labeller: Labeller | None = None
-        self.autosaver: Autosaver | None = None  # set with the labeller
-        self._autosave_error: str | None = None  # the autosave failure shown, until one succeeds
+        self.session: ProjectSession | None = None  # the bound layer's project
 
         self.layer = ComboBox(label="labels layer", choices=self._layer_choices)
         self.image = ComboBox(label="image", choices=self._image_choices)
@@ -141,11 +116,20 @@ class LabelWidget(Container):
         self.suggested = ComboBox(label="suggested", choices=self._suggestion_choices)
         self.shortcuts = Label(label="keys", value="\n".join(
             f"{key}: {text}" for key, (_, text) in SHORTCUTS.items()))  # fmt: skip
-        self.extend([self.layer, self.image, self.template, self.skeleton_file, self.start, self.mode, self.node,
-                     self.status, *self.buttons.values(), self.track, self.new_track,
-                     self.set_track_button, self.color_by, self.names, self.method,
-                     self.n_suggestions, self.suggest, self.progress, self.suggested, self.save,
-                     self.restore, self.shortcuts])  # fmt: skip
+        start = Container(widgets=[self.image, self.template, self.skeleton_file, self.start])
+        tracks = Container(widgets=[self.track, self.new_track, self.set_track_button])
+        suggest = Container(widgets=[self.method, self.n_suggestions, self.suggest, self.progress])
+        display = Container(widgets=[self.color_by, self.names])
+        self.extend([self.layer, self.mode, self.node, self.status, *self.buttons.values(),
+                     self.suggested, self.save, self.restore])  # fmt: skip
+        self.sections = {
+            "start": collapsible(self, "Start labelling an image", start),
+            "tracks": collapsible(self, "Tracks", tracks),
+            "suggest": collapsible(self, "Suggest frames to label", suggest),
+            "display": collapsible(self, "Display", display),
+            "keys": collapsible(self, "Keys", Container(widgets=[self.shortcuts])),
+        }
+        fixed_lines(self.status, 4)
 
         self.layer.changed.connect(self._bind)
         self.start.clicked.connect(self._start_on_image)
@@ -164,13 +148,7 @@ class LabelWidget(Container):
         self.names.changed.connect(self._show_names)
         self.suggest.clicked.connect(self.start_suggestions)
         self.suggested.changed.connect(self._go_to_suggestion)
-        self._timer = self._autosave_timer()
-        project_edited.connect(self._count_edit)  # held weakly: goes with the widget
-        project_saved.connect(self._count_save)
-        self.confirm_close = ask_unsaved
-        from qtpy.QtCore import QTimer
-
-        QTimer.singleShot(0, self._guard_close)  # once docked, watch napari's window close
+        self._projects = projects(viewer)
         viewer.layers.events.inserted.connect(self._reset_choices)
         viewer.layers.events.removed.connect(self._reset_choices)
         viewer.dims.events.current_step.connect(self._refresh)
@@ -202,33 +180,42 @@ class LabelWidget(Container):
     def _reset_choices(self, event=None) -> None:
         self.layer.reset_choices()
         self.image.reset_choices()
+        if self.layer.value is None and self.labeller is not None:
+            self._unbind()  # the bound layer was removed
         if self.layer.value is not None and (
             self.labeller is None or self.labeller.layer is not self.layer.value
         ):
             self._bind()
+        if self.labeller is None:
+            self.sections["start"].expand(animate=False)  # the first thing a new user needs
 
     # ------------------------------------------------------------------ binding
     def _bind(self, event=None) -> None:
         layer = self.layer.value
         if layer is None or (self.labeller is not None and self.labeller.layer is layer):
             return
-        self._flush()
-        if self.labeller is not None:
-            self.labeller.close()
-        self.autosaver = Autosaver(labels_path(layer), self._current_labels)
-        self._autosave_error = None
-        edited = partial(project_edited.emit, layer.metadata[POSE_KEY].labels)
-        self.labeller = Labeller(self._viewer, layer, on_edit=edited)
+        self._unbind()
+        self.session = self._projects.of_layer(layer)
+        self.session.changed.connect(self._refresh)
+        self.labeller = Labeller(self._viewer, layer, on_edit=self.session.mark_edited)
         self.labeller.changed.connect(self._refresh)
         self._viewer.layers.selection.active = layer
         self.node.reset_choices()
         self.track.reset_choices()
         self.suggested.reset_choices()
-        recovery = recovery_for(labels_path(layer))
+        recovery = self.session.recovery()
         self.restore.visible = recovery is not None
         if recovery is not None:
             stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(recovery.stat().st_mtime))
             self.restore.text = f"Restore autosave of {stamp} (newer than the file)"
+        self._refresh()
+
+    def _unbind(self) -> None:
+        if self.labeller is not None:
+            self.labeller.close()
+        if self.session is not None:
+            self.session.changed.disconnect(self._refresh)
+        self.labeller, self.session = None, None
         self._refresh()
 
     def _start_on_image(self) -> None:
@@ -238,6 +225,10 @@ class LabelWidget(Container):
         layer = start_labels_on_image(self._viewer, self.image.value, skeleton)
         self.layer.reset_choices()
         self.layer.value = layer
+        # The skeleton edges layer was added last and is active: clicks would go to it.
+        self._viewer.layers.selection.active = layer
+        self.labeller.set_mode("label")
+        self.sections["start"].collapse(animate=False)
 
     # ------------------------------------------------------------------ actions
     def _node_picked(self, name: str | None) -> None:
@@ -302,105 +293,40 @@ class LabelWidget(Container):
         sg.merge_suggestions(binding.labels, sg.to_suggestions(frames, video))
         self.progress.visible = False
         self.suggested.reset_choices()
-        project_edited.emit(binding.labels)
+        self.session.mark_edited()
 
     def _go_to_suggestion(self, frame: int | None) -> None:
         if self.labeller is not None and frame is not None:
             go_to_frame(self._viewer, self.labeller.layer, frame)
 
-    def _count_edit(self, labels: sio.Labels) -> None:
-        """Count an edit for autosave if it is of the bound layer's project, the only one the
-        autosaver saves (another project open in napari has no autosave)."""
-        if self.labeller is not None and labels is self.labeller.binding.labels:
-            self.autosaver.edited()
-            self._report_autosave()
-
-    def _count_save(self, labels: sio.Labels, path: Path) -> None:
-        """The bound project was saved to ``path`` (by this dock or another): its edits are safe."""
-        if self.labeller is not None and labels is self.labeller.binding.labels:
-            self.autosaver.saved(path)
-            self._report_autosave()
-
-    def _flush(self) -> None:
-        """Autosave pending edits now (the timer, or before binding another project)."""
-        if self.autosaver is not None:
-            self.autosaver.flush()
-            self._report_autosave()
-
-    def _report_autosave(self) -> None:
-        """Warn once about a new autosave failure, and keep it in the status until one succeeds.
-
-        A failing disk fails again at every retry (every few edits and every timer tick):
-        warning each time would bury labelling under pop-ups, but saying nothing would let the
-        user label on believing the work is protected.
-        """
-        error = self.autosaver.last_error
-        if error == self._autosave_error:
-            return
-        if error is not None:
-            show_warning(error)
-        self._autosave_error = error
-        self._refresh()
-
-    def _autosave_timer(self):
-        """Flush pending edits to the autosave every ``AUTOSAVE_INTERVAL_S`` seconds."""
-        from qtpy.QtCore import QTimer
-
-        timer = QTimer(self.native)
-        timer.timeout.connect(self._flush)
-        timer.start(AUTOSAVE_INTERVAL_S * 1000)
-        return timer
-
-    def _guard_close(self) -> None:
-        from qtpy.QtCore import QEvent, QObject
-
-        widget = self
-
-        class CloseGuard(QObject):
-            def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt's name)
-                if event.type() == QEvent.Type.Close and not widget.close_allowed():
-                    event.ignore()
-                    return True
-                return False
-
-        self._close_guard = CloseGuard(self.native)
-        self.native.window().installEventFilter(self._close_guard)
-
-    def close_allowed(self) -> bool:
-        """Whether napari may close: asks first when labels are not saved yet."""
-        if self.autosaver is None or not self.autosaver.dirty:
-            return True
-        answer = self.confirm_close()
-        if answer == "save":
-            self.save_labels()
-        return answer != "cancel"
-
     def restore_autosave(self) -> None:
         """Replace the project's layers by the newer autosave; saving then writes the file."""
-        layer = self.labeller.layer
-        original, binding = labels_path(layer), layer.metadata[POSE_KEY]
-        labels = load_labels(recovery_for(original), lazy=False)
-        labels.provenance["filename"] = str(original)
-        self.labeller.close()
-        self.labeller, self.autosaver = None, None
-        for old in project_layers(self._viewer, binding.labels):
+        session, binding = self.session, self.labeller.binding
+        labels = load_labels(session.recovery(), lazy=False)
+        labels.provenance["filename"] = str(session.path) if session.path else None
+        self._unbind()
+        for old in session.layers():
             self._viewer.layers.remove(old)
         for data, kwargs, kind in labels_to_layers(labels, plane_shapes={0: binding.plane_shape}):
             getattr(self._viewer, f"add_{kind}")(data, **kwargs)
-        project_edited.emit(labels)  # the restored labels are not in the file yet
+        self._projects.of(labels).mark_edited()  # the restored labels are not in the file yet
         self.restore.visible = False
 
-    def _current_labels(self) -> sio.Labels:
-        """The project of the bound layer, all its layers merged (for saving and autosave)."""
-        return current_project(self._viewer, self.labeller.binding.labels)
+    @property
+    def autosaver(self):
+        """The bound project's autosaver (None when no layer is bound)."""
+        return None if self.session is None else self.session.autosaver
 
-    def save_labels(self, path: str | Path | None = None) -> Path:
-        """Save the project atomically to ``path`` (default: the file it came from)."""
-        target = Path(path) if path else labels_path(self.labeller.layer)
-        if target is None:
-            raise ValueError("this project has no file yet: give a path to save to")
-        save_project(self._viewer, self.labeller.binding.labels, target)
-        return target
+    def save_labels(self, path: str | Path | None = None) -> Path | None:
+        """Save the project atomically to ``path`` (default: its file, else asks where).
+
+        Returns:
+            Where it was saved, or None when the user cancelled or the save failed (shown).
+        """
+        if self.session is None:
+            show_warning("no labels to save: open a project or start labelling an image")
+            return None
+        return save_session(self.session, path)
 
     def _refresh(self, event=None) -> None:
         labeller = self.labeller
@@ -414,4 +340,6 @@ class LabelWidget(Container):
         marks = " ".join(("✓" if i in placed else "·") + name
                          for i, name in enumerate(labeller.node_names))  # fmt: skip
         status = f"#{labeller.instance}: {len(placed)}/{labeller.n_nodes} placed\n{marks}"
-        self.status.value = status + (f"\n{self._autosave_error}" if self._autosave_error else "")
+        error = self.session.autosaver.last_error
+        saved = "unsaved edits" if self.session.dirty else "saved"
+        self.status.value = f"{status}\n{error or saved}"

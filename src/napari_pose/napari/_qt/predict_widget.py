@@ -24,6 +24,7 @@ from pathlib import Path
 
 import attrs
 import dask.array as da
+import napari
 import napari.viewer
 import numpy as np
 import sleap_io as sio
@@ -42,7 +43,6 @@ from napari.layers import Image, Points
 from napari.qt.threading import GeneratorWorker, thread_worker
 from napari.utils.notifications import show_error
 
-import napari
 from napari_pose.core.io import save_labels
 from napari_pose.core.labelling import PointTable, next_instance_id
 from napari_pose.core.pose_arrays import PoseArrays, replace_frames
@@ -62,11 +62,10 @@ from napari_pose.napari.convert import (
 )
 from napari_pose.napari.labelling import (
     PlaneFrames,
-    open_projects,
-    project_points_layers,
     refresh_tracks_layer,
 )
-from napari_pose.napari.sync import attach, project_edited
+from napari_pose.napari.session import ProjectSession, projects
+from napari_pose.napari.sync import attach
 from napari_pose.nn.inference import (
     PredictConfig,
     Predictor,
@@ -127,14 +126,13 @@ def shows_video(image: Image, video: sio.Video) -> bool:
     return same_file or video_name(video) == image.name
 
 
-def project_video(viewer: napari.Viewer, image: Image) -> tuple[sio.Labels, int] | None:
+def project_video(viewer: napari.Viewer, image: Image) -> tuple[ProjectSession, int] | None:
     """The open project with user labels on the video ``image`` shows, and that video's index."""
-    for labels in open_projects(viewer).values():
-        bindings = [layer.metadata[POSE_KEY] for layer in project_points_layers(viewer, labels)]
-        user_videos = {binding.video for binding in bindings if not binding.predicted}
+    for session in projects(viewer).listed().values():
+        user_videos = {layer.metadata[POSE_KEY].video for layer in session.user_layers()}
         for v in sorted(user_videos):
-            if shows_video(image, labels.videos[v]):
-                return labels, v
+            if shows_video(image, session.labels.videos[v]):
+                return session, v
     return None
 
 
@@ -362,13 +360,14 @@ class PredictWidget(Container):
         if found is None:
             raise ValueError(f"no open pose project labels {image.name!r}, so it has no {choice} "
                              "frames; open its project or choose other frames")  # fmt: skip
-        labels, v = found
+        session, v = found
+        labels = session.labels
         if choice == "suggested":
             return sorted({s.frame_idx for s in labels.suggestions if s.video is labels.videos[v]})
         frames: set[int] = set()
-        for layer in project_points_layers(self._viewer, labels):
+        for layer in session.user_layers():
             binding = layer.metadata[POSE_KEY]
-            if binding.video == v and not binding.predicted:
+            if binding.video == v:
                 frames.update(binding.merged(layer.data, layer.features).frame.tolist())
         return sorted(frames)
 
@@ -549,7 +548,7 @@ class PredictWidget(Container):
         kept; user labels are untouched. The project's predictions layer (made if it has none)
         and its trajectories now show them and saving the project writes them, so this dock's
         own layer goes. Layers are rewritten with their data events blocked, so the merge is
-        announced on ``project_edited`` for the *Label poses* dock to autosave and guard it.
+        reported to the project's session, which autosaves it and guards it on closing.
         """
         layer = self.predictions_layer
         if self.worker is not None:
@@ -564,26 +563,27 @@ class PredictWidget(Container):
             show_error(f"no open pose project labels {image.name!r}; open it first or Save "
                        "predictions to a file")  # fmt: skip
             return False
-        labels, v = found
+        session, v = found
+        labels = session.labels
         predictions = layer.metadata[POSE_KEY].merged(layer.data, layer.features)
         try:
             self._check_skeleton(model, predictions.skeleton, labels)
         except ValueError as error:
             show_error(str(error))
             return False
-        first_id = free_instance_id(project_points_layers(self._viewer, labels))
+        first_id = free_instance_id(session.points_layers())
         new = in_project(predictions, labels.skeletons[0], labels.videos, labels.tracks, first_id,
                          video=v)  # fmt: skip
         labels.tracks.extend(new.tracks[len(labels.tracks) :])  # every layer shares the list
-        target = self._project_predictions(labels, v, image)
+        target = self._project_predictions(session, v, image)
         binding: PoseBinding = target.metadata[POSE_KEY]
         binding.arrays = replace_frames(binding.merged(target.data, target.features), new)
         self._show(target, binding)
-        for points in project_points_layers(self._viewer, labels):  # the merge may add tracks
+        for points in session.points_layers():  # the merge may add tracks
             points.border_color_cycle = track_colors(len(labels.tracks))
-        refresh_tracks_layer(self._viewer, labels, v)
+        refresh_tracks_layer(session, v)
         self._remove(layer)
-        project_edited.emit(labels)
+        session.mark_edited()
         n_frames = len(np.unique(new.frame))
         self.status.value = (f"merged {len(new)} predicted instances on {n_frames} frames into "
                              f"{self._project_name(labels)}")  # fmt: skip
@@ -599,13 +599,13 @@ class PredictWidget(Container):
 
     def _project_name(self, labels: sio.Labels) -> str:
         """The project's file, or the name the other docks list it by when it has none yet."""
-        named = {id(l): name for name, l in open_projects(self._viewer).items()}
-        return str(labels.provenance.get("filename") or named[id(labels)])
+        session = projects(self._viewer).of(labels)
+        return str(session.path or session.name)
 
-    def _project_predictions(self, labels: sio.Labels, v: int, image: Image) -> Points:
+    def _project_predictions(self, session: ProjectSession, v: int, image: Image) -> Points:
         """The project's predictions layer of video ``v``; one is added where ``image`` lies
         (with its skeleton edges, as the reader makes it) when the project has none yet."""
-        layers = project_points_layers(self._viewer, labels)
+        labels, layers = session.labels, session.points_layers()
         bindings = [layer.metadata[POSE_KEY] for layer in layers]
         for layer, binding in zip(layers, bindings, strict=True):
             if binding.predicted and binding.video == v:

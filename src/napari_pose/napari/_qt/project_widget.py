@@ -1,24 +1,26 @@
 """The *Pose project* dock widget: what is open, which videos are missing, and saving.
 
-Thin by design: it gathers choices and calls ``core.io`` and ``convert``; everything it does is
-also a plain function tested without a viewer.
+Thin by design: it shows the viewer's project sessions (``napari/session.py``) and saves through
+``services.save_session``, which asks where a new project goes and before replacing a file that
+is not the project's own. The *save as* field shows the chosen project's own file (empty for a
+project that has none yet) and follows that project, never an earlier one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import napari
 import napari.viewer
 import sleap_io as sio
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
-from napari.utils.notifications import show_info, show_warning
 
-import napari
 from napari_pose.core.io import missing_videos
 from napari_pose.core.video import open_video, video_to_dask
+from napari_pose.napari._qt.layout import fixed_lines
+from napari_pose.napari._qt.services import save_session
 from napari_pose.napari.convert import video_name
-from napari_pose.napari.labelling import open_projects, save_project
-from napari_pose.napari.sync import attach
+from napari_pose.napari.session import ProjectSession, projects
 
 
 def summary(labels: sio.Labels) -> str:
@@ -35,66 +37,97 @@ def summary(labels: sio.Labels) -> str:
         f"tracks: {', '.join(t.name for t in labels.tracks) or 'none'}",
     ]
     for video in labels.videos:
-        status = "MISSING" if video.filename in missing else "ok"
+        status = "MISSING" if missing.intersection(_files(video)) else "ok"
         lines.append(f"video {video_name(video)}: {status}")
     return "\n".join(lines)
+
+
+def _files(video: sio.Video) -> list[str]:
+    """A video's files: one, or its images (DeepLabCut and lightning-pose image folders)."""
+    return video.filename if isinstance(video.filename, list) else [video.filename]
 
 
 class ProjectWidget(Container):
     """Pick an open project, see its contents, locate missing videos, save it."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
+        super().__init__(scrollable=True)
         self._viewer = viewer
-        attach(viewer)
+        self._projects = projects(viewer)
         self.project = ComboBox(label="project", choices=self._project_choices)
         self.info = Label(label="contents", value="")
         self.missing = ComboBox(label="missing video", choices=self._missing_choices)
         self.video_file = FileEdit(label="video file", mode="r")
         self.locate = PushButton(label="", text="Use this video")
+        self.state = Label(label="state", value="")
         self.save_path = FileEdit(label="save as", mode="w", filter="*.slp *.csv *.h5")
         self.save = PushButton(label="", text="Save project")
         self.extend(
-            [self.project, self.info, self.missing, self.video_file, self.locate,
+            [self.project, self.info, self.missing, self.video_file, self.locate, self.state,
              self.save_path, self.save]
         )  # fmt: skip
         self.project.changed.connect(self._update)
         self.locate.clicked.connect(self.use_video)
         self.save.clicked.connect(self.save_project)
+        fixed_lines(self.info, 6)
+        self._watched: ProjectSession | None = None
         viewer.layers.events.inserted.connect(self._reset)
         viewer.layers.events.removed.connect(self._reset)
         self._reset()
 
     # ------------------------------------------------------------------ state shown
     def _project_choices(self, _widget=None) -> list[str]:
-        return list(open_projects(self._viewer))
+        return list(self._projects.listed())
 
     def _missing_choices(self, _widget=None) -> list[str]:
         labels = self.current_labels()
         return missing_videos(labels) if labels is not None else []
 
+    @property
+    def session(self) -> ProjectSession | None:
+        """The chosen project."""
+        return self._projects.listed().get(self.project.value)
+
     def current_labels(self) -> sio.Labels | None:
-        return open_projects(self._viewer).get(self.project.value)
+        return None if self.session is None else self.session.labels
 
     def _reset(self, event=None) -> None:
         self.project.reset_choices()
         self._update()
 
     def _update(self, event=None) -> None:
-        labels = self.current_labels()
+        session = self.session
+        if session is not self._watched:
+            if self._watched is not None:
+                self._watched.changed.disconnect(self._show_state)
+            if session is not None:
+                session.changed.connect(self._show_state)
+            self._watched = session
+            # The field follows the project: its own file, or empty until it has one.
+            self.save_path.value = session.path if session is not None and session.path else ""
         self.missing.reset_choices()
+        labels = self.current_labels()
         self.info.value = summary(labels) if labels is not None else "no pose project open"
         for widget in (self.missing, self.video_file, self.locate):
             widget.visible = bool(self.missing.choices)  # only when a video is missing
-        if labels is not None and labels.provenance.get("filename"):
-            self.save_path.value = Path(str(labels.provenance["filename"]))
+        self._show_state()
+
+    def _show_state(self) -> None:
+        session = self.session
+        if session is None:
+            self.state.value = ""
+        elif session.autosaver.last_error:
+            self.state.value = session.autosaver.last_error
+        else:
+            where = str(session.path) if session.path else "no file yet"
+            self.state.value = f"{'unsaved edits' if session.dirty else 'saved'} ({where})"
 
     # ------------------------------------------------------------------ actions
     def use_video(self) -> None:
         """Point the selected missing video at the chosen file and show it."""
         labels, stored = self.current_labels(), self.missing.value
         new = Path(self.video_file.value)
-        video_index = next(i for i, v in enumerate(labels.videos) if v.filename == stored)
+        video_index = next(i for i, v in enumerate(labels.videos) if stored in _files(v))
         data = video_to_dask(open_video(new))  # fails here, with the file named, if unreadable
         labels.videos[video_index].replace_filename(str(new), open=False)
         self._viewer.add_image(
@@ -104,19 +137,23 @@ class ProjectWidget(Container):
         self._viewer.layers.move(len(self._viewer.layers) - 1, 0)
         self._update()
 
-    def save_project(self) -> Path:
+    def save_project(self) -> Path | None:
         """Save every layer of the project (all frames) to the chosen path, atomically.
 
-        The path becomes the project's file, which may rename it here: it stays selected.
+        With no path chosen it asks where; a path that exists and is not the project's own
+        file is replaced only after the user said so. The path becomes the project's file,
+        which may rename it here: it stays selected.
+
+        Returns:
+            Where it was saved, or None when cancelled or failed (the failure is shown).
         """
-        labels, path = self.current_labels(), Path(self.save_path.value)
-        if save_project(self._viewer, labels, path):
-            show_info(f"saved {path}")
-        else:
-            show_warning(f"exported {path}, but an analysis file reads user labels back as "
-                         "predictions: save the project as .slp to keep them")  # fmt: skip
+        session = self.session
+        if session is None:
+            return None
+        saved = save_session(session, self.save_path.value)
         self.project.reset_choices()
-        for name, other in open_projects(self._viewer).items():
-            if other is labels:
+        for name, other in self._projects.listed().items():
+            if other is session:
                 self.project.value = name
-        return path
+        self._update()
+        return saved

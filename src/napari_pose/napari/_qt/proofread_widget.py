@@ -3,9 +3,9 @@
 Thin by design: every edit is a pure function of ``core.proofreading`` applied to the full
 ``PoseArrays`` of a layer (``PoseBinding.merged``, so windowed layers edit every frame), and the
 layer is rewritten from the result, as the *Label poses* widget does. Saving the project (the
-*Pose project* widget, or ``current_project`` and ``save_labels``) therefore writes the edits.
-Every edit and undo is announced with ``project_edited``, so that the *Label poses* widget
-autosaves it and asks before napari closes with it unsaved.
+*Pose project* widget, or the project session's ``save``) therefore writes the edits. Every
+edit and undo is an edit of the project's session, so that it is autosaved and napari asks
+before closing with it unsaved, whichever docks are open.
 
 Edits of one instance's track (swap, set) act on the chosen layer; edits of the track list
 (delete, merge, rename) act on every layer of the project, since they share its tracks.
@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import attrs
+import napari
 import napari.viewer
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, PushButton
@@ -27,18 +28,15 @@ from qtpy.QtCore import QLine, QRectF, Qt, QTimer, Signal
 from qtpy.QtGui import QColor, QMouseEvent, QPainter, QPaintEvent, QPalette, QPen
 from qtpy.QtWidgets import QWidget
 
-import napari
 from napari_pose.core import proofreading as pr
 from napari_pose.core.pose_arrays import PoseArrays, labels_to_arrays
 from napari_pose.napari.convert import POSE_KEY, PoseBinding, arrays_to_points, track_colors
 from napari_pose.napari.labelling import (
-    current_project,
     go_to_frame,
-    open_projects,
-    project_points_layers,
     refresh_tracks_layer,
 )
-from napari_pose.napari.sync import attach, project_edited
+from napari_pose.napari.session import projects
+from napari_pose.napari.sync import attach
 from napari_pose.nn.metrics import compare, video_key
 
 #: Milliseconds of quiet after the layer's points change before its frames are scored again.
@@ -186,6 +184,7 @@ class ProofreadWidget(Container):
         super().__init__()
         self._viewer = viewer
         self._sync = attach(viewer)
+        self._projects = projects(viewer)
         self._bound: napari.layers.Points | None = None  # the layer whose edits we follow
         self._history: list[_Step] = []
         self._tracks: list = []  # the layer's tracks: the project's, and any new in its points
@@ -253,7 +252,7 @@ class ProofreadWidget(Container):
         return [(t.name, i) for i, t in enumerate(self._tracks)]
 
     def _project_choices(self, _widget=None) -> list[str]:
-        return list(open_projects(self._viewer))
+        return list(self._projects.listed())
 
     def _reset_choices(self, event=None) -> None:
         self.layer.reset_choices()
@@ -345,7 +344,7 @@ class ProofreadWidget(Container):
             self.status.value = "open a tracked pose project first"
             return False
         labels = self._binding().labels
-        layers = project_points_layers(self._viewer, labels) if whole_project else [layer]
+        layers = self._projects.of(labels).points_layers() if whole_project else [layer]
         before = {other: self._arrays(other) for other in layers}
         try:
             after = {other: edit(arrays) for other, arrays in before.items()}
@@ -362,7 +361,7 @@ class ProofreadWidget(Container):
         """Rewrite layers from full arrays, then their edges, trajectories and the suspicion.
 
         Layer events cannot tell an edit (their data events are blocked here, and moving a
-        frame window rewrites layers too), so the edit is announced on ``project_edited``.
+        frame window rewrites layers too), so the edit is reported to the project's session.
         """
         labels = self._binding().labels
         labels.tracks[:] = tracks  # in place: every layer's binding shares this project
@@ -382,9 +381,9 @@ class ProofreadWidget(Container):
         finally:
             self._writing = False
         for video in sorted({layer.metadata[POSE_KEY].video for layer in arrays}):
-            refresh_tracks_layer(self._viewer, labels, video)
+            refresh_tracks_layer(self._projects.of(labels), video)
         self._refresh(arrays.get(self.layer.value))
-        project_edited.emit(labels)
+        self._projects.of(labels).mark_edited()
 
     def swap_from_here(self) -> bool:
         """Exchange tracks A and B on this frame and every later one (this layer)."""
@@ -476,12 +475,12 @@ class ProofreadWidget(Container):
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict | None:
         """Compare the chosen layer with the ground truth's user labels; list the worst frames."""
-        labels = open_projects(self._viewer).get(self.truth.value)
+        session = self._projects.listed().get(self.truth.value)
         layer = self.evaluated.value
-        if labels is None or layer is None:
+        if session is None or layer is None:
             self.results.value = "open a project with user labels and a predictions layer"
             return None
-        truth = labels_to_arrays(current_project(self._viewer, labels))
+        truth = labels_to_arrays(session.current())
         try:
             metrics, per_frame = compare(truth.select(~truth.predicted), self._arrays(layer))
         except ValueError as error:  # no shared node, or no ground truth at all

@@ -2,22 +2,22 @@
 
 Node edits (add, rename, delete, reorder) change every labelled and predicted instance of the
 project through ``labelling.change_nodes``; deleting a node that has points asks first. Every
-edit, edges and symmetries included (the file keeps the skeleton), is announced on
-``project_edited`` so that it is autosaved and guarded like a label.
+edit, edges and symmetries included (the file keeps the skeleton), is an edit of the project's
+session, so that it is autosaved and guarded like a label.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import napari
 import napari.viewer
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton
 
-import napari
 from napari_pose.core import skeleton as sk
 from napari_pose.napari.convert import POSE_KEY
 from napari_pose.napari.labelling import change_nodes, user_label_layers
-from napari_pose.napari.sync import project_edited
+from napari_pose.napari.session import ProjectSession, projects
 
 
 def ask(question: str) -> bool:
@@ -32,8 +32,9 @@ class SkeletonWidget(Container):
     """Nodes, edges and symmetric pairs of the skeleton of the chosen labels layer's project."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
+        super().__init__(scrollable=True)
         self._viewer = viewer
+        self._projects = projects(viewer)
         self.confirm = ask
         self.layer = ComboBox(label="labels layer", choices=self._layers)
         self.node = ComboBox(label="node", choices=self._nodes)
@@ -59,8 +60,9 @@ class SkeletonWidget(Container):
         self._refresh()
 
     @property
-    def labels(self):
-        return self.layer.value.metadata[POSE_KEY].labels if self.layer.value else None
+    def session(self) -> ProjectSession | None:
+        """The project of the chosen labels layer."""
+        return self._projects.of_layer(self.layer.value) if self.layer.value else None
 
     @property
     def skeleton(self):
@@ -97,29 +99,27 @@ class SkeletonWidget(Container):
         )
         names = skeleton.node_names
         if action == "add":
-            change_nodes(self._viewer, self.labels, lambda arrays: sk.with_node(arrays, name))
+            change_nodes(self.session, lambda arrays: sk.with_node(arrays, name))
         elif action == "rename":
             sk.rename_node(skeleton, node, name)
-            change_nodes(self._viewer, self.labels, lambda arrays: arrays)
+            change_nodes(self.session, lambda arrays: arrays)
         elif action == "delete":
-            layers = [l for l in self._viewer.layers if l.metadata.get(POSE_KEY) is not None
-                      and l.metadata[POSE_KEY].labels is self.labels]  # fmt: skip
             lost = sum(sk.points_lost(l.metadata[POSE_KEY].merged(l.data, l.features), node)
-                       for l in layers)  # fmt: skip
+                       for l in self.session.points_layers())  # fmt: skip
             if lost and not self.confirm(f"Delete node '{node}' and its {lost} points?"):
                 return
-            change_nodes(self._viewer, self.labels, lambda arrays: sk.delete_node(arrays, node))
+            change_nodes(self.session, lambda arrays: sk.delete_node(arrays, node))
         elif action in ("move up", "move down"):
             i = names.index(node)
             j = max(0, i - 1) if action == "move up" else min(len(names) - 1, i + 1)
             names[i], names[j] = names[j], names[i]
-            change_nodes(self._viewer, self.labels, lambda arrays: sk.reorder_nodes(arrays, names))
+            change_nodes(self.session, lambda arrays: sk.reorder_nodes(arrays, names))
         else:
             edit = {"add edge": sk.add_edge, "remove edge": sk.remove_edge,
                     "set symmetric": sk.set_symmetry, "remove symmetry": sk.remove_symmetry}[action]  # fmt: skip
             edit(skeleton, node, other)
-            change_nodes(self._viewer, self.labels, lambda arrays: arrays)
-        project_edited.emit(self.labels)
+            change_nodes(self.session, lambda arrays: arrays)
+        self.session.mark_edited()
         self._refresh()
         if action in ("add", "rename"):
             self.node.value = name

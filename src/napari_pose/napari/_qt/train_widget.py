@@ -12,6 +12,7 @@ import threading
 from collections.abc import Generator
 from pathlib import Path
 
+import napari
 import napari.viewer
 import sleap_io as sio
 from magicgui.widgets import (
@@ -30,10 +31,8 @@ from qtpy.QtCore import QPointF, QRectF, Qt
 from qtpy.QtGui import QColor, QPainter, QPaintEvent, QPalette, QPen, QPolygonF
 from qtpy.QtWidgets import QWidget
 
-import napari
 from napari_pose.core.io import load_labels
-from napari_pose.napari.labelling import current_project, open_projects
-from napari_pose.napari.sync import attach
+from napari_pose.napari.session import projects
 from napari_pose.nn.train import Progress, TrainConfig, train
 
 #: ``auto`` lets ``train`` choose from the labels (one animal per frame: single instance).
@@ -132,7 +131,7 @@ class TrainWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self._viewer = viewer
-        attach(viewer)
+        self._projects = projects(viewer)
         self.project = ComboBox(label="project", choices=self._project_choices)
         self.labels_file = FileEdit(label="or labels file", mode="r",
                                     filter="*.slp *.h5 *.csv *.yaml")  # fmt: skip
@@ -165,7 +164,7 @@ class TrainWidget(Container):
         viewer.layers.events.removed.connect(self.project.reset_choices)
 
     def _project_choices(self, _widget: ComboBox | None = None) -> list[str]:
-        return list(open_projects(self._viewer))
+        return list(self._projects.listed())
 
     @staticmethod
     def _chosen(edit: FileEdit) -> Path | None:
@@ -175,7 +174,7 @@ class TrainWidget(Container):
     def start(self) -> None:
         """Start training with the chosen labels and settings (what the Start button does)."""
         out, labels_file = self._chosen(self.output), self._chosen(self.labels_file)
-        project = open_projects(self._viewer).get(self.project.value)
+        project = self._projects.listed().get(self.project.value)
         if out is None:
             show_error("choose an output folder for the model")
             return
@@ -185,8 +184,8 @@ class TrainWidget(Container):
         if labels_file is not None:
             source, labels_path = labels_file, str(labels_file)
         else:  # the layers' current state, unsaved edits included
-            source = current_project(self._viewer, project)
-            labels_path = project.provenance.get("filename")
+            source = project.current()
+            labels_path = None if project.path is None else str(project.path)
         config = TrainConfig(
             pipeline=None if self.pipeline.value == "auto" else self.pipeline.value,
             preset=self.preset.value,
