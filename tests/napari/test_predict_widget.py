@@ -420,3 +420,26 @@ def test_merged_tracks_join_the_projects_trajectories_and_the_merge_is_an_edit(
     assert len(session.labels.tracks) == 2
     for layer in (viewer.layers["v labels"], predictions):
         assert len(layer.border_color_cycle) == 3
+
+
+@pytest.mark.parametrize("n_merges", [1, 5, 25])
+def test_every_merge_comes_back_after_a_kill(
+    make_napari_viewer, qtbot, tmp_path, setup, monkeypatch, n_merges
+):
+    from gui import survives_a_kill
+
+    from napari_pose.napari import session as session_module
+
+    monkeypatch.setattr(session_module, "AUTOSAVE_DELAY_S", 0.2)  # the debounce, made short
+    project = tmp_path / "p.slp"
+    project.write_bytes(setup.project.read_bytes())
+    viewer, widget = _dock(make_napari_viewer, project, setup.model)
+    widget.image.value = viewer.layers["v"]
+    widget.frames.value = "range"
+    for i in range(n_merges):
+        widget.first.value = widget.last.value = 100 + i
+        _run(qtbot, widget)
+        press(qtbot, widget.merge_button)
+    (session,) = projects(viewer).listed().values()
+    assert session.dirty and len(session.current().labeled_frames) == 60 + n_merges
+    assert survives_a_kill(qtbot, session)

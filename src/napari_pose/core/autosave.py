@@ -186,6 +186,11 @@ class Autosaver:
         return self._dirty
 
     @property
+    def pending(self) -> bool:
+        """Whether some edit is in no successful autosave yet (a crash now would lose it)."""
+        return self._unprotected
+
+    @property
     def last_error(self) -> str | None:
         """Why the latest autosave failed, or None since it (or the user's save) succeeded."""
         return self._last_error

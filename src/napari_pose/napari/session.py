@@ -97,7 +97,10 @@ class ProjectSession:
     closed = psygnal.Signal()
 
     def __init__(
-        self, viewer: napari.viewer.ViewerModel, labels: sio.Labels, timer: TimerFactory = _Immediate
+        self,
+        viewer: napari.viewer.ViewerModel,
+        labels: sio.Labels,
+        timer: TimerFactory = _Immediate,
     ) -> None:
         self._viewer = weakref.ref(viewer)
         self.labels = labels
@@ -228,7 +231,9 @@ class ProjectSession:
         """
         if path is None:
             if self.path is None:
-                raise NoSavePathError(self.name, "this project has no file yet: choose where to save it")
+                raise NoSavePathError(
+                    self.name, "this project has no file yet: choose where to save it"
+                )
             path = self.path
         path = Path(path)
         if path.exists() and not self.owns(path) and not replace:

@@ -120,8 +120,13 @@ class LabelWidget(Container):
         tracks = Container(widgets=[self.track, self.new_track, self.set_track_button])
         suggest = Container(widgets=[self.method, self.n_suggestions, self.suggest, self.progress])
         display = Container(widgets=[self.color_by, self.names])
-        self.extend([self.layer, self.mode, self.node, self.status, *self.buttons.values(),
-                     self.suggested, self.save, self.restore])  # fmt: skip
+        buttons = list(self.buttons.values())
+        rows = [Container(layout="horizontal", widgets=buttons[i : i + 2], labels=False)
+                for i in range(0, len(buttons), 2)]  # fmt: skip
+        for row in rows:
+            row.margins = (0, 0, 0, 0)
+        self.extend([self.layer, self.mode, self.node, self.status, *rows, self.suggested,
+                     self.save, self.restore])  # fmt: skip
         self.sections = {
             "start": collapsible(self, "Start labelling an image", start),
             "tracks": collapsible(self, "Tracks", tracks),
@@ -140,7 +145,7 @@ class LabelWidget(Container):
                 lambda *_, name=name: self.labeller and getattr(self.labeller, name)()
             )
         self.set_track_button.clicked.connect(self._set_track)
-        self.save.clicked.connect(self.save_labels)
+        self.save.clicked.connect(lambda: self.save_labels())  # not with the button state
         self.restore.clicked.connect(self.restore_autosave)
         self.color_by.changed.connect(
             lambda f: self.labeller and color_points_by(self.labeller.layer, f)

@@ -384,7 +384,7 @@ class PredictWidget(Container):
             if self.frames.value in PROJECT_FRAMES:
                 skeleton = (cached.skeleton if cached is not None
                             else load_skeleton(folder / SKELETON_FILE))  # fmt: skip
-                self._check_skeleton(folder, skeleton, project_video(self._viewer, image)[0])
+                self._check_skeleton(folder, skeleton, project_video(self._viewer, image)[0].labels)
         except ValueError as error:  # PoseFileError too: a model folder without a skeleton
             show_error(str(error))
             return
@@ -463,7 +463,7 @@ class PredictWidget(Container):
         planes = plane_shape(image)
         found = project_video(self._viewer, image)
         if found is not None:
-            video = found[0].videos[found[1]]
+            video = found[0].labels.videos[found[1]]
         else:
             shape = (int(np.prod(planes)), *image.data.shape[len(planes) :])
             video = sio.Video(filename=str(image.source.path or image.name),

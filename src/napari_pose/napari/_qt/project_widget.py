@@ -60,7 +60,9 @@ class ProjectWidget(Container):
         self.video_file = FileEdit(label="video file", mode="r")
         self.locate = PushButton(label="", text="Use this video")
         self.state = Label(label="state", value="")
-        self.save_path = FileEdit(label="save as", mode="w", filter="*.slp *.csv *.h5")
+        self.save_path = FileEdit(
+            label="save as", mode="w", filter="*.slp *.csv *.h5", nullable=True
+        )
         self.save = PushButton(label="", text="Save project")
         self.extend(
             [self.project, self.info, self.missing, self.video_file, self.locate, self.state,
@@ -104,7 +106,7 @@ class ProjectWidget(Container):
                 session.changed.connect(self._show_state)
             self._watched = session
             # The field follows the project: its own file, or empty until it has one.
-            self.save_path.value = session.path if session is not None and session.path else ""
+            self.save_path.value = None if session is None else session.path
         self.missing.reset_choices()
         labels = self.current_labels()
         self.info.value = summary(labels) if labels is not None else "no pose project open"

@@ -94,7 +94,7 @@ def save_session(session: ProjectSession, path: str | Path | None = None) -> Pat
     Returns:
         Where it was written, or None when the user cancelled or the save failed (shown).
     """
-    target = Path(path) if path is not None and str(path) not in ("", ".") else session.path
+    target = Path(path) if path is not None else session.path
     if target is None:
         target = ask_save_path(session)
         if target is None:
