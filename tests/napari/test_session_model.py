@@ -1,0 +1,79 @@
+"""The project session without Qt: a bare ``ViewerModel`` and layers from the reader."""
+
+from __future__ import annotations
+
+import pytest
+import sleap_io as sio
+from napari.components import ViewerModel
+
+from napari_pose.core.autosave import recovery_for
+from napari_pose.core.io import load_labels
+from napari_pose.napari._reader import read_labels
+from napari_pose.napari.convert import new_project_layers
+from napari_pose.napari.session import (
+    NoSavePathError,
+    WouldReplaceError,
+    projects,
+)
+
+
+def open_in(viewer: ViewerModel, path) -> None:
+    for data, kwargs, kind in read_labels(str(path)):
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+
+
+@pytest.fixture
+def viewer(sample_project, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_POSE_CACHE", str(tmp_path / "cache"))
+    model = ViewerModel()
+    open_in(model, sample_project)
+    return model
+
+
+def test_a_project_is_one_session_made_and_closed_with_its_layers(viewer, sample_project):
+    found = projects(viewer)
+    (session,) = found.sessions
+    assert session.path == sample_project and session.name == sample_project.name
+    assert {layer.name for layer in session.points_layers()} <= {l.name for l in viewer.layers}
+    assert list(found.listed()) == [sample_project.name]
+    closed = []
+    session.closed.connect(lambda: closed.append(True))
+    for layer in session.points_layers():
+        viewer.layers.remove(layer)
+    assert closed == [True] and found.sessions == [] and not session.is_open
+
+
+def test_without_qt_every_edit_is_autosaved_at_once(viewer, sample_project):
+    (session,) = projects(viewer).sessions
+    session.mark_edited()
+    assert session.dirty and not session.autosaver.pending
+    assert recovery_for(sample_project) is not None
+
+
+def test_saving_never_replaces_another_file_or_guesses_a_path(viewer, sample_project, tmp_path):
+    (session,) = projects(viewer).sessions
+    other = tmp_path / "someone_elses.slp"
+    other.write_bytes(b"not ours")
+    session.mark_edited()
+    with pytest.raises(WouldReplaceError, match="someone_elses.slp"):
+        session.save(other)
+    assert other.read_bytes() == b"not ours"
+    assert session.save() and not session.dirty  # its own file: no question
+    assert session.save(other, replace=True) and session.path == other
+    assert len(load_labels(other).labeled_frames) == len(load_labels(sample_project).labeled_frames)
+
+    untitled = ViewerModel()
+    video = sio.Video(filename="frames.mp4", open_backend=False)
+    skeleton = load_labels(sample_project).skeletons[0]
+    for data, kwargs, kind in new_project_layers(video, skeleton, (10,)):
+        getattr(untitled, f"add_{kind}")(data, **kwargs)
+    (new,) = projects(untitled).sessions
+    with pytest.raises(NoSavePathError):
+        new.save()
+
+
+def test_an_analysis_export_leaves_the_project_unsaved(viewer, tmp_path):
+    (session,) = projects(viewer).sessions
+    session.mark_edited()
+    assert not session.save(tmp_path / "export.analysis.h5")
+    assert session.dirty and session.path.suffix == ".slp"
