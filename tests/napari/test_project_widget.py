@@ -73,3 +73,21 @@ def test_save_as_moves_the_project_but_an_analysis_export_does_not(
     assert label.autosaver.dirty  # an analysis file reads labels back as predictions
     assert project.project.value == "moved.slp"
     assert close_asks(viewer, monkeypatch) == [["moved.slp"]]
+
+
+def test_a_deeplabcut_csv_with_its_images_opens_in_the_project_dock(
+    make_napari_viewer, openfield, tmp_path
+):
+    """A CollectedData CSV whose video is its list of images (DeepLabCut, lightning-pose)
+    crashed the dock (unhashable list); a missing image shows that video as MISSING."""
+    import shutil
+
+    folder = tmp_path / "labeled-data" / "m4s1"
+    shutil.copytree(openfield / "labeled-data" / "m4s1", folder)
+    viewer = make_napari_viewer()
+    viewer.open(str(folder / "CollectedData_Pranav.csv"), plugin="napari-pose")
+    _, project = viewer.window.add_plugin_dock_widget("napari-pose", "Pose project")
+    assert "116 labelled frames" in project.info.value and "MISSING" not in project.info.value
+    (folder / "img0005.png").unlink()
+    project._update()
+    assert "MISSING" in project.info.value and not project.missing.native.isHidden()
