@@ -77,3 +77,18 @@ def test_an_analysis_export_leaves_the_project_unsaved(viewer, tmp_path):
     session.mark_edited()
     assert not session.save(tmp_path / "export.analysis.h5")
     assert session.dirty and session.path.suffix == ".slp"
+
+
+def test_two_unsaved_projects_autosave_to_files_of_their_own(sample_project, tmp_path):
+    viewer = ViewerModel()
+    skeleton = load_labels(sample_project).skeletons[0]
+    for name in ("a.mp4", "b.mp4"):
+        video = sio.Video(filename=name, open_backend=False)
+        for data, kwargs, kind in new_project_layers(video, skeleton, (10,)):
+            getattr(viewer, f"add_{kind}")(data, **{**kwargs, "name": f"{name} {kwargs['name']}"})
+    first, second = projects(viewer).sessions
+    first.mark_edited()
+    second.mark_edited()
+    assert first.autosaver.path != second.autosaver.path
+    assert first.autosaver.path.is_file() and second.autosaver.path.is_file()
+    assert second.recovery() == first.autosaver.path  # another unsaved project's work is offered

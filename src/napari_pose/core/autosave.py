@@ -48,20 +48,22 @@ PathLike = str | os.PathLike[str]
 # --------------------------------------------------------------------------------------------
 
 
-def autosave_path(labels_path: PathLike | None) -> Path:
+def autosave_path(labels_path: PathLike | None, untitled: str = _UNTITLED) -> Path:
     """The sidecar file that autosaves of ``labels_path`` are written to.
 
     Args:
         labels_path: The user's labels file, or None for a project never saved.
+        untitled: The sidecar's name for a project never saved; give each open project its
+            own (``untitled-<id>``), so that two unsaved projects never overwrite each other.
 
     Returns:
         ``<name>.autosave.slp`` beside a ``.slp`` labels file whose folder is writable;
         otherwise a file in the cache folder named after the labels file plus a hash of its
-        absolute path (``untitled.autosave.slp`` for an unsaved project, so only the last
-        unsaved project can be recovered). The cache folder may not exist yet.
+        absolute path (``<untitled>.autosave.slp`` for an unsaved project). The cache folder
+        may not exist yet.
     """
     if labels_path is None:
-        return _cache_folder() / f"{_UNTITLED}{_SUFFIX}"
+        return _cache_folder() / f"{untitled}{_SUFFIX}"
     path = Path(labels_path)
     beside = _beside(path)
     if beside is not None and _writable(path.parent):
@@ -69,16 +71,21 @@ def autosave_path(labels_path: PathLike | None) -> Path:
     return _in_cache(path)
 
 
-def recovery_for(labels_path: PathLike | None) -> Path | None:
+def recovery_for(labels_path: PathLike | None, ignore: PathLike | None = None) -> Path | None:
     """The sidecar holding work newer than ``labels_path``, or None when there is none.
 
     Both places a sidecar can be are checked, because the labels folder may have become
     writable or read-only since napari crashed. A sidecar counts only when its modification
     time is later than the labels file's (or the labels file is gone): an older one is left
     over from a crash between the user's save and the sidecar's deletion, and holds nothing
-    the labels file lacks.
+    the labels file lacks. For an unsaved project (``labels_path`` None) it is the newest
+    autosave of any unsaved project, but ``ignore`` (that project's own).
     """
-    sidecars = [p for p in _sidecars(labels_path) if p.is_file()]
+    if labels_path is None:
+        found = _cache_folder().glob(f"{_UNTITLED}*{_SUFFIX}")
+        sidecars = [p for p in found if ignore is None or p != Path(ignore)]
+    else:
+        sidecars = [p for p in _sidecars(labels_path) if p.is_file()]
     if not sidecars:
         return None
     newest = max(sidecars, key=lambda p: p.stat().st_mtime_ns)
@@ -108,10 +115,10 @@ def _in_cache(path: Path) -> Path:
     return _cache_folder() / f"{stem}-{digest[:16]}{_SUFFIX}"
 
 
-def _sidecars(labels_path: PathLike | None) -> list[Path]:
+def _sidecars(labels_path: PathLike | None, untitled: str = _UNTITLED) -> list[Path]:
     """Every place a sidecar of ``labels_path`` may have been written."""
     if labels_path is None:
-        return [autosave_path(None)]
+        return [autosave_path(None, untitled)]
     path = Path(labels_path)
     beside = _beside(path)
     return [_in_cache(path)] if beside is None else [beside, _in_cache(path)]
@@ -144,6 +151,7 @@ class Autosaver:
         every_edits: Autosave after this many edits since the last autosave attempt.
         every_seconds: Autosave when the oldest edit not yet attempted is this old.
         clock: Monotonic seconds; injectable so tests need not sleep.
+        untitled: Sidecar name while the project has no file (see :func:`autosave_path`).
     """
 
     def __init__(
@@ -154,6 +162,7 @@ class Autosaver:
         every_edits: int = 20,
         every_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        untitled: str = _UNTITLED,
     ) -> None:
         if every_edits < 1 or every_seconds <= 0:
             raise ValueError("every_edits must be at least 1 and every_seconds positive")
@@ -162,6 +171,7 @@ class Autosaver:
         self._labels_path = None if labels_path is None else Path(labels_path)
         self._get_labels = get_labels
         self._clock = clock
+        self._untitled = untitled
         self._dirty = False  # edits not in the user's labels file
         self._unprotected = False  # edits in no successful autosave either
         # Thresholds count from the last attempt, not the last success, so a failing disk is
@@ -178,7 +188,7 @@ class Autosaver:
     @property
     def path(self) -> Path:
         """Where the next autosave goes (see :func:`autosave_path`)."""
-        return autosave_path(self._labels_path)
+        return autosave_path(self._labels_path, self._untitled)
 
     @property
     def dirty(self) -> bool:
@@ -228,7 +238,7 @@ class Autosaver:
             labels_path: Where the user saved, when that changed ("Save As", or the first save
                 of an unsaved project); later autosaves follow it.
         """
-        stale = _sidecars(self._labels_path)
+        stale = _sidecars(self._labels_path, self._untitled)
         if labels_path is not None:
             self._labels_path = Path(labels_path)
             stale += _sidecars(self._labels_path)

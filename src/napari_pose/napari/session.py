@@ -23,6 +23,7 @@ autosaved at once.
 
 from __future__ import annotations
 
+import uuid
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -108,7 +109,9 @@ class ProjectSession:
         self.path: Path | None = None
         if filename and detect_labels_format(Path(str(filename))) in _PROJECT_FORMATS:
             self.path = Path(str(filename))
-        self.autosaver = Autosaver(self.path, self.current, every_seconds=30)
+        # Each unsaved project autosaves to a file of its own (two must not share one).
+        untitled = f"untitled-{uuid.uuid4().hex[:8]}"
+        self.autosaver = Autosaver(self.path, self.current, every_seconds=30, untitled=untitled)
         self._timer = timer(self.flush_autosave)
         self.is_open = True
 
@@ -199,8 +202,9 @@ class ProjectSession:
         return result
 
     def recovery(self) -> Path | None:
-        """An autosave holding work newer than the project's file, if there is one."""
-        return recovery_for(self.path)
+        """An autosave holding work newer than the project's file, if there is one (for an
+        unsaved project: the newest autosave of an unsaved project, other than its own)."""
+        return recovery_for(self.path, ignore=self.autosaver.path)
 
     # ------------------------------------------------------------------ saving
     def owns(self, path: str | Path) -> bool:
