@@ -34,6 +34,32 @@ def test_demo_screenshot_renders_the_whole_window(tmp_path, qapp):
     assert 60 < middle.mean() < 200 and middle.std() > 3
 
 
+@pytest.mark.gui
+def test_demo_opens_the_first_docks_and_says_how_to_start(tmp_path, qapp, monkeypatch):
+    """The demo's window, looked at before it closes: *Pose project* and *Label poses* in one
+    tab group, and a notification with the first clicks, keys and docks."""
+    import napari
+    from napari.utils.notifications import notification_manager
+
+    monkeypatch.setenv("NAPARI_POSE_CACHE", str(tmp_path / "cache"))
+    kept, close = [], napari.Viewer.close
+    monkeypatch.setattr(napari.Viewer, "close", lambda viewer: kept.append(viewer))
+    n_notes = len(notification_manager.records)
+    assert main(["demo", "--screenshot", str(tmp_path / "demo.png")]) == 0
+    (viewer,) = kept
+    try:
+        docks = {type(widget).__name__: widget.native.parentWidget()
+                 for widget in viewer.window.dock_widgets.values()}  # fmt: skip
+        assert docks.keys() == {"ProjectWidget", "LabelWidget"}
+        window = docks["LabelWidget"].parentWidget()
+        assert window.tabifiedDockWidgets(docks["LabelWidget"]) == [docks["ProjectWidget"]]
+        (note,) = [str(n.message) for n in notification_manager.records[n_notes:]]
+        for words in ("click on the image", "n = new instance", "Train model", "Predict"):
+            assert words in note
+    finally:
+        close(viewer)
+
+
 def test_convert_dlc_project_to_slp(data_dir, tmp_path, capsys):
     out = tmp_path / "openfield.slp"
     assert main(["convert", str(data_dir / "deeplabcut/openfield/config.yaml"), str(out)]) == 0

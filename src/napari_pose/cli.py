@@ -23,12 +23,28 @@ import numpy as np
 
 
 def _demo(args: argparse.Namespace) -> int:
+    """Open the sample project with the docks a newcomer needs first, and say how to start.
+
+    *Pose project* and *Label poses* share one tab group, labelling in front (one above the
+    other they would not fit a laptop screen); a notification names the first clicks and keys
+    and the docks that come next.
+    """
     import napari
+    from napari.utils.notifications import show_info
 
     viewer = napari.Viewer(title="napari-pose demo", show=args.screenshot is None)
     viewer.open_sample("napari-pose", "synthetic_project")
     viewer.window.add_plugin_dock_widget("napari-pose", "Pose project")
+    label_dock, _ = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses", tabify=True)
+    label_dock.raise_()
     viewer.dims.set_current_step(0, 10)
+    show_info(
+        "napari-pose demo: two synthetic animals, every frame labelled. To label, click on the "
+        "image to place the node shown as 'next node' in Label poses; n = new instance, "
+        "o = occluded, m = move points, Ctrl+Z = undo, arrow keys = frames. Next: "
+        "Plugins > napari-pose > Train model, then Predict and Proofread. "
+        "See docs/labelling.md."
+    )
     if args.screenshot is not None:
         viewer.window.resize(1400, 900)  # a stable size for docs screenshots
         viewer.screenshot(str(args.screenshot), canvas_only=False, flash=False)

@@ -35,6 +35,8 @@ def test_swap_from_a_frame_is_one_identity_switch_and_undoes_itself(clip):
     assert pr.swap_tracks(clip, 0, 1, 0, video=1).track.tolist() == clip.track.tolist()
     with pytest.raises(ValueError, match="no track 2"):
         pr.swap_tracks(clip, 0, 2, 700)
+    with pytest.raises(ValueError, match="'female' cannot be swapped with itself"):
+        pr.swap_tracks(clip, 0, 0, 700)
 
 
 def test_set_track_swaps_with_the_other_fly_of_the_frame(clip):
@@ -68,6 +70,8 @@ def test_delete_track_untracks_its_instances_and_shifts_the_others(clip):
 def test_merge_refuses_tracks_that_share_frames_and_joins_fragments(clip):
     with pytest.raises(ValueError, match=r"1500 frame\(s\): 0, 1, 2, .* and 1490 more"):
         pr.merge_tracks(clip, 0, 1)
+    with pytest.raises(ValueError, match="'male' cannot be merged into itself"):
+        pr.merge_tracks(clip, 1, 1)
     # Break the female's track in two at frame 900, as a tracker losing her would.
     broken = attrs.evolve(clip, tracks=[*clip.tracks, type(clip.tracks[0])("female 2")],
                           track=np.where((clip.track == 0) & (clip.frame >= 900), 2,

@@ -8,6 +8,7 @@ from gui import press
 
 from napari_pose.core.io import load_labels, save_labels
 from napari_pose.core.pose_arrays import labels_to_arrays
+from napari_pose.napari._qt.proofread_widget import RESCORE_DELAY_MS
 from napari_pose.napari.convert import POSE_KEY, TRACKS_KEY
 from napari_pose.napari.session import projects
 
@@ -235,9 +236,11 @@ def test_a_and_b_start_apart_and_a_track_is_never_swapped_or_merged_with_itself(
     viewer.open(str(sleap_dir / "tracks" / "clip.slp"), plugin="napari-pose")
     assert (widget.track_a.current_choice, widget.track_b.current_choice) == ("female", "male")
     before = labels_to_arrays(project(viewer))
-    viewer.dims.set_current_step(0, 700)
 
     widget.track_b.value = widget.track_a.value  # the user picks the same track twice
+    viewer.dims.set_current_step(0, 1400)  # the layer's window moves: the dock reads it again
+    qtbot.wait(RESCORE_DELAY_MS + 200)
+    assert widget.track_b.current_choice == "female"  # the user's choice, not changed under them
     press(qtbot, widget.swap)
     assert "'female' cannot be swapped with itself" in widget.status.value
     press(qtbot, widget.merge)

@@ -187,8 +187,9 @@ def test_stack_labels_open_on_the_planes_their_video_records(tmp_path):
     assert image.shape == (5, 3, 32, 32) and not kw["rgb"]
     assert kw["axis_labels"] == ("t", "z", "y", "x")
     np.testing.assert_array_equal(np.asarray(image), stack)
-    points = next(d for d, _, kind in layers if kind == "points" and len(d))
+    points, points_kw = next((d, kw) for d, kw, kind in layers if kind == "points" and len(d))
     np.testing.assert_array_equal(points, [[1, 1, 5, 3], [1, 1, 9, 7]])  # frame 4: t 1, z 1
+    assert points_kw["axis_labels"] == kw["axis_labels"]  # the points name the image's axes
 
     del video.backend_metadata["axes"]
     save_labels(labels, tmp_path / "t.slp")

@@ -14,7 +14,7 @@ from napari_pose.core.pose_arrays import labels_to_arrays
 from napari_pose.napari import convert
 from napari_pose.napari.convert import EDGES_KEY, POSE_KEY, TRACKS_KEY
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from big_file import tile_as_predictions
 
 pytestmark = pytest.mark.gui
@@ -172,6 +172,18 @@ def test_sample_project_opens(make_napari_viewer, tmp_path, monkeypatch):
     assert len(points.data) > 0 and set(points.features["track"]) >= {"animal_0", "animal_1"}
     viewer.open_sample("napari-pose", "synthetic_video")
     assert len(_by_type(viewer, "Image")) == 2
+
+
+def test_the_frame_axis_is_named(make_napari_viewer, tmp_path, monkeypatch):
+    """napari's slider of a video says "frame", and every layer of the video agrees."""
+    monkeypatch.setenv("NAPARI_POSE_CACHE", str(tmp_path))
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-pose", "synthetic_project")
+    assert {type(layer).__name__ for layer in viewer.layers} == {"Image", "Points", "Vectors",
+                                                                 "Tracks"}  # fmt: skip
+    for layer in viewer.layers:
+        assert layer.axis_labels == ("frame", "y", "x"), layer.name
+    assert viewer.dims.axis_labels == ("frame", "y", "x")
 
 
 @pytest.mark.parametrize("name", ["not_a_video.mp4", "truncated.slp"])

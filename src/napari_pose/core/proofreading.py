@@ -47,9 +47,13 @@ def swap_tracks(arrays: PoseArrays, a: int, b: int, from_frame: int, video: int 
     """Tracks ``a`` and ``b`` exchanged on every frame of ``video`` from ``from_frame`` on.
 
     This undoes a tracker's identity swap in one edit: frames before it keep their tracks.
+    A track "swapped" with itself would change nothing while seeming done, so it is refused.
     """
     _check_track(arrays, a)
     _check_track(arrays, b)
+    if a == b:
+        raise ValueError(f"track {_track_name(arrays, a)!r} cannot be swapped with itself: "
+                         "choose two different tracks")  # fmt: skip
     later = (arrays.video == video) & (arrays.frame >= from_frame)
     track = arrays.track.copy()
     track[later & (arrays.track == a)] = b
@@ -106,7 +110,8 @@ def merge_tracks(arrays: PoseArrays, keep: int, other: int) -> PoseArrays:
     _check_track(arrays, keep)
     _check_track(arrays, other)
     if keep == other:
-        raise ValueError("a track cannot be merged into itself")
+        raise ValueError(f"track {_track_name(arrays, keep)!r} cannot be merged into itself: "
+                         "choose two different tracks")  # fmt: skip
     keys = _frame_keys(arrays)
     both = np.intersect1d(keys[arrays.track == keep], keys[arrays.track == other])
     if len(both):

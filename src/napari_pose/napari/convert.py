@@ -5,7 +5,7 @@ video, a Points layer for user labels and one for predictions per video (data ``
 or ``(t, z, y, x)`` for stacks), a Vectors layer with each Points layer's skeleton edges and a
 Tracks layer when instances carry tracks. ``layers_to_labels`` goes back. Neither needs a viewer,
 so both are tested directly; the viewer-side wiring (edges follow the frame, windows follow the
-user) lives in ``sync.py``.
+user) lives in ``sync.py``, and how user labels and predictions look in ``styles.py``.
 
 Every Points layer carries a ``PoseBinding`` in ``metadata["napari_pose"]``: the project it came
 from (skeleton, videos, tracks, suggestions) and the full ``PoseArrays`` of its instances. Large
@@ -25,6 +25,8 @@ import pandas as pd
 import sleap_io as sio
 
 from napari_pose.core.pose_arrays import PoseArrays, arrays_to_labels, concat, labels_to_arrays
+from napari_pose.core.video import is_stack_file
+from napari_pose.napari.styles import edges_style, palette, points_style, symbols
 
 POSE_KEY = "napari_pose"
 EDGES_KEY = "napari_pose_edges"
@@ -38,23 +40,9 @@ WINDOW_THRESHOLD = 20_000
 #: user comes within half of this of its edge (every ~50 frames of stepping).
 WINDOW_HALF_WIDTH = 100
 
-#: Categorical palette shared by node faces, track borders, edges and trajectories.
-PALETTE = np.array(
-    [
-        [0.12, 0.47, 0.71, 1], [1.00, 0.50, 0.05, 1], [0.17, 0.63, 0.17, 1],
-        [0.84, 0.15, 0.16, 1], [0.58, 0.40, 0.74, 1], [0.55, 0.34, 0.29, 1],
-        [0.89, 0.47, 0.76, 1], [0.50, 0.50, 0.50, 1], [0.74, 0.74, 0.13, 1],
-        [0.09, 0.75, 0.81, 1],
-    ]
-)  # fmt: skip
 NO_TRACK = ""
 
 LayerData = tuple[Any, dict[str, Any], str]
-
-
-def palette(n: int) -> np.ndarray:
-    """``n`` RGBA colours from the categorical palette, repeating when ``n`` exceeds it."""
-    return PALETTE[np.arange(n) % len(PALETTE)]
 
 
 @attrs.define(eq=False)
@@ -119,8 +107,9 @@ def labels_to_layers(
             get no Image layer (e.g. a video file that could not be found).
         plane_shapes: Leading image axes per video when frames are planes of a stack, e.g.
             ``{0: (t, z)}``; default ``(n_frames,)``.
-        plane_axes: Letters of those axes per stack, e.g. ``{0: "TZ"}``: the image layer's
-            axis labels (``t, z, y, x``), which the Predict dock takes for the stack's axes.
+        plane_axes: Letters of those axes per stack, e.g. ``{0: "TZ"}``: the axis labels of
+            the stack's layers (``t, z, y, x``; a video's are ``frame, y, x``), which the
+            Predict dock takes for the stack's axes.
         window_threshold: Points layers with more points than this hold a window of frames
             (default ``WINDOW_THRESHOLD``).
     """
@@ -139,6 +128,7 @@ def labels_to_layers(
     arrays = labels_to_arrays(labels)
     for v, video in enumerate(labels.videos):
         shape = plane_shapes.get(v) or (_n_frames(images.get(v), arrays, v),)
+        made: list[LayerData] = []
         for predicted in (False, True):
             rows = (arrays.video == v) & (arrays.predicted == predicted)
             if predicted and not rows.any():
@@ -147,15 +137,18 @@ def labels_to_layers(
             n_points = int(np.isfinite(binding.arrays.xy[..., 0]).sum())
             if n_points > window_threshold:
                 binding.window = window_around(0)
-            layers.append(points_layer(binding))
-            layers.append(edges_layer(binding))
-        video_bindings = [kw["metadata"][POSE_KEY] for _, kw, kind in layers
-                          if kind == "points" and kw["metadata"][POSE_KEY].video == v]  # fmt: skip
+            made += [points_layer(binding), edges_layer(binding)]
+        video_bindings = [kw["metadata"][POSE_KEY] for _, kw, kind in made if kind == "points"]
         windowed = any(b.window is not None for b in video_bindings)
         tracks = TracksBinding(video_bindings, window_around(0) if windowed else None)
         layer = tracks_layer(tracks, video_name(video))
         if layer is not None:
-            layers.append(layer)
+            made.append(layer)
+        names = axis_labels(video, plane_axes.get(v, ""), len(shape))
+        if names is not None:
+            for _, kwargs, _ in made:
+                kwargs["axis_labels"] = names
+        layers += made
     return layers
 
 
@@ -183,15 +176,29 @@ def _n_frames(image: Any, arrays: PoseArrays, v: int) -> int:
     return max(labelled, int(image.shape[0]) if image is not None else 0, 1)
 
 
+def axis_labels(video: sio.Video, plane_axes: str, n_lead: int) -> tuple[str, ...] | None:
+    """Names of the axes of a video's pose layers, which napari's sliders show.
+
+    ``("frame", "y", "x")`` for a video, a stack's own letters (``("t", "z", "y", "x")``) when
+    they are known; ``None`` (napari numbers the axes) for a stack whose axes are not, so its
+    layers never name an axis differently from the image they lie on.
+    """
+    if plane_axes:
+        return (*plane_axes.lower(), "y", "x")
+    if n_lead == 1 and not is_stack_file(video.filename):
+        return ("frame", "y", "x")
+    return None
+
+
 def _image_layer(data: Any, name: str, plane_axes: str = "") -> LayerData:
-    """An Image layer of ``data``, ``(*planes, y, x[, c])``, with one frame axis or, for a stack,
-    the axes ``plane_axes`` names (and labels)."""
+    """An Image layer of ``data``, ``(*planes, y, x[, c])``, with one axis named ``frame`` or,
+    for a stack, the axes ``plane_axes`` names."""
     n_lead = len(plane_axes) or 1
     rgb = data.ndim == n_lead + 3 and data.shape[-1] in (3, 4)
     # Fixed contrast limits: napari would otherwise decode frames just to guess them.
     kwargs = {"name": name, "rgb": rgb, "contrast_limits": (0, 255)}
-    if plane_axes:
-        kwargs["axis_labels"] = (*plane_axes.lower(), "y", "x", "c")[: data.ndim - rgb]
+    lead = tuple(plane_axes.lower()) or ("frame",)
+    kwargs["axis_labels"] = (*lead, "y", "x", "c")[: data.ndim - rgb]
     return data, kwargs, "image"
 
 
@@ -200,19 +207,15 @@ def points_layer(binding: PoseBinding) -> LayerData:
     data, features = arrays_to_points(binding.arrays.select(binding.shown_rows()), binding)
     skeleton, tracks = binding.arrays.skeleton, binding.arrays.tracks
     kind = "predictions" if binding.predicted else "labels"
-    height = _image_height(binding)
     kwargs = {
         "name": f"{video_name(binding.labels.videos[binding.video])} {kind}",
         "features": features,
         "feature_defaults": _feature_defaults(features),
         "face_color": "node",
-        "face_color_cycle": palette(len(skeleton.nodes)),
         "border_color": "track",
         "border_color_cycle": track_colors(len(tracks)),
-        "border_width": 0.15,
-        "size": max(4.0, height / 100),
-        "symbol": np.where(features["visible"].to_numpy(), "disc", "ring"),
-        "opacity": 0.7 if binding.predicted else 1.0,
+        **points_style(binding.predicted, len(skeleton.nodes), _image_height(binding)),
+        "symbol": symbols(features["visible"].to_numpy()),
         "out_of_slice_display": False,
         "metadata": {POSE_KEY: binding},
     }
@@ -296,10 +299,9 @@ def edges_layer(binding: PoseBinding) -> LayerData:
     name = f"{video_name(binding.labels.videos[binding.video])} {kind} skeleton"
     kwargs = {
         "name": name,
-        "edge_width": max(1.0, _image_height(binding) / 400),
+        **edges_style(binding.predicted, _image_height(binding)),
         **({"edge_color": colors} if len(colors) else {}),
         "vector_style": "line",
-        "opacity": 0.8,
         "out_of_slice_display": False,
         "metadata": {EDGES_KEY: binding},
     }

@@ -2,7 +2,8 @@
 
 A dock that grows with its content pushes napari's window past a laptop screen (1366x768), and
 a label whose text changes length at every click resizes the canvas under the cursor. Docks put
-rarely used controls in :func:`collapsible` sections and status text in :func:`fixed_lines`.
+rarely used controls in :func:`collapsible` sections and status text in :func:`fixed_lines`;
+docks too tall for a small screen put their widgets in :func:`scrolling` bodies.
 """
 
 from __future__ import annotations
@@ -23,6 +24,21 @@ def collapsible(dock: Container, title: str, content: Container, expanded: bool 
         section.collapse(animate=False)
     dock.native.layout().addWidget(section)
     return section
+
+
+def scrolling(dock: Container) -> Container:
+    """A body for ``dock``'s widgets that scrolls when the dock is shorter than they are.
+
+    napari docks a magicgui widget's ``native`` (the widget holding its layout), not its
+    ``root_native_widget``, so a ``Container(scrollable=True)`` docked in napari loses its scroll
+    area and still forces the window taller than the screen (magicgui #431). The body's scroll
+    area is put in the dock's own layout instead, where napari shows it.
+    """
+    body = Container(scrollable=True)
+    body.margins = (0, 0, 0, 0)
+    dock.margins = (0, 0, 0, 0)
+    dock.native.layout().addWidget(body.root_native_widget)
+    return body
 
 
 def fixed_lines(label: Label, lines: int) -> None:

@@ -47,6 +47,7 @@ from napari_pose.core.io import save_labels
 from napari_pose.core.labelling import PointTable, next_instance_id
 from napari_pose.core.pose_arrays import PoseArrays, replace_frames
 from napari_pose.core.skeleton import load_skeleton
+from napari_pose.napari._qt.layout import scrolling
 from napari_pose.napari.convert import (
     EDGES_KEY,
     POSE_KEY,
@@ -65,6 +66,7 @@ from napari_pose.napari.labelling import (
     refresh_tracks_layer,
 )
 from napari_pose.napari.session import ProjectSession, projects
+from napari_pose.napari.styles import symbols
 from napari_pose.napari.sync import attach
 from napari_pose.nn.inference import (
     PredictConfig,
@@ -255,11 +257,13 @@ class PredictWidget(Container):
         self.cancel_button = PushButton(label="", text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
         self.status = Label(label="status", value="")
+        self.status.native.setWordWrap(True)  # a long message wraps rather than widens the dock
         self.save_path = FileEdit(label="save to", mode="w", filter="*.slp")
         self.save_button = PushButton(label="", text="Save predictions")
         self.merge_button = PushButton(label="", text="Merge into project")
         self.maps_button = PushButton(label="", text="Show confidence maps")
-        self.extend([self.model, self.image, self.frames, self.first, self.last, self.batch_size,
+        self._body = body = scrolling(self)
+        body.extend([self.model, self.image, self.frames, self.first, self.last, self.batch_size,
                      self.device, self.track_box, self.max_tracks, self.plane_axes,
                      self.start_button,
                      self.cancel_button, self.progress, self.status, self.save_path,
@@ -280,6 +284,10 @@ class PredictWidget(Container):
         self.maps_button.clicked.connect(self.show_confidence_maps)
         viewer.layers.events.inserted.connect(self.image.reset_choices)
         viewer.layers.events.removed.connect(self.image.reset_choices)
+
+    def reset_choices(self, *_: object) -> None:
+        """Offer the layers there are now (napari calls this when they change)."""
+        self._body.reset_choices()
 
     def _image_choices(self, _widget: ComboBox | None = None) -> list[tuple[str, Image]]:
         return [(l.name, l) for l in self._viewer.layers if isinstance(l, Image)]
@@ -472,13 +480,14 @@ class PredictWidget(Container):
         return PoseBinding(labels, PoseArrays.empty(skeleton, labels.videos, []), 0, True, planes)
 
     def _add_layers(self, image: Image, binding: PoseBinding, name: str | None = None) -> Points:
-        """Add ``binding``'s Points layer and its skeleton edges where ``image`` lies (its scale
-        and offset), named ``name`` or, by default, as a project's layers are."""
+        """Add ``binding``'s Points layer and its skeleton edges where ``image`` lies (its scale,
+        offset and axis names), named ``name`` or, by default, as a project's layers are."""
         n_axes = len(binding.plane_shape) + 2
         added = []
         for (data, kwargs, kind), suffix in ((points_layer(binding), ""),
                                              (edges_layer(binding), " skeleton")):  # fmt: skip
-            kwargs.update(scale=image.scale[:n_axes], translate=image.translate[:n_axes])
+            kwargs.update(scale=image.scale[:n_axes], translate=image.translate[:n_axes],
+                          axis_labels=image.axis_labels[:n_axes])  # fmt: skip
             if name is not None:
                 kwargs["name"] = name + suffix
             added.append(getattr(self._viewer, f"add_{kind}")(data, **kwargs))
@@ -504,7 +513,7 @@ class PredictWidget(Container):
         with layer.events.data.blocker():
             layer.data = data
             layer.features = features
-            layer.symbol = np.where(features["visible"].to_numpy(bool), "disc", "ring")
+            layer.symbol = symbols(features["visible"].to_numpy(bool))
         layer.refresh()
         sync.refresh(layer)
 

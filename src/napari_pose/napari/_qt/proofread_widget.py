@@ -30,6 +30,7 @@ from qtpy.QtWidgets import QWidget
 
 from napari_pose.core import proofreading as pr
 from napari_pose.core.pose_arrays import PoseArrays, labels_to_arrays
+from napari_pose.napari._qt.layout import scrolling
 from napari_pose.napari.convert import POSE_KEY, PoseBinding, arrays_to_points, track_colors
 from napari_pose.napari.labelling import (
     go_to_frame,
@@ -213,14 +214,17 @@ class ProofreadWidget(Container):
         self.evaluate_button = PushButton(label="", text="Evaluate")
         self.results = Label(label="", value="")
         self.worst = ComboBox(label="worst frames", choices=[])
-        self.extend([self.layer, self.track_a, self.track_b, self.swap, self.set_a, self.onward,
+        self._body = body = scrolling(self)
+        body.extend([self.layer, self.track_a, self.track_b, self.swap, self.set_a, self.onward,
                      self.delete, self.merge, self.new_name, self.rename, self.undo,
                      self.previous, self.next, self.status, self.truth, self.evaluated,
                      self.evaluate_button, self.results, self.worst])  # fmt: skip
+        for text in (self.status, self.results):  # long messages wrap rather than widen the dock
+            text.native.setWordWrap(True)
         self.plot = SuspicionPlot()  # a plain Qt widget: placed under the navigation by hand
-        self.native.layout().insertWidget(self.index(self.status) + 1, self.plot)
+        body.native.layout().insertWidget(body.index(self.status) + 1, self.plot)
         self.node_errors = NodeErrorPlot()  # per-node median error, under the figures
-        self.native.layout().insertWidget(self.index(self.results) + 2, self.node_errors)
+        body.native.layout().insertWidget(body.index(self.results) + 2, self.node_errors)
         # Points change on every edit and every window move: score once they settle.
         self._timer = QTimer(self.native)
         self._timer.setSingleShot(True)
@@ -245,6 +249,10 @@ class ProofreadWidget(Container):
         self._reset_choices()
 
     # ------------------------------------------------------------------ choices
+    def reset_choices(self, *_: object) -> None:
+        """Offer the layers and projects there are now (napari calls this when they change)."""
+        self._body.reset_choices()
+
     def _layer_choices(self, _widget=None) -> list[tuple[str, napari.layers.Points]]:
         return [(layer.name, layer) for layer in pose_layers(self._viewer)]
 
@@ -313,12 +321,19 @@ class ProofreadWidget(Container):
         self.plot.set_current(self.current_frame())
 
     def _reset_tracks(self) -> None:
-        a, b = self.track_a.value, self.track_b.value
+        """Offer the layer's tracks as A and B, on two different tracks by default.
+
+        B moves off A only where the user did not choose it: a track gone, or fewer than two to
+        choose from before. A and B the same by choice stay so (the layer is read again at every
+        edit elsewhere), and an edit of two tracks says why it refuses them.
+        """
+        old_a, old_b, old_n = self.track_a.value, self.track_b.value, len(self.track_b.choices)
         self.track_a.reset_choices()
         self.track_b.reset_choices()
-        n = len(self.track_a.choices)
-        if n > 1 and (b is None or b == a or b >= n):  # two different tracks by default
-            self.track_b.value = 1 if self.track_a.value == 0 else 0
+        a, b = self.track_a.value, self.track_b.value
+        chosen = (a, b) == (old_a, old_b) and old_n > 1  # both kept, picked among two or more
+        if len(self.track_b.choices) > 1 and a == b and not chosen:
+            self.track_b.value = 1 if a == 0 else 0
 
     # ------------------------------------------------------------------ state
     def _binding(self) -> PoseBinding:
