@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import zipfile
@@ -89,3 +90,91 @@ def test_core_and_nn_never_import_qt_or_napari(module):
     assert lines[0] == "", f"{module} imports {lines[0]}"
     if module == "napari_pose.core":
         assert lines[1] == "False", "core imports torch"
+
+
+#: Modules whose loaders rebuild objects from a file's bytes, running any code the bytes ask for.
+PICKLING_MODULES = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "shelve",
+                    "marshal"}  # fmt: skip
+#: Calls that do the same (yaml's non-safe loaders, pandas' pickle reader), by dotted name.
+UNSAFE_CALLS = {"yaml.load", "yaml.load_all", "yaml.unsafe_load", "yaml.unsafe_load_all",
+                "yaml.full_load", "yaml.full_load_all", "pd.read_pickle", "pandas.read_pickle"}  # fmt: skip
+UNSAFE_YAML_LOADERS = {"Loader", "UnsafeLoader", "FullLoader", "CLoader", "CUnsafeLoader",
+                       "CFullLoader"}  # fmt: skip
+
+
+def _dotted(node: ast.AST) -> str:
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+def unsafe_loads(source: str) -> list[str]:
+    """Every place in ``source`` that could load code from data: pickling modules imported,
+    ``torch.load`` without ``weights_only=True``, ``np.load(allow_pickle=True)``, yaml's
+    non-safe loaders, ``read_pickle``, and pandas' HDF5 readers (PyTables unpickles) in a
+    function that has not called ``refuse_pickles`` before them."""
+    tree = ast.parse(source)
+    found = []
+    checked: set[ast.Call] = set()  # HDF5 reads after a refuse_pickles call in their function
+    for function in ast.walk(tree):
+        if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+            calls = [n for n in ast.walk(function) if isinstance(n, ast.Call)]
+            guards = [c.lineno for c in calls if _dotted(c.func).endswith("refuse_pickles")]
+            checked.update(c for c in calls if any(line < c.lineno for line in guards))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [
+                node.module or ""]  # fmt: skip
+            found += [f"line {node.lineno}: imports {m}" for m in modules
+                      if m.split(".")[0] in PICKLING_MODULES]  # fmt: skip
+        elif isinstance(node, ast.Attribute) and _dotted(node) in {
+            f"yaml.{name}" for name in UNSAFE_YAML_LOADERS
+        }:
+            found.append(f"line {node.lineno}: {_dotted(node)}")
+        elif isinstance(node, ast.Call):
+            name = _dotted(node.func)
+            last = name.rsplit(".", 1)[-1]
+            options = {k.arg: k.value for k in node.keywords}
+            weights_only = options.get("weights_only")
+            allow_pickle = options.get("allow_pickle")
+            if (
+                name in UNSAFE_CALLS
+                or last == "read_pickle"
+                or (name == "torch.load" and not (isinstance(weights_only, ast.Constant)
+                                                  and weights_only.value is True))
+                or (name in ("np.load", "numpy.load") and not (
+                    allow_pickle is None or isinstance(allow_pickle, ast.Constant)
+                    and allow_pickle.value is False))
+                or (last in ("HDFStore", "read_hdf") and node not in checked)
+            ):  # fmt: skip
+                found.append(f"line {node.lineno}: {name}(...)")
+    return found
+
+
+def test_the_checker_finds_every_unsafe_loader():
+    unsafe = (
+        "import pickle\nfrom dill import loads\nimport yaml, torch, numpy as np, pandas as pd\n"
+        "def f(p):\n"
+        "    torch.load(p)\n    torch.load(p, weights_only=False)\n"
+        "    np.load(p, allow_pickle=True)\n    yaml.load(p, Loader=yaml.Loader)\n"
+        "    yaml.unsafe_load(p)\n    pd.read_pickle(p)\n    pd.read_hdf(p)\n"
+        "    with pd.HDFStore(p) as store:\n        refuse_pickles(p)\n"
+    )
+    assert len(unsafe_loads(unsafe)) == 11
+    safe = (
+        "import pickletools, yaml, torch, numpy as np, pandas as pd\n"
+        "def f(p):\n"
+        "    torch.load(p, weights_only=True)\n    np.load(p)\n    yaml.safe_load(p)\n"
+        "    refuse_pickles(p)\n    with pd.HDFStore(p) as store:\n        store.select('k')\n"
+    )
+    assert unsafe_loads(safe) == []
+
+
+def test_no_code_loads_code_from_data():
+    """Data files (labels, tables, configs, weights) must never run code when read."""
+    found = {
+        str(path.relative_to(REPO)): problems
+        for path in sorted((REPO / "src").rglob("*.py"))
+        if (problems := unsafe_loads(path.read_text(encoding="utf-8")))
+    }
+    assert found == {}

@@ -10,12 +10,18 @@ Subcommands:
               copy of a project;
     track     assign identity tracks to predicted instances;
     evaluate  compare predictions with ground truth (OKS mAP, errors, identity metrics).
+
+Every command fails the same way (``main``): one ``error:`` line naming the file and the
+cause, exit status 2, no traceback; what is left out of a result is one ``warning:`` line
+each (``PoseWarning``). Outputs are checked to be writable before any long work starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 
 import attrs
@@ -55,9 +61,41 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_writable(path: Path, *, folder: bool = False) -> None:
+    """Fail now, not after hours of work, when ``path`` cannot be written.
+
+    ``folder``: a folder to create or fill (a model package), made with its parents; else a
+    file, saved atomically through a new file beside it, so its folder must exist and take new
+    files. Writing a file there is the only test that holds everywhere (read-only mounts,
+    ACLs, root ignoring permission bits).
+    """
+    from napari_pose.core.errors import PoseFileError
+
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise PoseFileError(path, "cannot be written: it exists and is not a folder")
+        where = next(p for p in (path, *path.parents) if p.exists())
+    else:
+        if path.is_dir():
+            raise PoseFileError(path, "cannot be written: it is a folder; give a file name")
+        where = path.parent
+        if not where.exists():
+            raise PoseFileError(path, f"cannot be written: the folder {where} does not exist")
+    if not where.is_dir():
+        raise PoseFileError(path, f"cannot be written: {where} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as error:
+        raise PoseFileError(
+            path, f"cannot be written: the folder {where} takes no new files ({error.strerror})"
+        ) from error
+
+
 def _convert(args: argparse.Namespace) -> int:
     from napari_pose.core.io import load_labels, save_labels
 
+    _check_writable(args.output)
     labels = load_labels(args.input, lazy=False)
     save_labels(labels, args.output)
     print(f"wrote {args.output}")
@@ -71,22 +109,9 @@ def _train_settings(args: argparse.Namespace):
     ``stages:`` (stage configs) sections; a model package's own ``config.yaml`` qualifies, so
     a run can be repeated or tweaked from a previous one.
     """
-    import yaml
-
-    from napari_pose.nn.pipelines import StageConfig
     from napari_pose.nn.train import TrainConfig, parse_frames
 
-    fields = {f.name for f in attrs.fields(TrainConfig)}
-    settings: dict = {}
-    stages = None
-    if args.config is not None:
-        recorded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
-        settings = {k: v for k, v in (recorded.get("training") or {}).items() if k in fields}
-        if isinstance(settings.get("frames"), str):
-            settings["frames"] = parse_frames(settings["frames"])
-        if recorded.get("stages"):
-            stages = {k: StageConfig.from_dict(v) for k, v in recorded["stages"].items()}
-            settings["pipeline"] = recorded.get("pipeline", settings.get("pipeline"))
+    settings, stages = ({}, None) if args.config is None else _read_config(args.config)
     flags = {
         "pipeline": args.pipeline,
         "preset": args.preset,
@@ -101,12 +126,42 @@ def _train_settings(args: argparse.Namespace):
     return TrainConfig(**settings), stages
 
 
+def _read_config(path: Path) -> tuple[dict, dict | None]:
+    """``TrainConfig`` fields and stage configs of a ``--config`` file, or a ``PoseFileError``
+    naming it: YAML's own errors span several lines and name no file."""
+    import yaml
+
+    from napari_pose.core.errors import PoseFileError
+    from napari_pose.nn.pipelines import StageConfig
+    from napari_pose.nn.train import TrainConfig, parse_frames
+
+    try:
+        recorded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise PoseFileError(path, f"not valid YAML ({' '.join(str(error).split())})") from error
+    fields = {f.name for f in attrs.fields(TrainConfig)}
+    try:
+        settings = {k: v for k, v in (recorded.get("training") or {}).items() if k in fields}
+        if isinstance(settings.get("frames"), str):
+            settings["frames"] = parse_frames(settings["frames"])
+        stages = None
+        if recorded.get("stages"):
+            stages = {k: StageConfig.from_dict(v) for k, v in recorded["stages"].items()}
+            settings["pipeline"] = recorded.get("pipeline", settings.get("pipeline"))
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        raise PoseFileError(
+            path, f"not a training config: training: and stages: must be sections ({error!r})"
+        ) from error
+    return settings, stages
+
+
 def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_pose.core.io import load_labels
     from napari_pose.nn.train import train
 
+    _check_writable(args.output, folder=True)
     config, stages = _train_settings(args)
     labels = load_labels(args.labels)
     bar = tqdm(total=1000, unit="", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
@@ -214,6 +269,7 @@ def _predict(args: argparse.Namespace) -> int:
     from napari_pose.nn.scaleout import predict_one, predict_videos
     from napari_pose.nn.train import parse_frames
 
+    _check_writable(args.output)
     config = PredictConfig(batch_size=args.batch_size, peak_threshold=args.peak_threshold,
                            max_instances=args.max_instances, device=args.device)  # fmt: skip
     frames = parse_frames(args.frames) if args.frames else None
@@ -241,6 +297,12 @@ def _predict(args: argparse.Namespace) -> int:
         from napari_pose.nn.tracking import track_planes
 
         arrays = track_planes(arrays, planes, _tracker_config(args))
+    if not len(arrays):
+        from napari_pose.core.errors import PoseWarning
+
+        warnings.warn(f"the model {args.model} found no animal in any frame predicted (peaks "
+                      f"below --peak-threshold {args.peak_threshold}?)", PoseWarning,
+                      stacklevel=2)  # fmt: skip
     save_labels(to_labels(arrays) if project is None else _merged(project, arrays), args.output)
     merged = "" if project is None else f" (merged into {args.inputs[0]})"
     print(f"wrote {len(arrays)} predicted instances in {len(set(arrays.frame.tolist()))} "
@@ -286,10 +348,11 @@ def _track(args: argparse.Namespace) -> int:
     (``track_planes``), which needs the stack file: frame numbers are flat plane indices, and
     only the file's shape tells which (t, z) each is."""
     from napari_pose.core.io import load_labels, missing_videos, save_labels
-    from napari_pose.core.pose_arrays import arrays_to_labels, labels_to_arrays
+    from napari_pose.core.pose_arrays import arrays_to_labels
     from napari_pose.core.video import is_stack_file
     from napari_pose.nn.tracking import track_planes
 
+    _check_writable(args.output)
     labels = load_labels(args.input)
     stacks = [name for name in missing_videos(labels) if is_stack_file(name)]
     if stacks:
@@ -298,7 +361,12 @@ def _track(args: argparse.Namespace) -> int:
         raise MissingVideoError(args.input, f"its stack {stacks[0]} was not found; tracking "
                                 "follows a stack's time axis, known from the stack")  # fmt: skip
     planes = _stack_planes(labels.videos, None)
-    tracked = track_planes(labels_to_arrays(labels), planes, _tracker_config(args))
+    arrays = _arrays(labels, args.input)
+    if not arrays.predicted.any():
+        from napari_pose.core.errors import PoseWarning
+
+        warnings.warn(f"{args.input}: no predicted instances to track", PoseWarning, stacklevel=2)
+    tracked = track_planes(arrays, planes, _tracker_config(args))
     out = arrays_to_labels(tracked)
     out.suggestions = list(labels.suggestions)
     save_labels(out, args.output)
@@ -307,20 +375,62 @@ def _track(args: argparse.Namespace) -> int:
     return 0
 
 
+def _arrays(labels, path: Path):
+    """``labels_to_arrays`` of ``labels`` read from ``path``, failing with the file's name."""
+    from napari_pose.core.errors import PoseFileError
+    from napari_pose.core.pose_arrays import labels_to_arrays
+
+    try:
+        return labels_to_arrays(labels)
+    except ValueError as error:  # labels without a skeleton
+        raise PoseFileError(path, str(error)) from error
+
+
 def _evaluate(args: argparse.Namespace) -> int:
+    """Score predictions on the labelled frames of the same videos (``metrics.match_videos``:
+    by file name and frame count, so predictions of a copied video count). Nothing to score
+    is an error naming both files, never a silent mAP of 0."""
     import json
 
+    from napari_pose.core.errors import PoseFileError
     from napari_pose.core.io import atomic_write, load_labels
-    from napari_pose.core.pose_arrays import labels_to_arrays
-    from napari_pose.nn.metrics import compare
+    from napari_pose.nn.metrics import compare, video_key
     from napari_pose.nn.train import parse_frames
 
-    gt = labels_to_arrays(load_labels(args.ground_truth))
+    if args.json is not None:
+        _check_writable(args.json)
+    gt = _arrays(load_labels(args.ground_truth), args.ground_truth)
     gt = gt.select(~gt.predicted)
     if args.frames:
         gt = gt.select(np.isin(gt.frame, list(parse_frames(args.frames))))
-    pred = labels_to_arrays(load_labels(args.predictions))
-    metrics, _ = compare(gt, pred.select(pred.predicted), predicted_frames_only=False)
+    if not len(gt):
+        within = f" in frames {args.frames}" if args.frames else ""
+        raise PoseFileError(args.ground_truth, f"has no user-labelled instances{within} to "
+                            f"score {args.predictions} against")  # fmt: skip
+    pred = _arrays(load_labels(args.predictions), args.predictions)
+    pred = pred.select(pred.predicted)
+    if not len(pred):
+        raise PoseFileError(args.predictions, "has no predicted instances to score against "
+                            f"{args.ground_truth}")  # fmt: skip
+    try:
+        metrics, _ = compare(gt, pred, predicted_frames_only=False)
+    except ValueError as error:  # no node names in common
+        raise PoseFileError(args.predictions, f"{error} ({args.ground_truth})") from error
+    counts = {k: metrics[k] for k in ("n_gt_frames", "n_pred_frames", "n_matched_frames")}
+    if not counts["n_matched_frames"]:
+
+        def names(arrays) -> str:
+            return ", ".join(sorted({Path(video_key(v)).name for v in arrays.videos}))
+
+        raise PoseFileError(
+            args.predictions,
+            f"none of its {counts['n_pred_frames']} predicted frames is one of the "
+            f"{counts['n_gt_frames']} labelled frames of {args.ground_truth} (videos are "
+            f"matched by file name and frame count; predicted: {names(pred)}; labelled: "
+            f"{names(gt)})",
+        )
+    print(f"frames: {counts['n_gt_frames']} labelled, {counts['n_pred_frames']} predicted, "
+          f"{counts['n_matched_frames']} labelled and predicted (scored)")  # fmt: skip
     for key in ("oks_map", "oks_mar", "dist_median_px", "dist_p95_px", "pck_5px",
                 "id_switches", "mota", "idf1"):  # fmt: skip
         if key in metrics:
@@ -410,18 +520,58 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command: problems with files, arguments or the system (``ValueError``, which
+    ``PoseFileError`` is, ``OSError``, YAML errors) end as one ``error:`` line and status 2;
+    ``PoseWarning``s are ``warning:`` lines, every time. Anything else is a bug and keeps its
+    traceback."""
+    import yaml
+
+    from napari_pose.core.errors import PoseWarning
+
     args = build_parser().parse_args(argv)
     if argv is None and args.command in ("train", "predict"):
         from napari_pose.runtime import preload_tcmalloc
 
         preload_tcmalloc()  # ~2x faster CPU training; re-executes this command once
-    from napari_pose.core.errors import PoseFileError
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", PoseWarning)
+        warnings.showwarning = _warning_printer(warnings.showwarning)
+        try:
+            return args.run(args)
+        except (ValueError, OSError, yaml.YAMLError) as error:
+            _print_line(f"error: {_one_line(error)}")
+            return 2
 
-    try:
-        return args.run(args)
-    except (PoseFileError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+
+def _one_line(error: BaseException) -> str:
+    """``error`` in one line that names its file: an ``OSError`` keeps the file apart from its
+    message (``[Errno 2] No such file or directory: 'x'``)."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        text = f"{error.filename}: {error.strerror}"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+def _print_line(text: str) -> None:
+    """One line on stderr, above any progress bar rather than through it."""
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stderr)
+
+
+def _warning_printer(default):
+    """``warnings.showwarning`` printing ``PoseWarning``s as one ``warning:`` line, others as
+    ``default`` does (with their source line, which is what a library's warning needs)."""
+    from napari_pose.core.errors import PoseWarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, PoseWarning):
+            _print_line(f"warning: {_one_line(message)}")
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
 
 
 if __name__ == "__main__":

@@ -311,3 +311,44 @@ def test_dlc_single_animal_from_untracked_labels(tmp_path: Path, sleap_dir: Path
         "labeled-data/small_robot/img79.png",
     ]
     np.testing.assert_array_equal(_points(loaded), _points(labels))
+
+
+# --------------------------------------------------------------------------------------------
+# Refused or warned of
+# --------------------------------------------------------------------------------------------
+
+
+def test_csv_with_a_repeated_body_part_is_refused(tmp_path: Path) -> None:
+    """pandas renames the second ``snout`` columns ``x.1``/``y.1``: read as they are written,
+    they are refused, where they used to vanish with the node."""
+    path = tmp_path / "CollectedData_me.csv"
+    path.write_text("scorer,me,me,me,me,me,me\nbodyparts,snout,snout,tail,tail,snout,snout\n"
+                    "coords,x,y,x,y,x,y\nlabeled-data/v/img0.png,1,2,3,4,5,6\n")  # fmt: skip
+    assert _load_error(path) == "repeats the column ('', 'snout', 'x')"
+
+
+def test_dlc_export_warns_of_what_it_leaves_out(tmp_path: Path) -> None:
+    """The built labels (frames 0 and 5 of fly.mp4) have a hidden but placed point."""
+    from napari_pose.core.errors import PoseWarning
+
+    target = tmp_path / "flies.csv"
+    with pytest.warns(PoseWarning) as caught:
+        save_labels(_built_labels(tmp_path / "fly.mp4"), target)
+    assert sorted(str(w.message) for w in caught) == [
+        f"{target}: DeepLabCut tables know frames by image file only: the 2 labelled frames "
+        f"of {(tmp_path / 'fly.mp4').as_posix()} are written as labeled-data/fly/img*.png rows, "
+        "and read back they are numbered 0-1 in that image folder, not by their frame numbers "
+        "in the video",
+        f"{target}: points marked invisible are written without their positions (DeepLabCut "
+        "tables have no visibility flag: an invisible point is an empty cell): 1",
+    ]
+
+
+def test_dlc_export_of_a_dlc_project_does_not_warn(tmp_path: Path, openfield: Path) -> None:
+    import warnings
+
+    from napari_pose.core.errors import PoseWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PoseWarning)
+        save_labels(load_labels(openfield / "config.yaml"), tmp_path / "CollectedData_me.h5")

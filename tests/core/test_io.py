@@ -560,3 +560,152 @@ def test_failed_dlc_save_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(KeyboardInterrupt):
         save_labels(_built_labels(tmp_path / "fly.mp4"), tmp_path / "labels.csv")
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Labels that cannot be right: refused on load (and save), whatever the format
+# --------------------------------------------------------------------------------------------
+
+
+def _repeated_node_labels(video_path: Path) -> sio.Labels:
+    """A 13-node skeleton whose last node repeats the first one's name."""
+    names = [f"n{i}" for i in range(12)] + ["n0"]
+    skeleton = sio.Skeleton(nodes=names, name="fly")
+    video = sio.Video(filename=video_path.as_posix(), open_backend=False)
+    instance = sio.Instance.from_numpy(np.arange(26.0).reshape(13, 2), skeleton=skeleton)
+    return sio.Labels(videos=[video], skeletons=[skeleton],
+                      labeled_frames=[sio.LabeledFrame(video=video, frame_idx=0,
+                                                       instances=[instance])])  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["p.slp", "p.analysis.h5", "p.csv", "CollectedData_me.h5"])
+def test_repeated_node_names_are_refused_on_save(tmp_path: Path, name: str) -> None:
+    """Exported, the CSV read back with 12 of the 13 nodes; no format may be written."""
+    with pytest.raises(PoseFileError, match="two nodes named 'n0'") as error:
+        save_labels(_repeated_node_labels(tmp_path / "v.mp4"), tmp_path / name)
+    assert error.value.path == tmp_path / name and not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("name", ["p.slp", "p.analysis.h5"])
+def test_repeated_node_names_are_refused_on_load(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    labels = _repeated_node_labels(tmp_path / "v.mp4")
+    if name.endswith(".slp"):
+        sio.save_slp(labels, path.as_posix())  # sleap-io writes what we refuse to
+    else:
+        sio.save_analysis_h5(labels, path.as_posix())
+    assert "the skeleton 'fly' has two nodes named 'n0'" in _load_error(path)
+
+
+def _save_with_known_size(tmp_path: Path) -> Path:
+    """A .slp whose video (64 x 64, 12 frames) records its size, as the CLI's predictions do."""
+    from napari_pose.core.synthetic import make_synthetic, to_labels, write_video
+
+    data = make_synthetic(n_frames=12, size=64, n_animals=1, seed=0)
+    write_video(data.frames, tmp_path / "v.mp4")
+    save_labels(to_labels(data, str(tmp_path / "v.mp4")), tmp_path / "p.slp")
+    return tmp_path / "p.slp"
+
+
+def _set_point(path: Path, row: int, x: float) -> None:
+    with h5py.File(path, "r+") as f:
+        points = f["points"][:]
+        points["x"][row] = x
+        f["points"][:] = points
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+@pytest.mark.parametrize(
+    ("x", "problem"),
+    [
+        (np.inf, "an infinite coordinate"),
+        (-np.inf, "an infinite coordinate"),
+        (200.0, "more than a frame size outside its 64x64 frame"),
+        (-65.0, "more than a frame size outside its 64x64 frame"),
+    ],
+)
+def test_impossible_coordinates_are_refused_naming_the_frame(
+    tmp_path: Path, lazy: bool, x: float, problem: str
+) -> None:
+    path = _save_with_known_size(tmp_path)
+    _set_point(path, 5 * 5 + 2, x)  # frame 5, third node
+    with pytest.raises(PoseFileError) as error:
+        load_labels(path, lazy=lazy)
+    assert error.value.path == path
+    assert error.value.problem.startswith(f"frame 5 of {(tmp_path / 'v.mp4').as_posix()}: node ")
+    assert problem in error.value.problem and "the file is damaged" in error.value.problem
+
+
+@pytest.mark.parametrize("x", [np.nan, 127.0, -63.0])
+def test_unplaced_points_and_points_near_the_frame_load(tmp_path: Path, x: float) -> None:
+    path = _save_with_known_size(tmp_path)
+    _set_point(path, 27, x)
+    assert load_labels(path).labeled_frames[5].instances[0].numpy()[2, 0] == pytest.approx(
+        x, nan_ok=True)  # fmt: skip
+
+
+def test_coordinates_beyond_a_million_pixels_are_refused_without_a_frame_size(
+    tmp_path: Path, sleap_dir: Path
+) -> None:
+    """clip.slp records no video size: only coordinates no video can have are refused."""
+    path = tmp_path / "clip.slp"
+    shutil.copy(sleap_dir / "tracks/clip.slp", path)
+    _set_point(path, 0, 1e7)
+    assert "a coordinate beyond 1e+06 pixels" in _load_error(path)
+    _set_point(path, 0, 5e5)
+    load_labels(path)
+
+
+def test_dlc_table_with_infinite_coordinates_names_the_image(tmp_path: Path) -> None:
+    table = tmp_path / "CollectedData_me.csv"
+    table.write_text("scorer,me,me\nbodyparts,snout,snout\ncoords,x,y\n"
+                     "labeled-data/v/img0.png,1,2\nlabeled-data/v/img1.png,inf,2\n")  # fmt: skip
+    problem = _load_error(table)
+    assert problem.startswith("frame 1 of labeled-data/v/img1.png: node 'snout' is at (inf, 2)")
+
+
+# --------------------------------------------------------------------------------------------
+# What exports leave out
+# --------------------------------------------------------------------------------------------
+
+
+def test_analysis_export_warns_of_what_it_leaves_out(tmp_path: Path) -> None:
+    """The built labels have a hidden but placed point and an untracked instance among
+    tracked ones, and here a second female in frame 0: the analysis layout keeps none."""
+    from napari_pose.core.errors import PoseWarning
+
+    labels = _built_labels(tmp_path / "fly.mp4")
+    female = labels.tracks[0]
+    labels[0].instances.append(sio.Instance.from_numpy(np.ones((4, 2)), labels.skeletons[0],
+                                                       track=female))  # fmt: skip
+    with pytest.warns(PoseWarning) as caught:
+        save_labels(labels, tmp_path / "fly.analysis.h5")
+    messages = sorted(str(w.message) for w in caught)
+    assert messages == [
+        f"{tmp_path / 'fly.analysis.h5'}: instances left out, as an analysis file of tracked "
+        "labels holds one instance per track and frame: 1 without a track, 1 on a track "
+        "already taken in their frame",
+        f"{tmp_path / 'fly.analysis.h5'}: points marked invisible are written without their "
+        "positions (analysis files have no visibility flag: an invisible point is NaN): 1",
+    ]
+
+
+def test_exports_that_lose_nothing_do_not_warn(tmp_path: Path, sleap_dir: Path) -> None:
+    import warnings
+
+    from napari_pose.core.errors import PoseWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PoseWarning)
+        save_labels(load_labels(sleap_dir / "tracks/clip.slp"), tmp_path / "clip.analysis.h5")
+
+
+def test_errors_survive_pickling(tmp_path: Path) -> None:
+    """Errors raised on a dask worker reach the client pickled, and must still name the file."""
+    import pickle
+
+    from napari_pose.core.errors import VideoFileError
+
+    error = pickle.loads(pickle.dumps(VideoFileError(tmp_path / "v.mp4", "frame 3 is damaged")))
+    assert type(error) is VideoFileError and error.path == tmp_path / "v.mp4"
+    assert str(error) == f"{tmp_path / 'v.mp4'}: frame 3 is damaged"

@@ -44,3 +44,23 @@ def test_predictions_are_smaller_greyer_and_fainter_than_user_labels(make_napari
         assert np.all(np.argmax(predicted_head[:, :3], 1) == np.argmax(user_head[0, :3]))
         assert predicted_edges.opacity < user_edges.opacity
         assert np.max(predicted_edges.edge_width) < np.min(user_edges.edge_width)
+
+
+def test_predictions_stay_grey_after_a_node_edit_and_a_video_names_its_frame_axis(
+    make_napari_viewer, qtbot, sleap_dir
+):
+    from gui import press
+
+    viewer = make_napari_viewer()
+    viewer.open(str(sleap_dir / "tracks" / "clip.predictions.slp"), plugin="napari-pose")
+    predicted, _ = _layers(viewer, predicted=True)
+    grey = _chroma(predicted.face_color_cycle).max()
+    _, skeleton = viewer.window.add_plugin_dock_widget("napari-pose", "Skeleton")
+    assert skeleton.layer.value is not None  # the project's (empty) user labels layer
+    skeleton.node.value, skeleton.name.value = "head", "Head"
+    press(qtbot, skeleton.node_buttons["rename"])
+    assert predicted.metadata[POSE_KEY].arrays.skeleton.node_names[0] == "Head"
+    assert _chroma(predicted.face_color_cycle).max() == pytest.approx(grey)
+
+    viewer.open(str(sleap_dir / "tracks" / "clip.mp4"), plugin="napari-pose")
+    assert viewer.layers[-1].axis_labels == ("frame", "y", "x")

@@ -168,3 +168,96 @@ def test_predict_command(trained, tmp_path, capsys):
     assert len(labels.labeled_frames) == 10 and labels.videos[0].filename.endswith("a.mp4")
     assert main(["predict", str(folder / "a.mp4"), "-m", str(tmp_path), "-o", str(out)]) == 2
     assert str(tmp_path) in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# Frames that are not there, or cannot be decoded
+# --------------------------------------------------------------------------------------------
+
+
+def _damaged_copy(video, out, frames: range):
+    """``video`` with the packets of ``frames`` zeroed, as a bad disk or a cut copy leaves
+    them: those frames cannot be decoded; later ones decode, wrong where they refer to them."""
+    import av
+
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        tick = round(1 / (stream.time_base * stream.average_rate))
+        spans = [(p.pos, p.size) for p in container.demux(stream)
+                 if p.pts is not None and frames.start * tick <= p.pts < frames.stop * tick]  # fmt: skip
+    data = bytearray(video.read_bytes())
+    for pos, size in spans:
+        data[pos : pos + size] = bytes(size)
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_undecodable_frames_are_skipped_and_reported(trained, tmp_path):
+    from napari_pose.core.errors import PoseWarning
+
+    folder, _ = trained
+    damaged = _damaged_copy(folder / "a.mp4", tmp_path / "damaged.mp4", range(6, 9))
+    predictor = Predictor.load(folder / "model", PredictConfig(batch_size=4, device="cpu"))
+    with open_video(damaged) as reader, pytest.warns(PoseWarning) as caught:
+        done = [int(i) for indices, _ in predict_video(predictor, reader) for i in indices]
+    assert done == [*range(6), *range(9, 16)]
+    assert [str(w.message) for w in caught] == [
+        f"{damaged}: 3 of 16 frames could not be decoded and were skipped (frames 6-8; first: "
+        "frame 6 cannot be decoded: its data is missing or corrupt); the other 13 were predicted"
+    ]
+
+
+def test_predict_command_keeps_what_it_could_decode(trained, tmp_path, capsys):
+    folder, _ = trained
+    damaged = _damaged_copy(folder / "a.mp4", tmp_path / "damaged.mp4", range(6, 9))
+    out = tmp_path / "pred.slp"
+    command = ["predict", str(damaged), "-m", str(folder / "model"), "-o", str(out),
+               "--device", "cpu", "--quiet", "--peak-threshold", "-1"]  # fmt: skip
+    assert main(command) == 0
+    assert "warning: " in capsys.readouterr().err
+    assert sorted(lf.frame_idx for lf in load_labels(out)) == [*range(6), *range(9, 16)]
+    out.unlink()
+    assert main([*command, "--frames", "6-8"]) == 2  # nothing to keep
+    assert capsys.readouterr().err == (
+        f"error: {damaged}: none of the 3 frames could be decoded (frame 6 cannot be decoded: "
+        "its data is missing or corrupt)\n"
+    )
+    assert not out.exists()
+
+
+def test_predict_command_on_frames_outside_the_video(trained, tmp_path, capsys):
+    """None of the frames: an error naming the video and its length (this wrote an empty file
+    and said nothing); some of them: a warning saying how many were cut."""
+    folder, _ = trained
+    video, out = folder / "a.mp4", tmp_path / "pred.slp"
+    command = ["predict", str(video), "-m", str(folder / "model"), "-o", str(out),
+               "--device", "cpu", "--quiet", "--peak-threshold", "-1"]  # fmt: skip
+    assert main([*command, "--frames", "1000-1001"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {video}: has 16 frames (0-15); none of the frames asked for (1000-1001) is "
+        "among them\n"
+    )
+    assert not out.exists()
+    assert main([*command, "--frames", "10-29"]) == 0
+    assert capsys.readouterr().err == (
+        f"warning: {video}: 14 of the 20 frames asked for are not in the video (16 frames, "
+        "0-15); predicting the other 6\n"
+    )
+    assert sorted(lf.frame_idx for lf in load_labels(out)) == list(range(10, 16))
+
+
+def test_predict_command_checks_its_output_before_predicting(trained, tmp_path, capsys,
+                                                             monkeypatch):  # fmt: skip
+    import napari_pose.nn.scaleout
+
+    def no_prediction(*args, **kwargs):
+        raise AssertionError("predicted before checking the output")
+
+    monkeypatch.setattr(napari_pose.nn.scaleout, "predict_one", no_prediction)
+    folder, _ = trained
+    out = tmp_path / "missing" / "pred.slp"
+    assert main(["predict", str(folder / "a.mp4"), "-m", str(folder / "model"), "-o",
+                 str(out), "--device", "cpu", "--quiet"]) == 2  # fmt: skip
+    assert capsys.readouterr().err == (
+        f"error: {out}: cannot be written: the folder {out.parent} does not exist\n"
+    )

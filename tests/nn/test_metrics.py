@@ -18,6 +18,7 @@ from napari_pose.nn.metrics import (
     evaluate,
     labels_to_frames,
     match_frame,
+    match_videos,
     oks,
 )
 
@@ -285,3 +286,23 @@ def test_compare_gives_accuracy_identity_and_worst_frames(clip):
     some = pred.select(pred.frame < 100)
     metrics, per_frame = compare(gt, some)
     assert len(per_frame) == len(np.unique(some.frame)) and metrics["n_gt"] <= 200
+
+
+def test_videos_match_by_file_name_frame_count_and_folders():
+    """Copies and moves match; another length, another name or a tie between two cameras'
+    videos of one name match nothing."""
+
+    def video(name: str, n_frames: int | None = 100) -> sio.Video:
+        shape = None if n_frames is None else [n_frames, 64, 64, 1]
+        return sio.Video(filename=name, backend_metadata={"shape": shape} if shape else {},
+                         open_backend=False)  # fmt: skip
+
+    truth = [video("/data/cam1/trial.mp4"), video("/data/cam2/trial.mp4"), video("C:\\x\\a.mp4")]
+    predicted = [
+        video("/scratch/cam2/trial.mp4"),  # moved: its folder tells the cameras apart
+        video("/scratch/trial.mp4"),  # which camera? a tie
+        video("/data/cam1/trial.mp4", 99),  # another recording of the same name
+        video("/data/cam1/other.mp4"),
+        video("/copy/a.mp4", None),  # length not recorded: the name decides
+    ]
+    assert match_videos(truth, predicted).tolist() == [1, -1, -1, -1, 2]

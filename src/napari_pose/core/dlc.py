@@ -8,14 +8,19 @@ instance per frame.
 A CollectedData table has one row per labelled image and the column levels scorer,
 (individuals,) bodyparts, coords. DLC keeps it twice in each ``labeled-data`` folder: as a
 pandas HDFStore ``.h5`` (the source of truth) and as a human-readable ``.csv`` twin. Both are
-read and written through pandas, the HDF5 one with PyTables, exactly as DLC itself does.
+read and written through pandas, the HDF5 one with PyTables, exactly as DLC itself does, but
+an HDF5 table is only opened once h5py has found nothing in it that PyTables would unpickle
+(:func:`.hdf5.refuse_pickles`): a pickle runs code, and a table is read just to probe it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import itertools
 import warnings
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -23,7 +28,8 @@ import pandas as pd
 import sleap_io as sio
 import yaml
 
-from napari_pose.core.errors import PoseFileError
+from napari_pose.core.errors import PoseFileError, PoseWarning
+from napari_pose.core.hdf5 import is_pandas_store, refuse_pickles
 from napari_pose.core.paths import MAX_PARENT_LEVELS, relink_video
 
 __all__ = [
@@ -66,9 +72,21 @@ def is_dlc_file(path: Path) -> bool:
     if suffix == ".csv":
         return _csv_layout(path) is not None
     if suffix in HDF5_SUFFIXES:
-        with pd.HDFStore(path, mode="r") as store:
+        if not is_pandas_store(path):
+            return False
+        with _open_store(path) as store:
             return _table_key(store) is not None
     return False
+
+
+@contextlib.contextmanager
+def _open_store(path: Path) -> Iterator[pd.HDFStore]:
+    """pandas' HDFStore of ``path``, read-only, once h5py has seen that nothing in it would be
+    unpickled (``refuse_pickles``): PyTables unpickles attributes as soon as it opens a node,
+    so this is the only way this package opens one."""
+    refuse_pickles(path)
+    with pd.HDFStore(path, mode="r") as store:
+        yield store
 
 
 def read_dlc_config(path: Path) -> dict | None:
@@ -227,9 +245,18 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise PoseFileError(path, problem)
     n_header, n_index = layout
     try:
-        return pd.read_csv(path, header=list(range(n_header)), index_col=list(range(n_index)))
+        frame = pd.read_csv(path, header=list(range(n_header)), index_col=list(range(n_index)))
+        # pandas renames a repeated column ("x" becomes "x.1"), which would read a repeated
+        # body part as a new one: the names as written let ``_read_table`` refuse it.
+        with open(path, encoding="utf-8", newline="") as fh:
+            header = list(itertools.islice(csv.reader(fh), n_header))
+        frame.columns = pd.MultiIndex.from_arrays(
+            [row[n_index : n_index + len(frame.columns)] for row in header],
+            names=frame.columns.names,
+        )
     except (ValueError, pd.errors.ParserError) as exc:
         raise PoseFileError(path, f"DeepLabCut CSV could not be parsed ({exc})") from exc
+    return frame
 
 
 def _table_key(store: pd.HDFStore) -> str | None:
@@ -247,13 +274,13 @@ def _table_key(store: pd.HDFStore) -> str | None:
 
 def _read_h5(path: Path) -> pd.DataFrame:
     """Read a DLC HDF5 table in either of pandas' layouts ("fixed" or "table")."""
-    with pd.HDFStore(path, mode="r") as store:
+    with _open_store(path) as store:
         key = _table_key(store)
         if key is None:
             raise PoseFileError(
                 path, "HDF5 file holds no DeepLabCut table (scorer/bodyparts/coords columns)"
             )
-        return pd.read_hdf(store, key)
+        return store.select(key)
 
 
 def _to_labels(frame: pd.DataFrame, config: dict) -> sio.Labels:
@@ -267,7 +294,7 @@ def _to_labels(frame: pd.DataFrame, config: dict) -> sio.Labels:
     grid = pd.MultiIndex.from_product([individuals, bodyparts, ["x", "y"]])
     points = frame.reindex(columns=grid).to_numpy(dtype=float, copy=True)  # a view is read-only
     points = points.reshape(len(frame), len(individuals), len(bodyparts), 2)
-    visible = np.isfinite(points).all(axis=3)
+    visible = ~np.isnan(points).any(axis=3)  # infinities stay, for io to refuse by frame
     points[~visible] = np.nan  # a point with one coordinate missing is not placed
     present = visible.any(axis=2)
 
@@ -316,15 +343,36 @@ def write_dlc(labels: sio.Labels, tmp: Path, target: Path) -> None:
     scorer; ``tmp`` is where the caller's atomic write wants the bytes. HDF5 goes under DLC's
     key in pandas' default "fixed" layout, as DLC's labelling GUI writes it.
     """
-    frame = _to_table(labels, target)
+    frame, hidden = _to_table(labels, target)
     if target.suffix.lower() in HDF5_SUFFIXES:
         frame.to_hdf(tmp, key=_H5_KEY, mode="w")
     else:
         frame.to_csv(tmp)
+    if hidden:
+        warnings.warn(
+            f"{target}: points marked invisible are written without their positions "
+            "(DeepLabCut tables have no visibility flag: an invisible point is an empty cell): "
+            f"{hidden}",
+            PoseWarning,
+            stacklevel=3,
+        )
+    for video in labels.videos:
+        frames = np.sort([lf.frame_idx for lf in labels.find(video)])
+        if not isinstance(video.filename, list) and np.any(frames != np.arange(len(frames))):
+            warnings.warn(
+                f"{target}: DeepLabCut tables know frames by image file only: the {len(frames)} "
+                f"labelled frames of {video.filename} are written as labeled-data/"
+                f"{_stem(video)}/img*.png rows, and read back they are numbered "
+                f"0-{len(frames) - 1} in that image folder, not by their frame numbers in the "
+                "video",
+                PoseWarning,
+                stacklevel=3,
+            )
 
 
-def _to_table(labels: sio.Labels, target: Path) -> pd.DataFrame:
-    """Lay labels out as DLC's CollectedData table, one row per labelled frame.
+def _to_table(labels: sio.Labels, target: Path) -> tuple[pd.DataFrame, int]:
+    """Lay labels out as DLC's CollectedData table, one row per labelled frame, and count the
+    points marked invisible whose positions the table loses.
 
     Individuals are the track names (plus ``individualN`` columns for untracked instances when
     a frame has several); a single-animal table is written when no frame needs more than one
@@ -345,6 +393,7 @@ def _to_table(labels: sio.Labels, target: Path) -> pd.DataFrame:
     )
     last_frame = {id(lf.video): lf.frame_idx for lf in frames}  # sorted: the last one wins
     images, rows, slots, xys = [], [], [], []
+    hidden = 0
     for row, lf in enumerate(frames):
         images.append(_image_path(lf.video, lf.frame_idx, last_frame[id(lf.video)]))
         taken: set[int] = set()
@@ -357,6 +406,8 @@ def _to_table(labels: sio.Labels, target: Path) -> pd.DataFrame:
             rows.append(row)
             slots.append(slot)
             xys.append(inst.numpy())
+            placed = np.isfinite(inst.points["xy"]).all(axis=1)
+            hidden += int((placed & ~inst.points["visible"]).sum())
     n_slots = 1 + max(slots, default=0)
     points = np.full((len(images), n_slots, len(node_names), 2), np.nan)
     if xys:
@@ -370,7 +421,7 @@ def _to_table(labels: sio.Labels, target: Path) -> pd.DataFrame:
     else:
         levels, names = [[scorer], node_names, ["x", "y"]], _HEADERS[0]
     columns = pd.MultiIndex.from_product(levels, names=list(names))
-    return pd.DataFrame(points.reshape(len(images), -1), index=images, columns=columns)
+    return pd.DataFrame(points.reshape(len(images), -1), index=images, columns=columns), hidden
 
 
 def _image_path(video: sio.Video, frame_idx: int, last_frame: int) -> str:
@@ -382,11 +433,15 @@ def _image_path(video: sio.Video, frame_idx: int, last_frame: int) -> str:
     if isinstance(video.filename, list):
         image = PurePosixPath(video.filename[frame_idx].replace("\\", "/"))
         return f"labeled-data/{image.parent.name}/{image.name}"
-    source = video.source_video.filename if video.source_video is not None else video.filename
-    stem = PurePosixPath(source.replace("\\", "/")).stem
     n_frames = (video.shape or (last_frame + 1,))[0]
     digits = len(str(max(n_frames - 1, last_frame)))
-    return f"labeled-data/{stem}/img{frame_idx:0{digits}d}.png"
+    return f"labeled-data/{_stem(video)}/img{frame_idx:0{digits}d}.png"
+
+
+def _stem(video: sio.Video) -> str:
+    """Name of the ``labeled-data`` folder DLC extracts a video's frames to."""
+    source = video.source_video.filename if video.source_video is not None else video.filename
+    return PurePosixPath(source.replace("\\", "/")).stem
 
 
 def _scorer(labels: sio.Labels, target: Path) -> str:

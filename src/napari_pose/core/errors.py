@@ -22,6 +22,11 @@ class PoseFileError(ValueError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self) -> tuple:
+        # Rebuilt from (path, problem), not from the formatted message: errors raised on a
+        # dask worker (``nn.scaleout``) reach the client pickled.
+        return type(self), (self.path, self.problem)
+
 
 class VideoFileError(PoseFileError):
     """A video (or image sequence) cannot be opened or a frame cannot be decoded."""
@@ -29,3 +34,18 @@ class VideoFileError(PoseFileError):
 
 class MissingVideoError(PoseFileError):
     """A labels file refers to a video that was not found where it says nor near the labels."""
+
+
+class UnsafeFileError(PoseFileError):
+    """A file holds data that would run code when read (pickled Python objects).
+
+    Distinct from other bad files because it is refused loudly even where unreadable files are
+    quietly "not ours" (format detection): the user must learn why such a file did not open.
+    """
+
+
+class PoseWarning(UserWarning):
+    """A result is not what the user may assume: points or frames left out, frames skipped.
+
+    The CLI prints these as one ``warning:`` line each; napari shows them as notifications.
+    """

@@ -13,7 +13,15 @@ analysis HDF5, and those go through it untouched apart from three repairs:
 DeepLabCut configs and CollectedData tables are read and written by :mod:`.dlc`, not by
 sleap-io (see there for why); this module only dispatches to it.
 
-Every writer is atomic: a crash or a full disk never leaves a half-written labels file behind.
+Loaded labels are checked before anyone sees them, whatever the format: a skeleton with two
+nodes of one name (nodes are matched by name everywhere, so one would silently vanish) and
+coordinates that cannot be real (infinite, or far outside the frame: a damaged file) are
+refused, naming the file and the frame.
+
+Every writer is atomic: a crash or a full disk never leaves a half-written labels file behind,
+and the temporary files of saves that were killed are removed when their file is next saved or
+opened. The HDF5 files written here (``.slp``, analysis) carry Fletcher-32 checksums
+(:func:`.hdf5.add_checksums`), so damage done to them later is caught on reading.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ import os
 import re
 import secrets
 import time
+import warnings
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,14 +44,17 @@ import sleap_io as sio
 
 from napari_pose.core import dlc
 from napari_pose.core.dlc import CONFIG_SUFFIXES, HDF5_SUFFIXES
-from napari_pose.core.errors import PoseFileError
+from napari_pose.core.errors import PoseFileError, PoseWarning, UnsafeFileError
+from napari_pose.core.hdf5 import add_checksums, damaged_dataset
 from napari_pose.core.paths import missing_videos, relink_videos
+from napari_pose.core.pose_arrays import labels_to_arrays
 
 __all__ = [
     "detect_labels_format",
     "load_labels",
     "materialize_labels",
     "missing_videos",
+    "repeated_node",
     "save_labels",
 ]
 
@@ -53,6 +66,9 @@ FORMAT_NAMES = {
 
 #: sleap-io's lazy writer mis-saves instance tables of files older than this (see module doc).
 _FIRST_LAZY_SAFE_SLP_FORMAT = 1.2
+#: Pixels beyond which a coordinate is damage, not a pose, whatever the frame size; within a
+#: frame of recorded size, points more than one frame size outside it are refused as well.
+MAX_COORDINATE = 1e6
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,6 +88,11 @@ def detect_labels_format(path: str | Path) -> str | None:
     - ``'dlc'``: a DeepLabCut ``config.yaml`` listing ``bodyparts`` or
       ``multianimalbodyparts``, or a CSV/HDF5 table with DLC's scorer/(individuals)/bodyparts/
       coords header (``CollectedData_*`` or any other).
+
+    Raises:
+        UnsafeFileError: A pandas HDF5 table holds pickled objects. Such a file is not quietly
+            "not ours" like other unreadable ones: reading it could run code, and the user
+            must learn why it did not open.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -84,7 +105,9 @@ def detect_labels_format(path: str | Path) -> str | None:
             return _sniff_hdf5(path)
         if suffix == ".csv" or suffix in CONFIG_SUFFIXES:
             return "dlc" if dlc.is_dlc_file(path) else None
-    except Exception:  # any unreadable file simply is not ours
+    except UnsafeFileError:
+        raise
+    except Exception:  # any other unreadable file simply is not ours
         return None
     return None
 
@@ -146,6 +169,7 @@ def load_labels(path: str | Path, *, lazy: bool = True) -> sio.Labels:
         raise PoseFileError(
             path, "is a folder, not a labels file" if path.is_dir() else "file not found"
         )
+    _remove_stale_temps(path)
     fmt = detect_labels_format(path) or _format_from_suffix(path)
     try:
         labels = _LOADERS[fmt](path, lazy)
@@ -154,11 +178,85 @@ def load_labels(path: str | Path, *, lazy: bool = True) -> sio.Labels:
     except Exception as exc:  # third-party failures become one clear error
         if fmt == "slp":
             raise PoseFileError(path, _diagnose_slp(path, exc)) from exc
+        problem = _damage(path) if fmt == "analysis_h5" else None
         raise PoseFileError(
-            path, f"not a valid {FORMAT_NAMES[fmt]} file ({_describe(exc)})"
+            path, problem or f"not a valid {FORMAT_NAMES[fmt]} file ({_describe(exc)})"
         ) from exc
+    for skeleton in labels.skeletons:
+        problem = repeated_node(skeleton)
+        if problem is not None:
+            raise PoseFileError(path, f"{problem}; rename one in the program that wrote it")
+    _check_coordinates(labels, path)
     relink_videos(labels, path)
     return labels
+
+
+def repeated_node(skeleton: sio.Skeleton) -> str | None:
+    """Say which node name ``skeleton`` repeats, or None. Nodes are matched by name when
+    labels are converted, merged or exported, so of two nodes with one name, one is lost."""
+    repeated = next((n for n, count in Counter(skeleton.node_names).items() if count > 1), None)
+    if repeated is None:
+        return None
+    named = f" {skeleton.name!r}" if skeleton.name else ""
+    return f"the skeleton{named} has two nodes named {repeated!r}"
+
+
+def _frame_bounds(videos: list[sio.Video]) -> np.ndarray:
+    """``(n_videos, 2, 2)``: per video, the lowest and highest plausible ``(x, y)``.
+
+    One frame size around the frame where the video's size is recorded (reading the video to
+    learn it would make loading slow), else ``+-MAX_COORDINATE``.
+    """
+    shapes = [v.shape if v.shape is not None and len(v.shape) == 4 else None for v in videos]
+    size = np.array([(s[2], s[1]) if s and min(s[1:3]) > 0 else (np.inf, np.inf)
+                     for s in shapes], float).reshape(-1, 2)  # fmt: skip
+    return np.stack([-np.minimum(size, MAX_COORDINATE), np.minimum(2 * size, MAX_COORDINATE)], 1)
+
+
+def _check_coordinates(labels: sio.Labels, path: Path) -> None:
+    """Refuse infinite or absurd coordinates (``_frame_bounds``), naming the first frame that
+    has one. NaN is a point not placed, and fine.
+
+    A lazily loaded ``.slp`` is first checked on its raw point tables against the tightest
+    bounds of all its videos, a few milliseconds for 100,000 frames; only a point outside
+    them costs the per-video check, which needs each point's frame.
+    """
+    bounds = _frame_bounds(labels.videos)
+    store = getattr(labels, "_lazy_store", None)
+    if store is not None and len(bounds):
+        low, high = bounds[:, 0].max(axis=0), bounds[:, 1].min(axis=0)
+        tables = (store.points_data, store.pred_points_data)
+        if all(_plausible(np.stack([t["x"], t["y"]], -1), low, high).all() for t in tables):
+            return
+    for skeleton in labels.skeletons:
+        arrays = labels_to_arrays(labels, skeleton)
+        limits = bounds[arrays.video]
+        bad = ~_plausible(arrays.xy, limits[:, None, 0], limits[:, None, 1]).all(axis=1)
+        if not bad.any():
+            continue
+        row = int(np.argmax(bad))
+        node = int(np.argmax(~_plausible(arrays.xy[row], *limits[row])))
+        x, y = arrays.xy[row, node]
+        video = arrays.videos[arrays.video[row]]
+        frame = int(arrays.frame[row])
+        name = video.filename[frame] if isinstance(video.filename, list) else video.filename
+        if np.isinf([x, y]).any():
+            why = "an infinite coordinate"
+        elif np.abs(limits[row]).max() >= MAX_COORDINATE:
+            why = f"a coordinate beyond {MAX_COORDINATE:g} pixels"
+        else:
+            width, height = limits[row, 1] / 2
+            why = f"more than a frame size outside its {width:g}x{height:g} frame"
+        raise PoseFileError(
+            path,
+            f"frame {frame} of {name}: node {skeleton.node_names[node]!r} is at ({x:g}, {y:g}), "
+            f"{why}; the file is damaged (instances with such points: {int(bad.sum())})",
+        )
+
+
+def _plausible(xy: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Per point ``(..., 2) -> (...)``: not placed (NaN), or inside ``[low, high]``."""
+    return (np.isnan(xy) | ((xy >= low) & (xy <= high))).all(axis=-1)
 
 
 def _format_from_suffix(path: Path) -> str:
@@ -237,7 +335,7 @@ def _text(raw: bytes | str) -> str:
 
 def _diagnose_slp(path: Path, exc: BaseException) -> str:
     """Explain why sleap-io could not read ``path``, checking the likely causes in order."""
-    problem = _hdf5_problem(path)
+    problem = _hdf5_problem(path) or _damage(path)
     if problem is not None:
         return f"not a valid SLEAP labels file ({problem})"
     with h5py.File(path, "r") as f:
@@ -255,6 +353,17 @@ def _diagnose_slp(path: Path, exc: BaseException) -> str:
     except ValueError:
         return "SLEAP labels file with corrupt metadata JSON"
     return _skeleton_problem(metadata) or f"not a valid SLEAP labels file ({_describe(exc)})"
+
+
+def _damage(path: Path) -> str | None:
+    """Say which dataset of ``path`` fails its checksum, or None (``hdf5.damaged_dataset``)."""
+    damaged = damaged_dataset(path)
+    if damaged is None:
+        return None
+    return (
+        f"dataset {damaged} is damaged: its checksum does not match, so the file changed "
+        "after it was saved (disk or transfer error); use a backup copy"
+    )
 
 
 def _skeleton_problem(metadata: dict) -> str | None:
@@ -300,12 +409,21 @@ def save_labels(labels: sio.Labels, path: str | Path, format: str | None = None)
 
     Raises:
         PoseFileError: The format is unknown, the labels cannot be represented in it (e.g. an
-            analysis file of several videos), or writing failed.
+            analysis file of several videos, a skeleton with two nodes of one name), or
+            writing failed.
+
+    Warns:
+        PoseWarning: The format cannot hold everything the labels have and some is left out
+            (positions of invisible points, frame numbers, instances; see the writers).
     """
     path = Path(path)
     fmt = format or _save_format(path)
     if fmt not in _WRITERS:
         raise PoseFileError(path, f"unknown labels format {fmt!r}; use one of {sorted(_WRITERS)}")
+    for skeleton in labels.skeletons:
+        problem = repeated_node(skeleton)
+        if problem is not None:  # a file that would not open again, or lose a node
+            raise PoseFileError(path, f"cannot be written: {problem}; rename one first")
     try:
         atomic_write(path, lambda tmp: _WRITERS[fmt](labels, tmp, path))
     except PoseFileError:
@@ -342,6 +460,11 @@ def _remove_stale_temps(path: Path, min_age_s: float = 60.0) -> None:
                     stray.unlink()
 
 
+def _temp_beside(path: Path) -> Path:
+    """A new temporary name in ``path``'s folder, of the pattern ``_remove_stale_temps`` knows."""
+    return path.with_name(f".{secrets.token_hex(4)}.{path.name}")
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Run ``write`` on a hidden temporary file beside ``path``, then swap it in.
 
@@ -349,7 +472,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     The temporary name keeps ``path``'s full name at its end so extension-sniffing writers
     behave the same.
     """
-    tmp = path.with_name(f".{secrets.token_hex(4)}.{path.name}")
+    tmp = _temp_beside(path)
     try:
         write(tmp)
         fd = os.open(tmp, os.O_RDWR)
@@ -376,15 +499,63 @@ def _write_slp(labels: sio.Labels, tmp: Path, target: Path) -> None:
     # embed=None copies frames embedded in a .pkg.slp into the new file. sleap-io's default
     # (False) instead points the video at its original source even when that file is missing,
     # and restore_original_videos=False writes a self-reference to frames it did not copy.
-    sio.save_slp(labels, tmp.as_posix(), embed=None, verbose=False)
+    _with_checksums(lambda raw: sio.save_slp(labels, raw.as_posix(), embed=None, verbose=False),
+                    tmp, target)  # fmt: skip
+
+
+def _with_checksums(write: Callable[[Path], None], tmp: Path, target: Path) -> None:
+    """Run sleap-io's ``write`` on a second temporary file, then copy it to ``tmp`` with
+    checksums (``hdf5.add_checksums``): sleap-io has no option to add them itself."""
+    raw = _temp_beside(target)
+    try:
+        write(raw)
+        add_checksums(raw, tmp)
+    finally:
+        raw.unlink(missing_ok=True)
 
 
 def _write_analysis(labels: sio.Labels, tmp: Path, target: Path) -> None:
+    """Write through sleap-io, warning of what its layout (one video; per frame, one instance
+    per track; no visibility flag) leaves out."""
     if len(labels.videos) != 1:
         raise PoseFileError(
             target, f"a SLEAP analysis file holds one video; these labels have {len(labels.videos)}"
         )
-    sio.save_analysis_h5(labels, tmp.as_posix(), labels_path=labels.provenance.get("filename"))
+    _with_checksums(lambda raw: sio.save_analysis_h5(
+        labels, raw.as_posix(), labels_path=labels.provenance.get("filename")), tmp, target)  # fmt: skip
+    for problem in _analysis_losses(labels):
+        warnings.warn(f"{target}: {problem}", PoseWarning, stacklevel=4)
+
+
+def _analysis_losses(labels: sio.Labels) -> list[str]:
+    """What sleap-io's analysis writer leaves out of ``labels``, in words.
+
+    Its tracks array has no visibility flag (an invisible point is NaN) and, for tracked
+    labels, one slot per track and frame, filled by the user instance if there is one, else
+    the prediction; instances without a track have no slot.
+    """
+    arrays = labels_to_arrays(labels)
+    losses = []
+    hidden = int((np.isfinite(arrays.xy).all(axis=-1) & ~arrays.visible).sum())
+    if hidden:
+        losses.append(
+            "points marked invisible are written without their positions (analysis files "
+            f"have no visibility flag: an invisible point is NaN): {hidden}"
+        )
+    if labels.tracks:
+        untracked = int((arrays.track < 0).sum())
+        slot = arrays.frame_keys * len(labels.tracks) + arrays.track
+        user_slots = slot[~arrays.predicted & (arrays.track >= 0)]
+        free = slot[arrays.predicted & (arrays.track >= 0)]
+        free = free[~np.isin(free, user_slots)]  # predictions a user instance did not replace
+        doubles = sum(len(s) - len(np.unique(s)) for s in (user_slots, free))
+        if untracked or doubles:
+            losses.append(
+                "instances left out, as an analysis file of tracked labels holds one instance "
+                f"per track and frame: {untracked} without a track, {doubles} on a track "
+                "already taken in their frame"
+            )
+    return losses
 
 
 def _write_dlc(labels: sio.Labels, tmp: Path, target: Path) -> None:

@@ -34,7 +34,7 @@ import yaml
 
 from napari_pose.core.dlc import CONFIG_SUFFIXES, config_edges, read_dlc_config
 from napari_pose.core.errors import PoseFileError
-from napari_pose.core.io import atomic_write, load_labels
+from napari_pose.core.io import atomic_write, load_labels, repeated_node
 from napari_pose.core.pose_arrays import PoseArrays
 
 __all__ = [
@@ -273,11 +273,11 @@ def load_skeleton(path: str | Path) -> sio.Skeleton:
         skeletons = _json_skeletons(path)
     if not skeletons:
         raise PoseFileError(path, "holds no skeleton")
-    names = skeletons[0].node_names
-    if not names:
+    if not skeletons[0].node_names:
         raise PoseFileError(path, "the skeleton has no nodes")
-    if len(set(names)) < len(names):
-        raise PoseFileError(path, f"the skeleton repeats node names: {names}")
+    problem = repeated_node(skeletons[0])
+    if problem is not None:
+        raise PoseFileError(path, problem)
     return skeletons[0]
 
 

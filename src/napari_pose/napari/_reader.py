@@ -31,6 +31,9 @@ from napari_pose.napari.session import projects_of_current_viewer
 
 Reader = Callable[[Any], list[LayerData]]
 
+#: Axes of a video or image folder, so that napari's slider says "frame".
+FRAME_AXES = ("frame", "y", "x")
+
 
 def _single_path(path: Any) -> Path | None:
     """napari passes a path or a list of paths; we read one file at a time."""
@@ -112,7 +115,8 @@ def read_video(path: Any) -> list[LayerData]:
     data = video_to_dask(reader)
     rgb = data.ndim == 4
     name = video_name(sio.Video(filename=str(reader.path), open_backend=False))
-    return [(data, {"name": name, "rgb": rgb, "contrast_limits": (0, 255)}, "image")]
+    kwargs = {"name": name, "rgb": rgb, "contrast_limits": (0, 255), "axis_labels": FRAME_AXES}
+    return [(data, kwargs, "image")]
 
 
 def read_tiff(path: Any) -> list[LayerData]:
@@ -149,4 +153,10 @@ def read_image_folder(path: Any) -> list[LayerData]:
     folder = _single_path(path)
     data = video_to_dask(open_video(folder))
     rgb = data.ndim == 4
-    return [(data, {"name": folder.name, "rgb": rgb, "contrast_limits": (0, 255)}, "image")]
+    kwargs = {
+        "name": folder.name,
+        "rgb": rgb,
+        "contrast_limits": (0, 255),
+        "axis_labels": FRAME_AXES,
+    }
+    return [(data, kwargs, "image")]

@@ -35,7 +35,9 @@ def _write(path: str, layer_data: list[FullLayerData], format: str) -> list[str]
         if len(projects) == 1:
             session = session_of(next(iter(projects.values()))["metadata"][POSE_KEY].labels)
         if session is not None:
-            session.save(path, replace=True, format=format)  # napari's save dialog asked before replacing
+            session.save(
+                path, replace=True, format=format
+            )  # napari's save dialog asked before replacing
         else:
             save_labels(layers_to_labels(points), path, format=format)
     except (PoseFileError, OSError) as error:

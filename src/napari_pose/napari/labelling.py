@@ -26,12 +26,12 @@ from napari_pose.napari.convert import (
     PoseBinding,
     TracksBinding,
     arrays_to_points,
-    palette,
     tracks_layer,
     video_name,
     window_around,
 )
 from napari_pose.napari.session import ProjectSession
+from napari_pose.napari.styles import node_colors, symbols
 from napari_pose.napari.sync import attach
 
 Mode = Literal["label", "move"]
@@ -149,13 +149,13 @@ class Labeller:
 
     def _show(self, table: lab.PointTable) -> None:
         layer = self.layer
-        symbols = np.where(table.features["visible"].to_numpy(bool), "disc", "ring")
+        shapes = symbols(table.features["visible"].to_numpy(bool))
         with layer.events.data.blocker():
             layer.selected_data = set()
             layer.data = table.data
             layer.features = table.features
-            if (symbols != "disc").any() or len(np.unique(layer.symbol)) > 1:
-                layer.symbol = symbols  # only when some point is drawn as occluded
+            if (shapes != "disc").any() or len(np.unique(layer.symbol)) > 1:
+                layer.symbol = shapes  # only when some point is drawn as occluded
         self._sync.refresh(layer)
         self.changed.emit()
 
@@ -394,8 +394,8 @@ def change_nodes(session: ProjectSession, edit) -> None:
             layer.data = data
             layer.features = features
             layer.feature_defaults = defaults
-            layer.face_color_cycle = palette(len(arrays.skeleton.nodes))
-            layer.symbol = np.where(features["visible"].to_numpy(bool), "disc", "ring")
+            layer.face_color_cycle = node_colors(len(arrays.skeleton.nodes), binding.predicted)
+            layer.symbol = symbols(features["visible"].to_numpy(bool))
         layer.refresh()
         sync.refresh(layer)
 

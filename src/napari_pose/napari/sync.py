@@ -38,6 +38,7 @@ from napari_pose.napari.convert import (
     trajectories,
     window_around,
 )
+from napari_pose.napari.styles import symbols
 
 _SYNCS: weakref.WeakKeyDictionary[napari.Viewer, PoseSync] = weakref.WeakKeyDictionary()
 
@@ -176,7 +177,7 @@ class PoseSync:
         with layer.events.data.blocker():
             layer.data = data
             layer.features = features
-            layer.symbol = np.where(features["visible"].to_numpy(), "disc", "ring")
+            layer.symbol = symbols(features["visible"].to_numpy())
 
     def _redraw_edges(self, layer: napari.layers.Points, binding: PoseBinding) -> None:
         viewer = self._viewer()

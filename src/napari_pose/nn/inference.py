@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import queue
 import threading
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 import sleap_io as sio
 import torch
 
+from napari_pose.core.errors import PoseWarning, VideoFileError
 from napari_pose.core.pose_arrays import PoseArrays, arrays_to_labels
 from napari_pose.core.stacks import to_uint8
 from napari_pose.core.video import FrameReader
@@ -254,17 +256,38 @@ DECODER_THREAD = "napari-pose video decoder"
 
 
 def _decode_ahead(reader: FrameReader, frames: Sequence[int], batch_size: int,
-                  out: queue.Queue, stop: threading.Event) -> None:  # fmt: skip
-    """Background decoder: put ``(indices, frames)`` batches on ``out``, then ``None``."""
+                  out: queue.Queue, stop: threading.Event,
+                  skipped: list[tuple[int, VideoFileError]]) -> None:  # fmt: skip
+    """Background decoder: put ``(indices, frames)`` batches on ``out``, then ``None``.
+
+    A frame that cannot be decoded (``VideoFileError``: its data is damaged or missing) is
+    left out of its batch and listed in ``skipped``: one bad packet in a long video costs its
+    own frames, not the predictions of all the others.
+    """
     try:
         for start in range(0, len(frames), batch_size):
             if stop.is_set():
                 break
-            indices = np.asarray(frames[start : start + batch_size], dtype=np.int64)
-            out.put((indices, np.stack([reader[int(i)] for i in indices])))
+            indices, images = [], []
+            for i in frames[start : start + batch_size]:
+                try:
+                    images.append(reader[int(i)])
+                    indices.append(int(i))
+                except VideoFileError as error:
+                    skipped.append((int(i), error))
+            if indices:
+                out.put((np.asarray(indices, dtype=np.int64), np.stack(images)))
         out.put(None)
-    except BaseException as error:  # hand decoding errors to the consumer
+    except BaseException as error:  # hand other errors to the consumer
         out.put(error)
+
+
+def _describe_frames(frames: Sequence[int], most: int = 10) -> str:
+    """Frame indices in few words: ``[3, 4, 5, 9]`` as ``"3-5, 9"``, at most ``most`` runs."""
+    unique = np.unique(np.asarray(frames, dtype=np.int64))
+    runs = np.split(unique, np.flatnonzero(np.diff(unique) != 1) + 1)
+    words = [f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs[:most]]
+    return ", ".join(words) + (", ..." if len(runs) > most else "")
 
 
 def predict_video(
@@ -276,13 +299,19 @@ def predict_video(
 ) -> Iterator[tuple[np.ndarray, list[FramePrediction]]]:
     """Predict ``frames`` (default: all) of a video, yielding ``(frame indices, predictions)``
     per batch in order. A decoder thread keeps up to ``prefetch`` batches ready; closing the
-    generator stops it."""
+    generator stops it.
+
+    Frames that cannot be decoded are skipped (``_decode_ahead``) and, once every frame is
+    done, reported in one ``PoseWarning`` (how many, which, why); if no frame at all could be
+    decoded, the first error is raised instead, since there is nothing to keep.
+    """
     frames = range(len(reader)) if frames is None else frames
     batches: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
+    skipped: list[tuple[int, VideoFileError]] = []
     worker = threading.Thread(
         target=_decode_ahead,
-        args=(reader, frames, predictor.config.batch_size, batches, stop),
+        args=(reader, frames, predictor.config.batch_size, batches, stop, skipped),
         name=DECODER_THREAD,
         daemon=True,
     )
@@ -297,6 +326,8 @@ def predict_video(
     n_batches = -(-len(frames) // predictor.config.batch_size)
     try:
         yield from predictor.predict_batches(decoded(), n_batches)
+        if skipped:  # the decoder has finished: the list is complete
+            _report_skipped(skipped, len(frames))
     finally:
         stop.set()
         while worker.is_alive():  # unblock a decoder waiting on a full queue
@@ -304,6 +335,21 @@ def predict_video(
                 batches.get_nowait()
             except queue.Empty:
                 worker.join(timeout=0.05)
+
+
+def _report_skipped(skipped: list[tuple[int, VideoFileError]], n_frames: int) -> None:
+    first = skipped[0][1]
+    if len(skipped) == n_frames:
+        raise VideoFileError(
+            first.path, f"none of the {n_frames} frames could be decoded ({first.problem})"
+        )
+    warnings.warn(
+        f"{first.path}: {len(skipped)} of {n_frames} frames could not be decoded and were "
+        f"skipped (frames {_describe_frames([i for i, _ in skipped])}; first: {first.problem}); "
+        f"the other {n_frames - len(skipped)} were predicted",
+        PoseWarning,
+        stacklevel=3,
+    )
 
 
 def predictions_to_arrays(

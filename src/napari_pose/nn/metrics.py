@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 import attrs
 import numpy as np
@@ -256,9 +257,51 @@ def _visibility(gt_visible: np.ndarray, pred_found: np.ndarray) -> dict[str, flo
 
 
 def video_key(video: sio.Video) -> str:
-    """A video's identity across labels files: its (first) file name, not its list position."""
+    """A video's (first) file path: what frames are keyed by, not its list position."""
     filename = video.filename
     return str(filename[0] if isinstance(filename, list) else filename)
+
+
+def match_videos(truth: Sequence[sio.Video], predicted: Sequence[sio.Video]) -> np.ndarray:
+    """For each of the ``predicted`` videos, the index of the ``truth`` video it is, or -1.
+
+    Full paths differ as soon as a video is copied, moved or predicted on another computer,
+    so videos are the same when their file names agree, and their frame counts too where both
+    files record one. Of several such videos, the one whose path shares the most trailing
+    folders wins (``cam1/video.mp4`` is not ``cam2/video.mp4``); a tie matches none, since
+    guessing would score predictions against another video's ground truth.
+    """
+    truth_parts = [_reversed_parts(v) for v in truth]
+    truth_frames = [_n_frames(v) for v in truth]
+    found = np.full(len(predicted), -1, np.intp)
+    for p, video in enumerate(predicted):
+        parts, frames = _reversed_parts(video), _n_frames(video)
+        shared = [
+            _shared_tail(parts, other) if None in (frames, n) or frames == n else 0
+            for other, n in zip(truth_parts, truth_frames, strict=True)
+        ]
+        best = max(shared, default=0)
+        if best and shared.count(best) == 1:
+            found[p] = shared.index(best)
+    return found
+
+
+def _reversed_parts(video: sio.Video) -> tuple[str, ...]:
+    return PurePosixPath(video_key(video).replace("\\", "/")).parts[::-1]
+
+
+def _shared_tail(a: tuple[str, ...], b: tuple[str, ...]) -> int:
+    """How many leading parts (file name, then folders upwards) ``a`` and ``b`` share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def _n_frames(video: sio.Video) -> int | None:
+    """The frame count a labels file records for ``video`` (None: not recorded). Image lists
+    count their images; videos are not opened, which could be slow or impossible."""
+    if isinstance(video.filename, list):
+        return len(video.filename)
+    shape = video.shape
+    return int(shape[0]) if shape else None
 
 
 def labels_to_frames(
@@ -341,24 +384,33 @@ def compare(gt: PoseArrays, pred: PoseArrays, predicted_frames_only: bool = True
     per-frame OKS (``frame_oks``) of predictions against user-labelled ground truth.
 
     The two may come from different projects: nodes are compared by name (those they share)
-    and videos by file name, as ``sleap-evaluate`` does. ``predicted_frames_only`` compares
-    only the ground-truth frames that have predictions (a layer holding predictions of some
-    frames); otherwise every ground-truth frame counts, unpredicted ones as misses.
+    and videos by file name and frame count (``match_videos``), as ``sleap-evaluate`` does.
+    ``predicted_frames_only`` compares only the ground-truth frames that have predictions (a
+    layer holding predictions of some frames); otherwise every ground-truth frame counts,
+    unpredicted ones as misses. The metrics count the frames: ``n_gt_frames`` (labelled),
+    ``n_pred_frames`` (with predictions, in any video) and ``n_matched_frames`` (labelled
+    and predicted): 0 matched means the predictions are of other videos or frames, and every
+    figure says nothing.
     """
     nodes = [n for n in pred.skeleton.node_names if n in gt.skeleton.node_names]
     if not nodes:
         raise ValueError("the ground truth and the predictions share no node names")
+    n_gt_frames, n_pred_frames = len(np.unique(gt.frame_keys)), len(np.unique(pred.frame_keys))
+    # Frames are keyed by the ground truth's videos: predictions take the one they match.
+    video = match_videos(gt.videos, pred.videos)[pred.video]
+    pred = attrs.evolve(pred.select(video >= 0), videos=list(gt.videos),
+                        video=video[video >= 0].astype(np.int32))  # fmt: skip
     gt_frames, pred_frames = arrays_to_frames(gt, nodes), arrays_to_frames(pred, nodes)
+    n_matched = sum(k in pred_frames for k in gt_frames)
     # A layer often holds predictions of some frames only, and a frame predicted empty cannot
     # be told from one not predicted: compare the frames that have predictions, if any.
     if predicted_frames_only:
         gt_frames = {k: v for k, v in gt_frames.items() if k in pred_frames} or gt_frames
     metrics = evaluate(gt_frames, pred_frames)
-    metrics["nodes"] = nodes
+    metrics.update(nodes=nodes, n_gt_frames=n_gt_frames, n_pred_frames=n_pred_frames,
+                   n_matched_frames=n_matched)  # fmt: skip
     if (gt.track >= 0).any() and (pred.track >= 0).any():
-        # identity_metrics knows videos by index: give the predictions the ground truth's.
         index = {video_key(v): i for i, v in enumerate(gt.videos)}
-        video = np.array([index.get(video_key(v), -1) for v in pred.videos])[pred.video]
         compared = [index[name] << 40 | frame for name, frame in gt_frames]
         shared = np.isin(gt.frame_keys, compared)
         gt_cols = [gt.skeleton.node_names.index(n) for n in nodes]
@@ -367,9 +419,7 @@ def compare(gt: PoseArrays, pred: PoseArrays, predicted_frames_only: bool = True
         metrics.update(identity_metrics(
             attrs.evolve(gt.select(shared), xy=gt.xy[shared][:, gt_cols],
                          visible=gt.visible[shared][:, gt_cols]),
-            attrs.evolve(pred.select(video >= 0), video=video[video >= 0].astype(np.int32),
-                         xy=pred.xy[video >= 0][:, pred_cols],
-                         visible=pred.visible[video >= 0][:, pred_cols]),
+            attrs.evolve(pred, xy=pred.xy[:, pred_cols], visible=pred.visible[:, pred_cols]),
             gt_area=full_area,
         ))  # fmt: skip
     return metrics, frame_oks(gt_frames, pred_frames)

@@ -13,6 +13,7 @@ frames go through the same model, only on different processes.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import attrs
 import numpy as np
 import sleap_io as sio
 
+from napari_pose.core.errors import PoseWarning, VideoFileError
 from napari_pose.core.pose_arrays import PoseArrays, concat
 from napari_pose.core.video import open_video
 from napari_pose.nn.inference import PredictConfig, Predictor, predict_video, predictions_to_arrays
@@ -29,10 +31,10 @@ def predict_one(video: sio.Video | str, model_dir: str | Path, config: PredictCo
                 frames: Sequence[int] | None = None, threads: int | None = None,
                 progress: Callable[[int, int], None] | None = None,
                 axes: str | None = None) -> PoseArrays:  # fmt: skip
-    """Predict one video (its ``frames`` that exist; default all) with the package at
-    ``model_dir``. Rows have video index 0 and no video objects: the caller knows the videos.
-    ``progress(done, total)`` is called after each batch. ``axes`` replaces a TIFF stack's
-    recorded axes (``open_video``), which decides the planes that are frames."""
+    """Predict one video (its ``frames`` that exist, ``frames_in_video``; default all) with the
+    package at ``model_dir``. Rows have video index 0 and no video objects: the caller knows
+    the videos. ``progress(done, total)`` is called after each batch. ``axes`` replaces a TIFF
+    stack's recorded axes (``open_video``), which decides the planes that are frames."""
     import torch
 
     if threads is not None:
@@ -40,12 +42,48 @@ def predict_one(video: sio.Video | str, model_dir: str | Path, config: PredictCo
     predictor = Predictor.load(model_dir, config)
     results = []
     with open_video(video, grayscale=predictor.channels == 1, axes=axes) as reader:
-        wanted = range(len(reader)) if frames is None else [f for f in frames if f < len(reader)]
+        wanted = frames_in_video(frames, len(reader), reader.path)
         for indices, predictions in predict_video(predictor, reader, wanted):
             results += [(0, int(i), p) for i, p in zip(indices, predictions, strict=True)]
             if progress is not None:
                 progress(len(results), len(wanted))
     return predictions_to_arrays(predictor.skeleton, [], results)
+
+
+def frames_in_video(frames: Sequence[int] | None, n_frames: int, path: Path) -> Sequence[int]:
+    """The ``frames`` (default: all) that the video ``path`` of ``n_frames`` frames has.
+
+    Frames asked for that it lacks are a ``PoseWarning`` saying how many were cut; if it has
+    none of them, a ``VideoFileError`` naming its length: an empty result would look like a
+    model that found nothing.
+    """
+    if frames is None:
+        return range(n_frames)
+    asked = np.asarray(frames, dtype=np.int64)
+    inside = asked[(asked >= 0) & (asked < n_frames)]
+    if not len(inside):
+        span = f" ({asked.min()}-{asked.max()})" if len(asked) else ""
+        raise VideoFileError(
+            path, f"has {n_frames} frames (0-{n_frames - 1}); none of the frames asked for"
+            f"{span} is among them",
+        )  # fmt: skip
+    if len(inside) < len(asked):
+        warnings.warn(
+            f"{path}: {len(asked) - len(inside)} of the {len(asked)} frames asked for are not in "
+            f"the video ({n_frames} frames, 0-{n_frames - 1}); predicting the other {len(inside)}",
+            PoseWarning,
+            stacklevel=2,
+        )
+    return inside.tolist()
+
+
+def _predict_reporting(*args, **kwargs) -> tuple[PoseArrays, list[str]]:
+    """``predict_one`` on a cluster worker, returning its ``PoseWarning``s: a worker's own
+    warnings go to its log, which the user never sees."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PoseWarning)
+        arrays = predict_one(*args, **kwargs)
+    return arrays, [str(w.message) for w in caught if issubclass(w.category, PoseWarning)]
 
 
 def predict_videos(
@@ -86,14 +124,23 @@ def predict_videos(
     try:
         futures = {
             client.submit(
-                predict_one, video, model_dir, config, frames, threads, axes=axes, pure=False
+                _predict_reporting,
+                video,
+                model_dir,
+                config,
+                frames,
+                threads,
+                axes=axes,
+                pure=False,
             ): i
             for i, video in enumerate(videos)
         }
         parts: dict[int, PoseArrays] = {}
         for done, future in enumerate(as_completed(futures), start=1):
             index = futures[future]
-            part = future.result()
+            part, messages = future.result()
+            for message in messages:
+                warnings.warn(message, PoseWarning, stacklevel=2)
             parts[index] = attrs.evolve(part, videos=videos,
                                         video=np.full(len(part), index, np.int32))  # fmt: skip
             if progress is not None:

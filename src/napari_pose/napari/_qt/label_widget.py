@@ -37,13 +37,9 @@ from napari.utils.notifications import show_warning
 from napari_pose.core import suggestions as sg
 from napari_pose.core.io import load_labels
 from napari_pose.core.skeleton import TEMPLATES, load_skeleton
-from napari_pose.napari._qt.layout import collapsible, fixed_lines
+from napari_pose.napari._qt.layout import collapsible, fixed_lines, scrolling
 from napari_pose.napari._qt.services import save_session
-from napari_pose.napari.convert import (
-    labels_to_layers,
-    new_project_layers,
-    palette,
-)
+from napari_pose.napari.convert import POSE_KEY, labels_to_layers, new_project_layers
 from napari_pose.napari.labelling import (
     SHORTCUTS,
     Labeller,
@@ -52,6 +48,7 @@ from napari_pose.napari.labelling import (
     user_label_layers,
 )
 from napari_pose.napari.session import ProjectSession, projects
+from napari_pose.napari.styles import node_colors
 
 
 def start_labels_on_image(viewer: napari.Viewer, image: napari.layers.Image,
@@ -72,7 +69,7 @@ def color_points_by(layer: napari.layers.Points, feature: str) -> None:
     """Colour point faces by a categorical feature (node, track or instance)."""
     values = layer.features[feature]
     n = len(values.cat.categories) if hasattr(values, "cat") else len(np.unique(values))
-    layer.face_color_cycle = palette(max(n, 1))
+    layer.face_color_cycle = node_colors(max(n, 1), layer.metadata[POSE_KEY].predicted)
     layer.face_color = feature
     layer.face_color_mode = "cycle"
 
@@ -81,7 +78,7 @@ class LabelWidget(Container):
     """Label keypoints: nodes in order, instances, occlusion, tracks, copy, undo, save."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(scrollable=True)
+        super().__init__()
         self._viewer = viewer
         self.labeller: Labeller | None = None
         self.session: ProjectSession | None = None  # the bound layer's project
@@ -125,14 +122,15 @@ class LabelWidget(Container):
                 for i in range(0, len(buttons), 2)]  # fmt: skip
         for row in rows:
             row.margins = (0, 0, 0, 0)
-        self.extend([self.layer, self.mode, self.node, self.status, *rows, self.suggested,
+        self._body = body = scrolling(self)
+        body.extend([self.layer, self.mode, self.node, self.status, *rows, self.suggested,
                      self.save, self.restore])  # fmt: skip
         self.sections = {
-            "start": collapsible(self, "Start labelling an image", start),
-            "tracks": collapsible(self, "Tracks", tracks),
-            "suggest": collapsible(self, "Suggest frames to label", suggest),
-            "display": collapsible(self, "Display", display),
-            "keys": collapsible(self, "Keys", Container(widgets=[self.shortcuts])),
+            "start": collapsible(body, "Start labelling an image", start),
+            "tracks": collapsible(body, "Tracks", tracks),
+            "suggest": collapsible(body, "Suggest frames to label", suggest),
+            "display": collapsible(body, "Display", display),
+            "keys": collapsible(body, "Keys", Container(widgets=[self.shortcuts])),
         }
         fixed_lines(self.status, 4)
 
@@ -160,6 +158,11 @@ class LabelWidget(Container):
         self._reset_choices()
 
     # ------------------------------------------------------------------ choices
+    def reset_choices(self, *_: object) -> None:
+        """napari resets a dock's choices on layer changes: pass it on to the scrolling body."""
+        super().reset_choices()
+        self._body.reset_choices()
+
     def _layer_choices(self, _=None) -> list[tuple[str, napari.layers.Points]]:
         return [(layer.name, layer) for layer in user_label_layers(self._viewer)]
 

@@ -17,7 +17,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 
 from napari_pose.core.io import missing_videos
 from napari_pose.core.video import open_video, video_to_dask
-from napari_pose.napari._qt.layout import fixed_lines
+from napari_pose.napari._qt.layout import fixed_lines, scrolling
 from napari_pose.napari._qt.services import save_session
 from napari_pose.napari.convert import video_name
 from napari_pose.napari.session import ProjectSession, projects
@@ -51,7 +51,7 @@ class ProjectWidget(Container):
     """Pick an open project, see its contents, locate missing videos, save it."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(scrollable=True)
+        super().__init__()
         self._viewer = viewer
         self._projects = projects(viewer)
         self.project = ComboBox(label="project", choices=self._project_choices)
@@ -64,20 +64,27 @@ class ProjectWidget(Container):
             label="save as", mode="w", filter="*.slp *.csv *.h5", nullable=True
         )
         self.save = PushButton(label="", text="Save project")
-        self.extend(
+        self._body = scrolling(self)
+        self._body.extend(
             [self.project, self.info, self.missing, self.video_file, self.locate, self.state,
              self.save_path, self.save]
         )  # fmt: skip
         self.project.changed.connect(self._update)
         self.locate.clicked.connect(self.use_video)
         self.save.clicked.connect(self.save_project)
-        fixed_lines(self.info, 6)
+        self.info.native.setWordWrap(True)  # a long summary wraps rather than widens the dock
+        fixed_lines(self.state, 2)
         self._watched: ProjectSession | None = None
         viewer.layers.events.inserted.connect(self._reset)
         viewer.layers.events.removed.connect(self._reset)
         self._reset()
 
     # ------------------------------------------------------------------ state shown
+    def reset_choices(self, *_: object) -> None:
+        """napari resets a dock's choices on layer changes: pass it on to the scrolling body."""
+        super().reset_choices()
+        self._body.reset_choices()
+
     def _project_choices(self, _widget=None) -> list[str]:
         return list(self._projects.listed())
 

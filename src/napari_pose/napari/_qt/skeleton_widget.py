@@ -15,6 +15,7 @@ import napari.viewer
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton
 
 from napari_pose.core import skeleton as sk
+from napari_pose.napari._qt.layout import scrolling
 from napari_pose.napari.convert import POSE_KEY
 from napari_pose.napari.labelling import change_nodes, user_label_layers
 from napari_pose.napari.session import ProjectSession, projects
@@ -32,7 +33,7 @@ class SkeletonWidget(Container):
     """Nodes, edges and symmetric pairs of the skeleton of the chosen labels layer's project."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(scrollable=True)
+        super().__init__()
         self._viewer = viewer
         self._projects = projects(viewer)
         self.confirm = ask
@@ -49,7 +50,8 @@ class SkeletonWidget(Container):
         self.info = Label(label="skeleton", value="")
         self.file = FileEdit(label="skeleton file", mode="w", filter="*.json")
         self.save = PushButton(label="", text="Save skeleton (JSON)")
-        self.extend([self.layer, self.node, self.name, *self.node_buttons.values(), self.other,
+        self._body = scrolling(self)
+        self._body.extend([self.layer, self.node, self.name, *self.node_buttons.values(), self.other,
                      *self.pair_buttons.values(), self.info, self.file, self.save])  # fmt: skip
         for action, button in {**self.node_buttons, **self.pair_buttons}.items():
             button.clicked.connect(lambda *_, action=action: self.run(action))
@@ -58,6 +60,11 @@ class SkeletonWidget(Container):
         viewer.layers.events.inserted.connect(self._refresh)
         viewer.layers.events.removed.connect(self._refresh)
         self._refresh()
+
+    def reset_choices(self, *_: object) -> None:
+        """napari resets a dock's choices on layer changes: pass it on to the scrolling body."""
+        super().reset_choices()
+        self._body.reset_choices()
 
     @property
     def session(self) -> ProjectSession | None:

@@ -33,12 +33,15 @@ from qtpy.QtWidgets import QWidget
 
 from napari_pose.core.io import load_labels
 from napari_pose.napari.session import projects
-from napari_pose.nn.train import Progress, TrainConfig, train
+from napari_pose.nn.train import Progress, TrainConfig, summarise, train
 
 #: ``auto`` lets ``train`` choose from the labels (one animal per frame: single instance).
 PIPELINE_CHOICES = ["auto", "single_instance", "topdown", "bottomup"]
 #: Steps between plot redraws: repainting on every step would cost more than a small step.
 REDRAW_EVERY = 10
+#: Minutes of training a new user gets by default: a budget they can plan around, where a
+#: count of epochs takes seconds on one project and hours on another.
+DEFAULT_MINUTES = 15
 
 
 class LossPlot(QWidget):
@@ -137,9 +140,9 @@ class TrainWidget(Container):
                                     filter="*.slp *.h5 *.csv *.yaml")  # fmt: skip
         self.pipeline = ComboBox(label="pipeline", choices=PIPELINE_CHOICES)
         self.preset = ComboBox(label="model size", choices=["small", "medium", "large"])
-        self.epochs = SpinBox(label="epochs", value=200, min=1, max=100_000)
-        self.time_limit = FloatSpinBox(label="time limit (min, 0: none)", value=0, min=0,
-                                       max=100_000)  # fmt: skip
+        self.time_limit = FloatSpinBox(label="time limit (min, 0: none)", value=DEFAULT_MINUTES,
+                                       min=0, max=100_000)  # fmt: skip
+        self.epochs = SpinBox(label="at most epochs", value=200, min=1, max=100_000)
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"])
         self.output = FileEdit(label="output folder", mode="d")
         self.start_button = PushButton(label="", text="Start")
@@ -148,8 +151,8 @@ class TrainWidget(Container):
         self.status = Label(label="status", value="")
         self.results = Label(label="results", value="")
         self.predict_button = PushButton(label="", text="Predict with this model", enabled=False)
-        self.extend([self.project, self.labels_file, self.pipeline, self.preset, self.epochs,
-                     self.time_limit, self.device, self.output, self.start_button,
+        self.extend([self.project, self.labels_file, self.pipeline, self.preset, self.time_limit,
+                     self.epochs, self.device, self.output, self.start_button,
                      self.cancel_button, self.progress, self.status, self.results,
                      self.predict_button])  # fmt: skip
         self.plot = LossPlot()
@@ -212,29 +215,29 @@ class TrainWidget(Container):
         return widget
 
     def cancel(self) -> None:
-        """Stop after the current step; the best weights so far are kept and resumable."""
+        """Stop within about a step; the best weights so far are kept and resumable."""
         self._stop.set()
-        self.status.value = "stopping after this step"
+        self.status.value = "cancelling"
 
     def _show(self, progress: Progress) -> None:
         self.progress.value = max(self.progress.value, round(100 * progress.fraction))
         self.status.value = progress.message
-        if progress.stage == "done":
-            self.results.value = self._summary(progress.validation)
-            self.predict_button.enabled = progress.validation is not None
+        if progress.stage in ("done", "cancelled", "incomplete"):
+            self.results.value = self._summary(progress)
+            self.predict_button.enabled = progress.stage == "done"
         elif progress.validation is not None:
             self.plot.add_epoch(progress.validation["val_loss"],
                                 progress.validation.get("dist_median_px", math.nan))  # fmt: skip
         elif progress.loss is not None:
             self.plot.add_step(progress.loss)
 
-    def _summary(self, metrics: dict | None) -> str:
-        if metrics is None:
-            return f"stopped before every stage was trained\nresumable model: {self._out}"
-        return (f"OKS mAP {metrics['oks_map']:.3f}\n"
-                f"error median {metrics['dist_median_px']:.2f} px, "
-                f"p90 {metrics['dist_p90_px']:.2f} px\n"
-                f"PCK@5px {metrics['pck_5px']:.2f}\nmodel: {self._out}")  # fmt: skip
+    def _summary(self, progress: Progress) -> str:
+        """The outcome for the results field: the validation figures (or, when the model found
+        no animal, what to do), or where to resume a run that did not finish."""
+        if progress.stage == "done":
+            return f"{summarise(progress.validation)}\nmodel: {self._out}"
+        return (f"{progress.stage}: resumable model in {self._out}\n"
+                f"resume it with: napari-pose train LABELS -o {self._out} --resume")  # fmt: skip
 
     def _returned(self, problem: str | None) -> None:
         if problem is not None:
