@@ -156,6 +156,9 @@ def _read_config(path: Path) -> tuple[dict, dict | None]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
     from tqdm import tqdm
 
     from napari_pose.core.io import load_labels
@@ -166,27 +169,30 @@ def _train(args: argparse.Namespace) -> int:
     labels = load_labels(args.labels)
     bar = tqdm(total=1000, unit="", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
                disable=args.quiet)  # fmt: skip
-    final = None
-    for progress in train(labels, args.output, config, stages=stages, resume=args.resume,
-                          labels_path=args.labels):  # fmt: skip
-        bar.set_description(progress.stage)
-        bar.update(max(0, round(progress.fraction * 1000) - bar.n))
-        if progress.loss is not None:
-            bar.set_postfix_str(f"epoch {progress.epoch} loss {progress.loss:.2e}", refresh=False)
-        if progress.validation is not None and progress.stage != "done":
-            bar.write(progress.message)
-        if progress.stage == "done":
-            final = progress
+    # Ctrl-C (and a cluster scheduler's SIGTERM) cancel like the dock's button: training
+    # ends within about a step with a resumable checkpoint, instead of dying mid-write.
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+    try:
+        for progress in train(labels, args.output, config, stages=stages, resume=args.resume,
+                              stop=stop, labels_path=args.labels):  # fmt: skip
+            bar.set_description(progress.stage)
+            bar.update(max(0, round(progress.fraction * 1000) - bar.n))
+            if progress.loss is not None:
+                bar.set_postfix_str(f"epoch {progress.epoch} loss {progress.loss:.2e}",
+                                    refresh=False)  # fmt: skip
+            elif progress.stage not in ("done", "cancelled", "incomplete"):
+                bar.write(progress.message)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     bar.close()
-    print(final.message if final else "stopped")
-    if final is not None and final.validation is not None:
-        m = final.validation
-        print(
-            f"validation: OKS mAP {m['oks_map']:.3f}, median {m['dist_median_px']:.2f} px, "
-            f"p90 {m['dist_p90_px']:.2f} px, PCK@5px {m['pck_5px']:.3f}"
-        )
+    print(progress.message)
     print(f"model package: {args.output}")
-    return 0
+    if progress.stage == "cancelled":
+        print(f"resume with: napari-pose train {args.labels} -o {args.output} --resume")
+    return {"done": 0, "cancelled": 130}.get(progress.stage, 1)
 
 
 def _input_videos(inputs: list[Path]):

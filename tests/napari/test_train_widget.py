@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import math
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,8 @@ from gui import idle, press
 
 from napari_pose.core.io import save_labels
 from napari_pose.core.synthetic import make_synthetic, to_labels, write_video
+from napari_pose.nn import package
+from napari_pose.nn.train import Progress
 
 pytestmark = pytest.mark.gui
 
@@ -56,22 +60,44 @@ def test_training_runs_to_the_end_and_shows_results(make_napari_viewer, qtbot, t
     assert predict and str(predict[0].model.value) == str(tmp_path / "model")
 
 
-def test_cancel_stops_early_and_leaves_napari_usable(make_napari_viewer, qtbot, tmp_path):
+def test_cancel_stops_within_seconds_says_cancelled_and_leaves_napari_usable(
+    make_napari_viewer, qtbot, tmp_path
+):
+    """With the dock's defaults (a 15-minute time budget), Cancel ends training within a few
+    seconds and the dock says the run was cancelled and can be resumed, not that it is done."""
     viewer, widget = _dock(make_napari_viewer, _project(tmp_path))
-    widget.epochs.value = 1000
+    assert widget.time_limit.value == 15  # the default is a time budget, not a count of epochs
     widget.device.value = "cpu"
     widget.output.value = tmp_path / "model"
     press(qtbot, widget.start_button)
     qtbot.waitUntil(lambda: len(widget.plot.train_loss) > 0, timeout=60_000)
+    asked = time.monotonic()
     press(qtbot, widget.cancel_button)
     qtbot.waitUntil(lambda: idle(widget), timeout=60_000)
+    # Three seconds: one step of the small model (tens of ms here) and Qt delivering the
+    # worker's last signals; before, a cancelled run validated and evaluated first.
+    assert time.monotonic() - asked < 3.0
 
+    assert "cancelled" in widget.status.value and "done" not in widget.status.value
+    assert "resum" in widget.results.value and str(tmp_path / "model") in widget.results.value
+    assert package.read_config(tmp_path / "model")["training"]["time_limit"] == 15
     log = tmp_path / "model" / "training_log.csv"
-    epochs = len(list(csv.DictReader(log.open()))) if log.exists() else 0
-    assert epochs < 5
-    assert "stopped" in widget.results.value or "mAP" in widget.results.value
+    assert (len(list(csv.DictReader(log.open()))) if log.exists() else 0) < 5
     viewer.dims.set_current_step(0, 3)
     assert viewer.dims.current_step[0] == 3
+
+
+def test_a_model_that_found_no_animals_is_reported_plainly(make_napari_viewer):
+    """Metrics without a single detection (NaN errors) read as advice, never as "nan px"."""
+    _, widget = _dock(make_napari_viewer)
+    nothing = {"val_loss": 1e-3, "oks_map": 0.0, "dist_median_px": math.nan,
+               "dist_p90_px": math.nan, "pck_5px": 0.0, "n_gt": 3, "n_pred": 0}  # fmt: skip
+    widget._show(Progress("single_instance", 1, 40, 40, 1e-3, 0.5, 1.0, validation=nothing))
+    widget._show(Progress("done", fraction=1.0, validation={**nothing, "n_val_frames": 3}))
+    shown = f"{widget.status.value} {widget.results.value}".lower()
+    assert "nan" not in shown
+    assert "no animals" in widget.results.value and "label more frames" in widget.results.value
+    widget.plot.grab()  # paints a NaN error without raising
 
 
 def test_labels_without_user_instances_give_a_clear_error(make_napari_viewer, qtbot, tmp_path,

@@ -15,7 +15,7 @@ resampling of the output pixels only.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import numpy as np
@@ -107,8 +107,13 @@ class LabelledFrames:
         )
 
 
-def load_frames(labels: sio.Labels, frames: range | None = None) -> LabelledFrames:
+def load_frames(labels: sio.Labels, frames: range | None = None, *,
+                stop: Callable[[int, int], bool] | None = None) -> LabelledFrames:  # fmt: skip
     """Decode every frame with user instances (restricted to frame indices in ``frames``).
+
+    ``stop(decoded, total)`` is asked before each frame; once it answers ``True`` decoding
+    ends and only the frames decoded so far are kept. Decoding a large project takes seconds
+    to minutes, so training uses it to honour a cancel or its time limit meanwhile.
 
     Raises ``ValueError`` when nothing is labelled, ``MissingVideoError`` when a video with
     labels cannot be found (naming it), ``VideoFileError`` when a frame cannot be decoded.
@@ -127,8 +132,13 @@ def load_frames(labels: sio.Labels, frames: range | None = None) -> LabelledFram
     unique, first = np.unique(keys, axis=0, return_index=True)
     bounds = np.append(np.sort(first), len(keys))  # rows are sorted by (video, frame)
 
-    images = []
+    def stopped() -> bool:
+        return stop is not None and stop(len(images), len(unique))
+
+    images: list[np.ndarray] = []
     for video_index in np.unique(unique[:, 0]):
+        if stopped():
+            break
         video = arrays.videos[video_index]
         try:
             reader = open_video(video)
@@ -138,16 +148,22 @@ def load_frames(labels: sio.Labels, frames: range | None = None) -> LabelledFram
             ) from error
         with reader:
             for frame in unique[unique[:, 0] == video_index, 1]:
+                if stopped():
+                    break
                 image = to_uint8(reader[int(frame)])
                 images.append(image[..., None] if image.ndim == 2 else image)
-    channels = max(image.shape[-1] for image in images)
-    images = [np.repeat(image, channels // image.shape[-1], axis=-1) for image in images]
+    # Gray frames of a project that also has colour videos become three equal channels; the
+    # others are kept as decoded (copying every frame cost more than decoding it).
+    channels = max((image.shape[-1] for image in images), default=1)
+    images = [image if image.shape[-1] == channels
+              else np.repeat(image, channels // image.shape[-1], axis=-1) for image in images]  # fmt: skip
+    n = len(images)
     return LabelledFrames(
         skeleton=arrays.skeleton,
         videos=arrays.videos,
-        keys=unique,
+        keys=unique[:n],
         images=images,
-        points=[points[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
+        points=[points[a:b] for a, b in zip(bounds[:n], bounds[1 : n + 1], strict=True)],
     )
 
 

@@ -5,6 +5,13 @@ one (with validation metrics) after every epoch, so the dock widget (in a ``thre
 and the CLI (with a progress bar) drive the same code and stay responsive. Stop it early with
 ``TrainConfig``'s time limit or a ``threading.Event``; what was trained so far is kept.
 
+A time limit is a promise about wall time: decoding frames, every step, every validation and
+the final evaluation count against it. Each phase gets a deadline from the time then left and
+steps stop early enough for the validation (and, in the last stage, the evaluation) that
+follows, so time lost in one phase is made up in the next instead of overrunning. The stop
+event is checked before every step, validation batch and decoded frame, so a cancel ends a run
+within about a step; it stays resumable.
+
 Per stage: frames are split into train and validation sets (seeded, by frame, so both crops of
 one frame land on the same side), AdamW with reduce-on-plateau on the validation loss, early
 stopping, the best epoch's weights kept, and a checkpoint after each epoch so ``resume=True``
@@ -19,7 +26,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +62,12 @@ from napari_pose.nn.predict import (
 
 #: Share of a time budget given to each stage of a two-stage pipeline.
 _TIME_SHARE = {"centroid": 0.25, "centered_instance": 0.75}
+#: Share of a time budget that decoding labelled frames may take: a project too large to decode
+#: in it is trained on the frames decoded by then (it says so), not late.
+_DECODE_SHARE = 0.25
+#: Share of a stage's time its first validation may take; later validations score the same
+#: frames, so their losses compare, and their measured time is kept free at the stage's end.
+_VAL_SHARE = 0.1
 #: Fewest steps in an epoch: validation runs after each, and on a small project one pass over
 #: the examples is so short that validating would take a fifth of the time.
 _MIN_STEPS = 40
@@ -71,8 +84,10 @@ class TrainConfig:
             labels (one animal per frame: single instance; more: top-down).
         preset: Size of the pose model (``small``, ``medium``, ``large``).
         epochs: Most epochs per stage.
-        time_limit: Budget in minutes for the whole pipeline (``None``: no limit); a two-stage
-            pipeline gives 25% to the centroid stage and 75% to the centred-instance stage.
+        time_limit: Wall time in minutes for the whole run, decoding, validation and the final
+            evaluation included (``None``: no limit; a resumed run gets what its earlier
+            sessions left); a two-stage pipeline gives 25% of its training time to the
+            centroid stage and 75% to the centred-instance stage.
         batch_size: Examples per step.
         steps_per_epoch: Steps per epoch (``None``: one pass over the training examples, at
             least 40 steps, so tiny projects still get meaningful epochs).
@@ -150,7 +165,8 @@ class Progress:
 
     Attributes:
         stage: Stage being trained (``loading`` while frames are decoded, ``evaluating`` at the
-            end, ``done`` once the package is complete).
+            end). The last one is ``done`` once the package is complete, ``cancelled`` after a
+            stop (resumable), or ``incomplete`` when the time ran out before a stage started.
         epoch: Epoch of the stage (from 1).
         step: Step within the epoch (from 1).
         steps_per_epoch: Steps in an epoch.
@@ -187,6 +203,82 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
     return {key: metrics[key] for key in keys if key in metrics}
 
 
+def _found_any(metrics: dict[str, Any]) -> bool:
+    """Whether any prediction matched a labelled animal: without one, every error is NaN."""
+    median = metrics.get("dist_median_px")
+    return median is not None and math.isfinite(median)
+
+
+def summarise(metrics: dict[str, Any]) -> str:
+    """The pipeline's validation figures in one line, for the dock and the CLI.
+
+    A model that placed no animal has no error to show (NaN): that is said in words with what
+    to do about it, because "nan px" tells a new user nothing.
+    """
+    if not _found_any(metrics):
+        frames = metrics.get("n_val_frames")
+        where = f"the {frames} validation frames" if frames else "the validation frames"
+        placed = " where they are labelled" if metrics.get("n_pred") else ""
+        return f"the model found no animals{placed} on {where}: train longer or label more frames"
+    return (f"OKS mAP {metrics['oks_map']:.3f}, median error {metrics['dist_median_px']:.2f} px, "
+            f"p90 {metrics['dist_p90_px']:.2f} px, PCK@5px {metrics['pck_5px']:.2f}")  # fmt: skip
+
+
+def _error_text(metrics: dict[str, Any]) -> str:
+    """An epoch's median error for its status line (early epochs often find no animal)."""
+    if not _found_any(metrics):
+        return "no animals found yet"
+    return f"median error {metrics['dist_median_px']:.2f} px"
+
+
+def _json_ready(value: Any) -> Any:
+    """``value`` with NaN and infinities as ``None``: JSON has no NaN, and a metrics.json that
+    other tools cannot parse is worse than one that says a figure does not exist."""
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class _Clock:
+    """A run's wall-clock budget and its stop event.
+
+    Every phase asks it for a deadline out of the time then left (``share``), so the budget
+    covers all of the run and time one phase loses comes out of the next ones.
+    """
+
+    def __init__(self, seconds: float | None, stop: threading.Event | None) -> None:
+        self.start = time.monotonic()
+        self.seconds = None if seconds is None else max(seconds, 0.0)
+        self.deadline = None if self.seconds is None else self.start + self.seconds
+        self._stop = stop
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def cancelled(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
+
+    def share(self, part: float) -> float | None:
+        """The deadline ``part`` of the time left from now (``None`` without a time limit)."""
+        if self.deadline is None:
+            return None
+        now = time.monotonic()
+        return now + part * max(self.deadline - now, 0.0)
+
+    def fraction(self, kinds: list[str], index: int, done: int, total: int) -> float:
+        """Overall progress: by time under a time limit, else by steps (``done`` of
+        ``total`` in stage ``index``), each stage weighted by its share of a time budget."""
+        if self.seconds is not None:
+            return min(1.0, self.elapsed() / self.seconds) if self.seconds else 1.0
+        weights = [_TIME_SHARE.get(kind, 1.0) for kind in kinds]
+        part = min(1.0, done / max(total, 1))
+        return (sum(weights[:index]) + weights[index] * part) / sum(weights)
+
+
 class _StageRun:
     """Training state of one stage: model, optimiser, schedule, early stopping."""
 
@@ -206,8 +298,11 @@ class _StageRun:
         self.epoch = 0
         self.best_val = math.inf
         self.stale = 0
-        self.elapsed = 0.0
         self.done = False
+        # Frames each validation scores (``None`` until the first one sets it) and the seconds
+        # the last one took: what to keep free for validating at the end of the stage.
+        self.val_frames: int | None = None
+        self.val_seconds = 0.0
 
     def state(self) -> dict[str, Any]:
         return {
@@ -218,8 +313,9 @@ class _StageRun:
             "epoch": self.epoch,
             "best_val": self.best_val,
             "stale": self.stale,
-            "elapsed": self.elapsed,
             "done": self.done,
+            "val_frames": self.val_frames,
+            "val_seconds": self.val_seconds,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -230,8 +326,9 @@ class _StageRun:
         self.epoch = int(state["epoch"])
         self.best_val = float(state["best_val"])
         self.stale = int(state["stale"])
-        self.elapsed = float(state["elapsed"])
         self.done = bool(state["done"])
+        self.val_frames = state.get("val_frames")  # absent from checkpoints before issue 11
+        self.val_seconds = float(state.get("val_seconds", 0.0))
 
     def step(self, batch_images: torch.Tensor, targets: dict[str, torch.Tensor]) -> float:
         self.model.train()
@@ -249,21 +346,6 @@ def _targets(stage: StageConfig, batch, edges: np.ndarray, device: torch.device)
     return {k: v.to(device) for k, v in stage_targets(stage, batch, edges).items()}
 
 
-@torch.inference_mode()
-def _val_loss(run: _StageRun, data: LabelledFrames, examples: np.ndarray,
-              batch_size: int) -> float:  # fmt: skip
-    run.model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        part = examples[start : start + batch_size]
-        batch = stage_batch(data, run.stage, part)
-        images = batch.images.to(run.device).contiguous(memory_format=torch.channels_last)
-        outputs = run.model(images)
-        total += float(stage_loss(outputs, _targets(run.stage, batch, data.edges, run.device)))
-        count += 1
-    return total / max(count, 1)
-
-
 def _frame_batches(data: LabelledFrames) -> Iterator[slice]:
     """Runs of up to ``_VAL_BATCH`` consecutive frames of one size: a batch is one tensor, and
     frames of different videos may differ in size."""
@@ -276,9 +358,20 @@ def _frame_batches(data: LabelledFrames) -> Iterator[slice]:
         start = stop
 
 
-def _predict_frames(data: LabelledFrames, device: torch.device, predict) -> list[FramePrediction]:
+def _bounded(batches: Iterable[slice], until: float | None,
+             cancelled: Callable[[], bool]) -> Iterator[slice]:  # fmt: skip
+    """``batches`` until a cancel, or until the clock passes ``until`` (after the first batch,
+    so there is always something to score): validation and evaluation cannot overrun."""
+    for count, batch in enumerate(batches):
+        if cancelled() or (count and until is not None and time.monotonic() > until):
+            return
+        yield batch
+
+
+def _predict_frames(data: LabelledFrames, device: torch.device, predict,
+                    batches: Iterable[slice] | None = None) -> list[FramePrediction]:  # fmt: skip
     out: list[FramePrediction] = []
-    for batch in _frame_batches(data):
+    for batch in _frame_batches(data) if batches is None else batches:
         out += predict(frames_to_tensor(data.images[batch], device))
     return out
 
@@ -293,57 +386,86 @@ def _metrics(truth: list[np.ndarray], predicted: list[FramePrediction],
     return _summary(evaluate(gt, pred))
 
 
-def validate_stage(run: _StageRun, data: LabelledFrames, max_instances: int) -> dict[str, Any]:
-    """Accuracy of one stage alone on validation frames, in frame pixels.
-
-    The centroid stage is scored on its anchors (OKS with each animal's own size); the
-    centred-instance stage on crops at the true anchors (as SLEAP validates it), so each
-    stage's figure does not depend on the other.
-    """
-    stage, model = run.stage, run.model.eval()
+def _stage_predictions(run: _StageRun, data: LabelledFrames,
+                       max_instances: int) -> list[FramePrediction]:  # fmt: skip
+    """One stage alone on ``data``'s frames (all of one size). The centroid stage finds
+    anchors; the centred-instance stage poses crops at the true anchors (as SLEAP validates
+    it), so each stage's figure does not depend on the other."""
+    stage, model = run.stage, run.model
+    frames = frames_to_tensor(data.images, run.device)
     if stage.kind == "single_instance":
-        pred = _predict_frames(data, run.device, lambda f: predict_single_instance(model, stage, f))
-        return _metrics(data.points, pred)
+        return predict_single_instance(model, stage, frames)
     if stage.kind == "bottomup":
-        pred = _predict_frames(data, run.device, lambda f: predict_bottomup(
-            model, stage, f, data.edges, max_instances))  # fmt: skip
-        return _metrics(data.points, pred)
-    anchors = [anchor_points(p, stage.anchor) for p in data.points]
+        return predict_bottomup(model, stage, frames, data.edges, max_instances)
     if stage.kind == "centroid":
+        return [FramePrediction(xy.cpu().numpy()[:, None], v.cpu().numpy()[:, None],
+                                v.cpu().numpy())
+                for xy, v in find_centroids(model, stage, frames, max_instances)]  # fmt: skip
+    anchors = [anchor_points(p, stage.anchor) for p in data.points]
+    kept = [a[np.isfinite(a).all(axis=-1)] for a in anchors]
+    counts = torch.tensor([len(a) for a in kept], device=run.device)
+    frame_index = torch.repeat_interleave(torch.arange(len(kept), device=run.device), counts)
+    xy, values = predict_centered(model, stage, frames, frame_index,
+                                  torch.from_numpy(np.concatenate(kept)).to(run.device))  # fmt: skip
+    return instances_by_frame(xy, values, counts.tolist(), 0.2)
 
-        def centroids(frames: torch.Tensor) -> list[FramePrediction]:
-            found = find_centroids(model, stage, frames, max_instances)
-            return [FramePrediction(xy.cpu().numpy()[:, None], v.cpu().numpy()[:, None],
-                                    v.cpu().numpy()) for xy, v in found]  # fmt: skip
 
-        pred = _predict_frames(data, run.device, centroids)
-        return _metrics([a[:, None] for a in anchors], pred, scale_points=data.points)
-    # Centred instance: one crop per true anchor, frames in batches.
-    preds: list[FramePrediction] = []
-    for batch in _frame_batches(data):
-        frames = frames_to_tensor(data.images[batch], run.device)
-        kept = [a[np.isfinite(a).all(axis=-1)] for a in anchors[batch]]
-        counts = torch.tensor([len(a) for a in kept], device=run.device)
-        frame_index = torch.repeat_interleave(torch.arange(len(kept), device=run.device), counts)
-        xy, values = predict_centered(model, stage, frames, frame_index,
-                                      torch.from_numpy(np.concatenate(kept)).to(run.device))  # fmt: skip
-        preds += instances_by_frame(xy, values, counts.tolist(), 0.2)
-    return _metrics(data.points, preds)
+@torch.inference_mode()
+def validate_stage(run: _StageRun, data: LabelledFrames, max_instances: int, batch_size: int,
+                   until: float | None = None,
+                   cancelled: Callable[[], bool] = lambda: False,
+                   ) -> tuple[float, dict[str, Any], int]:  # fmt: skip
+    """Validation loss and accuracy (frame pixels) of one stage alone on ``data``'s frames.
+
+    Frames go in batches, each scored for loss and predicted before the next, so that the
+    validation can end at ``until`` or on a cancel having scored the frames seen so far.
+    The centroid stage is scored on its anchors (OKS with each animal's own size).
+
+    Returns:
+        The loss, the metrics, and the number of leading frames they cover (0 when cancelled
+        before the first batch: then the loss is NaN and there are no metrics).
+    """
+    stage = run.stage
+    run.model.eval()
+    total, count = 0.0, 0
+    predicted: list[FramePrediction] = []
+    for batch in _bounded(_frame_batches(data), until, cancelled):
+        part = data.subset(np.arange(batch.start, batch.stop))
+        examples = stage_examples(part, stage)
+        for start in range(0, len(examples), batch_size):
+            chosen = examples[start : start + batch_size]
+            inputs = stage_batch(part, stage, chosen)
+            images = inputs.images.to(run.device).contiguous(memory_format=torch.channels_last)
+            loss = stage_loss(run.model(images), _targets(stage, inputs, data.edges, run.device))
+            total, count = total + float(loss) * len(chosen), count + len(chosen)
+        predicted += _stage_predictions(run, part, max_instances)
+    n = len(predicted)
+    if n == 0:
+        return math.nan, {}, 0
+    truth = data.points[:n]
+    if stage.kind == "centroid":
+        anchors = [anchor_points(p, stage.anchor)[:, None] for p in truth]
+        return total / max(count, 1), _metrics(anchors, predicted, scale_points=truth), n
+    return total / max(count, 1), _metrics(truth, predicted), n
 
 
 def predict_pipeline(runs: dict[str, PoseModel], stages: dict[str, StageConfig],
-                     data: LabelledFrames, device: torch.device,
-                     max_instances: int) -> list[FramePrediction]:  # fmt: skip
-    """Predict ``data``'s frames with every stage of the pipeline chained."""
+                     data: LabelledFrames, device: torch.device, max_instances: int,
+                     batches: Iterable[slice] | None = None) -> list[FramePrediction]:  # fmt: skip
+    """Predict ``data``'s frames with every stage of the pipeline chained.
+
+    ``batches``: the runs of frames to predict (default: all of ``data``, batched by size);
+    the predictions follow them in order.
+    """
     if "centroid" in stages:
         return _predict_frames(data, device, lambda f: predict_topdown(
             runs["centroid"], stages["centroid"], runs["centered_instance"],
-            stages["centered_instance"], f, max_instances))  # fmt: skip
+            stages["centered_instance"], f, max_instances), batches)  # fmt: skip
     if "bottomup" in stages:
         return _predict_frames(data, device, lambda f: predict_bottomup(
-            runs["bottomup"], stages["bottomup"], f, data.edges, max_instances))  # fmt: skip
+            runs["bottomup"], stages["bottomup"], f, data.edges, max_instances), batches)  # fmt: skip
     return _predict_frames(data, device, lambda f: predict_single_instance(
-        runs["single_instance"], stages["single_instance"], f))  # fmt: skip
+        runs["single_instance"], stages["single_instance"], f), batches)  # fmt: skip
 
 
 def train(
@@ -365,32 +487,59 @@ def train(
         config: Training settings.
         stages: Stage configs to use instead of ``default_stages`` (e.g. from a YAML file).
         resume: Continue the run recorded in ``out_dir`` (same labels and settings).
-        stop: Set it to stop after the current step; the best weights so far are kept.
+        stop: Set it to cancel within about a step (also while decoding or validating); what
+            was trained is checkpointed, the best weights so far are kept, and the run can be
+            resumed.
         labels_path: Recorded in the config, for the user's reference.
 
     Yields:
-        ``Progress`` after every step and epoch; the last one has stage ``done``.
+        ``Progress`` after every step and epoch; the last one has stage ``done``,
+        ``cancelled`` or ``incomplete``.
     """
     config = config or TrainConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
-    start_time = time.monotonic()
+    spent, frames_used = 0.0, None
     if resume:
         recorded = package.read_config(out)
         config = attrs.evolve(config, pipeline=recorded["pipeline"])
         stages = {k: StageConfig.from_dict(v) for k, v in recorded["stages"].items()}
+        spent = float(recorded["training"].get("elapsed_s") or 0.0)
+        frames_used = recorded["training"].get("n_frames_used")
+    limit = None if config.time_limit is None else config.time_limit * 60 - spent
+    clock = _Clock(limit, stop)
 
-    def elapsed() -> float:
-        return time.monotonic() - start_time
+    yield Progress("loading", message="decoding labelled frames")
+    decode_until = clock.share(_DECODE_SHARE)
+    labelled = 0
 
-    yield Progress("loading", message="decoding labelled frames", elapsed=elapsed())
-    data = load_frames(labels, config.frames)
+    def stop_decoding(decoded: int, total: int) -> bool:
+        nonlocal labelled
+        labelled = total
+        if frames_used is not None:  # a resumed run trains on what its first session decoded
+            return decoded >= frames_used or clock.cancelled()
+        late = decode_until is not None and decoded and time.monotonic() > decode_until
+        return bool(late) or clock.cancelled()
+
+    data = load_frames(labels, config.frames, stop=stop_decoding)
+    if clock.cancelled():
+        yield Progress("cancelled", elapsed=clock.elapsed(),
+                       message="cancelled while decoding labelled frames; nothing new was "
+                               "trained")  # fmt: skip
+        return
+    if len(data) < labelled:
+        yield Progress("loading", elapsed=clock.elapsed(),
+                       message=f"the time limit left time to decode {len(data)} of {labelled} "
+                               "labelled frames; training on those")  # fmt: skip
     pipeline = config.pipeline or default_pipeline(data)
     if pipeline not in PIPELINES:
         raise ValueError(f"unknown pipeline {pipeline!r}; choose from {sorted(PIPELINES)}")
     stages = stages or default_stages(data, pipeline, config.preset)
     train_pos, val_pos = split_frames(len(data), config.val_fraction, config.seed)
+    # Validation frames in a seeded random order: a validation cut short by the time limit
+    # scores a leading part of them, which is then a fair sample.
+    val_pos = np.random.default_rng([config.seed, 1]).permutation(val_pos)
     train_data, val_data = data.subset(train_pos), data.subset(val_pos)
     record = {
         "format": package.PACKAGE_FORMAT,
@@ -408,16 +557,30 @@ def train(
             "pipeline": pipeline,
             "device_used": str(device),
             "labels": None if labels_path is None else str(labels_path),
+            "n_labelled_frames": labelled,
+            "n_frames_used": len(data),
             "n_train_frames": len(train_data),
             "n_val_frames": len(val_data),
             "val_frames": val_data.keys.tolist(),
+            "elapsed_s": round(spent, 1),
         },
     }
     package.write_skeleton(out, data.skeleton)
     package.write_config(out, record)
     log = package.read_log(out) if resume else []
 
-    models: dict[str, PoseModel] = {}
+    def checkpoint(run: _StageRun, kind: str) -> None:
+        """Save ``run`` to resume from, and the time spent so far (a resumed run's limit)."""
+        package.save_torch(run.state(), package.checkpoint_path(out, kind))
+        record["training"]["elapsed_s"] = round(spent + clock.elapsed(), 1)
+        package.write_config(out, record)
+
+    def cancelled_progress() -> Progress:
+        return Progress("cancelled", elapsed=clock.elapsed(),
+                        message=f"cancelled after {clock.elapsed():.0f} s; the best weights so "
+                                "far are kept and training can be resumed")  # fmt: skip
+
+    runs: dict[str, _StageRun] = {}
     kinds = PIPELINES[pipeline]
     edges = data.edges
     for index, kind in enumerate(kinds):
@@ -426,28 +589,21 @@ def train(
         ckpt = package.checkpoint_path(out, kind)
         if resume and ckpt.exists():
             run.restore(package.load_torch(ckpt, device))
-        models[kind] = run.model
+        runs[kind] = run
         if run.done:
             run.model.load_state_dict(package.load_torch(package.weights_path(out, kind), device))
             continue
-        # This stage's share of the time (or of the progress bar), and the share done before it.
-        share = _TIME_SHARE.get(kind, 1.0) if len(kinds) > 1 else 1.0
-        before = sum(_TIME_SHARE.get(k, 1.0) for k in kinds[:index]) if len(kinds) > 1 else 0
-        budget = None if config.time_limit is None else config.time_limit * 60 * share
+        shares = [_TIME_SHARE.get(k, 1.0) for k in kinds[index:]]
+        until = clock.share(shares[0] / sum(shares))
+        if until is not None and until <= time.monotonic():
+            break  # no time left to start this stage: the package says it is incomplete
+        # The first validation's cap, and what is kept free for it until it is measured.
+        val_cap = None if until is None else _VAL_SHARE * (until - time.monotonic())
         examples = stage_examples(train_data, stage)
-        val_examples = stage_examples(val_data, stage)
         steps = config.steps_per_epoch or max(
             _MIN_STEPS, math.ceil(len(examples) / config.batch_size)
         )
-        stage_start = time.monotonic() - run.elapsed
-
-        def fraction(epoch: int, step: int) -> float:
-            if budget is not None:
-                part = (time.monotonic() - stage_start) / budget
-            else:
-                part = ((epoch - 1) * steps + step) / (config.epochs * steps)
-            return min(1.0, before + share * min(1.0, part))
-
+        step_time = None
         while run.epoch < config.epochs and not run.done:
             epoch = run.epoch + 1
             order_rng = np.random.default_rng([config.seed, index, epoch])
@@ -456,21 +612,50 @@ def train(
             )
             picks = order_rng.permutation(np.resize(order_rng.permutation(len(examples)),
                                                     steps * config.batch_size))  # fmt: skip
-            stopped = False
+            # Time kept free after the steps: this stage's validation, and in the last stage
+            # also the pipeline's evaluation (about one validation of every stage).
+            own = run.val_seconds if run.val_frames is not None else (val_cap or 0.0)
+            reserve = own
+            if index == len(kinds) - 1:
+                reserve += own + sum(r.val_seconds for r in runs.values() if r is not run)
+            trained, out_of_time = 0, False
             for step in range(1, steps + 1):
+                if clock.cancelled():
+                    break
+                began = time.monotonic()
+                if until is not None and step_time is not None:  # will the next step fit?
+                    out_of_time = began + step_time + reserve > until
+                if out_of_time:
+                    break
                 chosen = examples[picks[(step - 1) * config.batch_size : step * config.batch_size]]
                 batch = stage_batch(train_data, stage, chosen, augment=True, generator=generator)
                 loss = run.step(batch.images, _targets(stage, batch, edges, device))
-                yield Progress(kind, epoch, step, steps, loss, fraction(epoch, step), elapsed(),
+                step_time, trained = time.monotonic() - began, step
+                fraction = clock.fraction(kinds, index, (epoch - 1) * steps + step,
+                                          config.epochs * steps)  # fmt: skip
+                yield Progress(kind, epoch, step, steps, loss, fraction, clock.elapsed(),
                                message=f"{kind}: epoch {epoch} step {step}/{steps} loss {loss:.2e}")  # fmt: skip
-                if (stop is not None and stop.is_set()) or (
-                    budget is not None and time.monotonic() - stage_start > budget
-                ):
-                    stopped = True
-                    break
-            run.epoch = epoch
-            run.elapsed = time.monotonic() - stage_start
-            val_loss = _val_loss(run, val_data, val_examples, config.batch_size)
+            if trained == 0 and not clock.cancelled():  # out of time before this epoch began
+                run.done = True
+                checkpoint(run, kind)
+                break
+            if trained:  # a cancelled epoch's steps are kept: a resumed run goes on after them
+                run.epoch = epoch
+            if clock.cancelled():
+                checkpoint(run, kind)
+                break
+            began = time.monotonic()
+            first = run.val_frames is None
+            scored = val_data if first else val_data.subset(np.arange(run.val_frames))
+            val_loss, metrics, n = validate_stage(
+                run, scored, data.max_instances, config.batch_size,
+                until=began + val_cap if first and val_cap is not None else None,
+                cancelled=clock.cancelled,
+            )  # fmt: skip
+            if clock.cancelled():
+                checkpoint(run, kind)
+                break
+            run.val_frames, run.val_seconds = n, time.monotonic() - began
             run.scheduler.step(val_loss)
             improved = val_loss < run.best_val
             if improved:
@@ -478,54 +663,54 @@ def train(
                 package.save_torch(run.model.state_dict(), package.weights_path(out, kind))
             else:
                 run.stale += 1
-            metrics = validate_stage(run, val_data, data.max_instances)
-            row = {
+            log.append({
                 "stage": kind,
                 "epoch": epoch,
-                "elapsed_s": round(elapsed(), 2),
+                "elapsed_s": round(spent + clock.elapsed(), 2),
                 "train_loss": loss,
                 "val_loss": val_loss,
                 "learning_rate": run.optimizer.param_groups[0]["lr"],
+                "val_frames": n,
                 **{k: v for k, v in metrics.items() if not isinstance(v, list)},
-            }
-            log.append(row)
+            })  # fmt: skip
             package.write_log(out, log)
-            cancelled = stop is not None and stop.is_set()
-            # A cancelled stage stays resumable; one out of time or patience is finished.
-            run.done = (
-                (stopped and not cancelled)
-                or run.stale >= config.patience
-                or (epoch >= config.epochs)
-            )
-            package.save_torch(run.state(), ckpt)
-            yield Progress(kind, epoch, steps, steps, loss, fraction(epoch, steps), elapsed(),
+            run.done = out_of_time or run.stale >= config.patience or epoch >= config.epochs
+            checkpoint(run, kind)
+            fraction = clock.fraction(kinds, index, epoch * steps, config.epochs * steps)
+            yield Progress(kind, epoch, steps, steps, loss, fraction, clock.elapsed(),
                            validation={"val_loss": val_loss, **metrics},
-                           message=f"{kind}: epoch {epoch} val loss {val_loss:.2e}, median error "
-                                   f"{metrics.get('dist_median_px', float('nan')):.2f} px")  # fmt: skip
-            if cancelled:
-                break
-        run.model.load_state_dict(package.load_torch(package.weights_path(out, kind), device))
+                           message=f"{kind}: epoch {epoch} val loss {val_loss:.2e}, "
+                                   f"{_error_text(metrics)}")  # fmt: skip
+        if clock.cancelled():
+            yield cancelled_progress()
+            return
+        if package.weights_path(out, kind).exists():
+            run.model.load_state_dict(package.load_torch(package.weights_path(out, kind), device))
         run.model.eval()
-        if stop is not None and stop.is_set():
-            break
 
-    trained = all(package.weights_path(out, kind).exists() for kind in kinds)
-    if trained:
-        yield Progress("evaluating", fraction=1.0, elapsed=elapsed(),
-                       message="evaluating the pipeline on validation frames")  # fmt: skip
-        predictions = predict_pipeline(models, stages, val_data, device, data.max_instances)
-        metrics = _metrics(val_data.points, predictions)
-        metrics["n_val_frames"] = len(val_data)
-        package.write_metrics(out, metrics)
-        record["complete"] = True
-        record["training"]["elapsed_s"] = round(elapsed(), 1)
-        package.write_config(out, record)
-        yield Progress("done", fraction=1.0, elapsed=elapsed(), validation=metrics,
-                       message=f"done: OKS mAP {metrics['oks_map']:.3f}, median error "
-                               f"{metrics['dist_median_px']:.2f} px")  # fmt: skip
-    else:
-        yield Progress("done", elapsed=elapsed(),
-                       message="stopped before every stage was trained; resume to finish")  # fmt: skip
+    missing = [kind for kind in kinds if not package.weights_path(out, kind).exists()]
+    if missing:
+        yield Progress("incomplete", elapsed=clock.elapsed(),
+                       message=f"out of time before the {missing[0]} stage was trained: give "
+                               "training more time, or resume it with a time limit")  # fmt: skip
+        return
+    yield Progress("evaluating", fraction=clock.fraction(kinds, len(kinds) - 1, 1, 1),
+                   elapsed=clock.elapsed(),
+                   message="evaluating the pipeline on validation frames")  # fmt: skip
+    models = {kind: run.model for kind, run in runs.items()}
+    batches = _bounded(_frame_batches(val_data), clock.deadline, clock.cancelled)
+    predictions = predict_pipeline(models, stages, val_data, device, data.max_instances, batches)
+    if clock.cancelled():
+        yield cancelled_progress()
+        return
+    metrics = _metrics(val_data.points[: len(predictions)], predictions)
+    metrics["n_val_frames"] = len(predictions)
+    package.write_metrics(out, _json_ready(metrics))
+    record["complete"] = True
+    record["training"]["elapsed_s"] = round(spent + clock.elapsed(), 1)
+    package.write_config(out, record)
+    yield Progress("done", fraction=1.0, elapsed=clock.elapsed(), validation=metrics,
+                   message=f"done: {summarise(metrics)}")  # fmt: skip
 
 
 def evaluate_package(model: package.ModelPackage, data: LabelledFrames,
