@@ -250,3 +250,16 @@ def test_a_and_b_start_apart_and_a_track_is_never_swapped_or_merged_with_itself(
     assert [t.name for t in after.tracks] == ["female", "male"]
     press(qtbot, widget.undo)  # refusals are not edits
     assert widget.status.value == "nothing to undo"
+
+
+def test_the_worst_frames_are_listed_when_the_predictions_video_lies_elsewhere(
+    opened, qtbot, sleap_dir, tmp_path
+):
+    """Predictions of a copy of the video: frames are matched by file name and frame count."""
+    viewer, widget = opened
+    for name in ("clip.predictions.slp", "clip.mp4"):
+        (tmp_path / name).write_bytes((sleap_dir / "tracks" / name).read_bytes())
+    viewer.open(str(tmp_path / "clip.predictions.slp"), plugin="napari-pose")
+    widget.truth.value = "clip.slp"
+    press(qtbot, widget.evaluate_button)
+    assert "OKS mAP" in widget.results.value and 0 < len(widget.worst.choices) <= 20

@@ -38,7 +38,7 @@ from napari_pose.napari.labelling import (
 )
 from napari_pose.napari.session import projects
 from napari_pose.napari.sync import attach
-from napari_pose.nn.metrics import compare, video_key
+from napari_pose.nn.metrics import compare, match_videos, video_key
 
 #: Milliseconds of quiet after the layer's points change before its frames are scored again.
 RESCORE_DELAY_MS = 300
@@ -515,7 +515,9 @@ class ProofreadWidget(Container):
         self.results.value = "\n".join(lines)
         self.node_errors.show_errors(metrics["nodes"], metrics["per_node_dist_median"])
         binding: PoseBinding = layer.metadata[POSE_KEY]
-        video = video_key(binding.labels.videos[binding.video])
+        # Frames are keyed by the ground truth's video, which may lie at another path.
+        (match,) = match_videos(truth.videos, [binding.labels.videos[binding.video]])
+        video = video_key(truth.videos[match]) if match >= 0 else None
         worst = sorted((value, frame) for (name, frame), value in per_frame.items()
                        if name == video)[:N_WORST_FRAMES]  # fmt: skip
         self.worst.choices = [(f"frame {frame}: OKS {value:.2f}", frame) for value, frame in worst]
