@@ -9,6 +9,8 @@ which is what makes 100,000-frame prediction files open in seconds.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import numpy as np
 import sleap_io as sio
@@ -139,11 +141,10 @@ def concat(parts: list[PoseArrays]) -> PoseArrays:
     nonempty = [p for p in parts if len(p)]
     if len(nonempty) <= 1:
         return attrs.evolve(nonempty[0] if nonempty else parts[0], tracks=tracks)
-    return attrs.evolve(
-        parts[0],
-        tracks=tracks,
-        **{name: np.concatenate([getattr(p, name) for p in parts]) for name in _ROW_FIELDS},
-    )
+    rows: dict[str, Any] = {
+        name: np.concatenate([getattr(p, name) for p in parts]) for name in _ROW_FIELDS
+    }
+    return attrs.evolve(parts[0], tracks=tracks, **rows)
 
 
 def replace_frames(base: PoseArrays, new: PoseArrays) -> PoseArrays:

@@ -275,9 +275,9 @@ def load_skeleton(path: str | Path) -> sio.Skeleton:
         raise PoseFileError(path, "holds no skeleton")
     if not skeletons[0].node_names:
         raise PoseFileError(path, "the skeleton has no nodes")
-    problem = repeated_node(skeletons[0])
-    if problem is not None:
-        raise PoseFileError(path, problem)
+    repeated = repeated_node(skeletons[0])
+    if repeated is not None:
+        raise PoseFileError(path, repeated)
     return skeletons[0]
 
 

@@ -90,8 +90,9 @@ def open_tiff(path: str | Path, axes: str | None = None) -> Stack:
             else:
                 axes = _given_axes(path, axes, series.shape, recorded)
             scale = _ome_scale(tif.ome_metadata, axes)
-            if series.dataoffset is not None:
-                data = _memory_mapped(path, series)
+            offset = series.dataoffset
+            if offset is not None:
+                data = _memory_mapped(path, series, offset)
                 tif.close()
             else:
                 data = _page_reads(path, tif, series)
@@ -174,12 +175,10 @@ def _plane_chunks(path: Path, series: tifffile.TiffPageSeries) -> tuple[int, ...
     return (1,) * n_page_axes + tuple(page_shape)
 
 
-def _memory_mapped(path: Path, series: tifffile.TiffPageSeries) -> da.Array:
-    """An uncompressed series stored contiguously, mapped rather than read."""
+def _memory_mapped(path: Path, series: tifffile.TiffPageSeries, offset: int) -> da.Array:
+    """An uncompressed series stored contiguously from byte ``offset``, mapped rather than read."""
     try:
-        pixels = np.memmap(
-            path, dtype=series.dtype, mode="r", offset=series.dataoffset, shape=series.shape
-        )
+        pixels = np.memmap(path, dtype=series.dtype, mode="r", offset=offset, shape=series.shape)
     except ValueError as error:  # the file is shorter than its tags say
         raise VideoFileError(path, f"truncated TIFF: {error}") from error
     data = da.from_array(pixels, chunks=_plane_chunks(path, series), name=False)
@@ -189,6 +188,8 @@ def _memory_mapped(path: Path, series: tifffile.TiffPageSeries) -> da.Array:
 def _page_reads(path: Path, tif: tifffile.TiffFile, series: tifffile.TiffPageSeries) -> da.Array:
     """A compressed or scattered series, read (and decompressed) one page per chunk."""
     last = series.pages[-1]
+    if last is None:  # tifffile's placeholder for a page the file lacks
+        raise VideoFileError(path, "truncated TIFF: the last page of the series is missing")
     end = max(o + n for o, n in zip(last.dataoffsets, last.databytecounts, strict=True))
     if end > path.stat().st_size:
         raise VideoFileError(path, f"truncated TIFF: page data ends at byte {end}, past the end")
@@ -231,7 +232,10 @@ class _TiffPages:
     def _read_page(self, number: int) -> np.ndarray:
         try:
             with self._lock:
-                return self._pages[number].asarray()
+                page = self._pages[number]
+                if page is None:  # tifffile's placeholder for a page the file lacks
+                    raise ValueError("the page is missing from the file")
+                return page.asarray()
         except Exception as error:  # each codec raises its own error type
             raise VideoFileError(self.path, f"page {number} cannot be read: {error}") from error
 

@@ -303,7 +303,7 @@ def make_synthetic(
     return SyntheticData(
         frames=_render(points, background, scale),
         points=points,
-        visible=inside.all(axis=-1),
+        visible=np.all(inside, axis=-1),
         skeleton=make_skeleton(),
     )
 

@@ -10,6 +10,9 @@ integer coordinates, as our targets use); keypoints go through the same 3x3 matr
 A flip mirrors the image, so a left wing lands where a right wing was: the node columns of
 each symmetric pair are swapped for flipped examples, and flips are only offered when the
 skeleton declares symmetries (without them a flip would teach the model impossible poses).
+
+The random draws come from the ``generator`` passed in (seeded, so training runs repeat);
+``None`` draws from torch's global generator.
 """
 
 from __future__ import annotations
@@ -57,12 +60,12 @@ class AugmentConfig:
         return cls(**data)
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
     return torch.rand(n, generator=generator) * (high - low) + low
 
 
 def random_affine(
-    n: int, size: tuple[int, int], config: AugmentConfig, generator: torch.Generator,
+    n: int, size: tuple[int, int], config: AugmentConfig, generator: torch.Generator | None,
     can_flip: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """``n`` random 3x3 matrices acting about the centre of an output of ``size`` ``(h, w)``.
@@ -108,7 +111,7 @@ def swap_symmetric(points: torch.Tensor, flipped: torch.Tensor,
 
 
 def adjust_intensity(images: torch.Tensor, config: AugmentConfig,
-                     generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+                     generator: torch.Generator | None) -> torch.Tensor:  # fmt: skip
     """Random brightness, contrast and Gaussian noise per example, clipped to ``[0, 1]``."""
     n = images.shape[0]
     gain = _uniform(n, 1 - config.contrast, 1 + config.contrast, generator)[:, None, None, None]

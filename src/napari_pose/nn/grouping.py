@@ -92,14 +92,14 @@ def group_instances(
         src, dst = peaks[s][0], peaks[d][0]
         if len(src) == 0 or len(dst) == 0:
             continue
-        score, valid = line_integrals(
+        score_t, valid_t = line_integrals(
             pafs[2 * e : 2 * e + 2],
             torch.as_tensor(src, dtype=torch.float32, device=pafs.device),
             torch.as_tensor(dst, dtype=torch.float32, device=pafs.device),
             stride,
             config,
         )
-        score, valid = score.cpu().numpy(), valid.cpu().numpy()
+        score, valid = score_t.cpu().numpy(), valid_t.cpu().numpy()
         rows, cols = linear_sum_assignment(np.where(valid, -score, 1e6))
         for i, j in zip(rows, cols, strict=True):
             if not valid[i, j]:

@@ -166,7 +166,9 @@ def load_package(folder: str | Path, device: torch.device | str = "cpu") -> Mode
         except RuntimeError as error:  # shapes or names do not match the config
             raise PoseFileError(path, f"weights do not match {CONFIG_FILE} ({error})") from error
         stages[kind] = stage
-        models[kind] = fuse_batchnorm(model).to(device).to(memory_format=torch.channels_last)
+        fused = fuse_batchnorm(model).to(device)
+        # torch's stubs leave out ``Module.to``'s documented ``memory_format`` keyword.
+        models[kind] = fused.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return ModelPackage(
         folder=folder,
         pipeline=config["pipeline"],

@@ -274,4 +274,5 @@ def stage_targets(stage: StageConfig, batch: Batch, edges: np.ndarray) -> dict[s
 
 def stage_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean squared error of every head, summed over heads (SLEAP's loss)."""
-    return sum(F.mse_loss(outputs[name].float(), target) for name, target in targets.items())
+    losses = [F.mse_loss(outputs[name].float(), target) for name, target in targets.items()]
+    return torch.stack(losses).sum()

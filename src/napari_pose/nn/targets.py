@@ -17,7 +17,8 @@ def grid(height: int, width: int, stride: int, device=None) -> tuple[torch.Tenso
     """Input-pixel coordinates ``(ys, xs)`` of the output grid's cells, each ``(h, w)``."""
     ys = torch.arange(height, device=device, dtype=torch.float32) * stride
     xs = torch.arange(width, device=device, dtype=torch.float32) * stride
-    return torch.meshgrid(ys, xs, indexing="ij")
+    grid_ys, grid_xs = torch.meshgrid(ys, xs, indexing="ij")
+    return grid_ys, grid_xs
 
 
 def confidence_maps(points: torch.Tensor, shape: tuple[int, int], stride: int,

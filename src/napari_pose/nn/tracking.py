@@ -155,7 +155,7 @@ def _join_breaks(ids: np.ndarray, frame: np.ndarray, xy: np.ndarray,
     tracks = [t for t in np.unique(ids) if t >= 0]
     first = {t: frame[ids == t].min() for t in tracks}
     last = {t: frame[ids == t].max() for t in tracks}
-    for t in sorted(tracks, key=first.get):
+    for t in sorted(tracks, key=first.__getitem__):
         # ``u`` ends before ``t`` starts, so they never share a frame (``last`` follows joins).
         candidates = [u for u in tracks if u != t and 0 < first[t] - last[u] <= config.max_gap]
         if not candidates:
