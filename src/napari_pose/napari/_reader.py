@@ -42,6 +42,14 @@ def _single_path(path: Any) -> Path | None:
     return Path(path)
 
 
+def _path_to_read(path: Any) -> Path:
+    """The one path a reader was given (its ``get_*_reader`` turned several down)."""
+    single = _single_path(path)
+    if single is None:
+        raise ValueError(f"napari-pose reads one file at a time, not {len(path)}")
+    return single
+
+
 def get_labels_reader(path: Any) -> Reader | None:
     """A reader for SLEAP ``.slp``/``.pkg.slp``, analysis ``.h5`` and DeepLabCut files.
 
@@ -60,7 +68,7 @@ def get_labels_reader(path: Any) -> Reader | None:
 
 def read_labels(path: Any) -> list[LayerData]:
     """Layers for a pose project: its videos (lazy), labels, predictions, skeleton and tracks."""
-    labels = load_labels(_single_path(path))
+    labels = load_labels(_path_to_read(path))
     return layers_with_videos(labels)
 
 
@@ -111,7 +119,7 @@ def get_image_reader(path: Any) -> Reader | None:
 
 def read_video(path: Any) -> list[LayerData]:
     """One lazy Image layer for a video file; frames decode only when shown."""
-    reader = open_video(_single_path(path))
+    reader = open_video(_path_to_read(path))
     data = video_to_dask(reader)
     rgb = data.ndim == 4
     name = video_name(sio.Video(filename=str(reader.path), open_backend=False))
@@ -121,7 +129,7 @@ def read_video(path: Any) -> list[LayerData]:
 
 def read_tiff(path: Any) -> list[LayerData]:
     """One lazy Image layer for a (OME-)TIFF stack, with axis names, scale and channels."""
-    stack = open_tiff(_single_path(path))
+    stack = open_tiff(_path_to_read(path))
     kwargs: dict[str, Any] = {"name": Path(stack.path).name.split(".")[0]}
     axes = stack.axes
     rgb = axes.endswith("S") and stack.data.shape[-1] in (3, 4)
@@ -150,7 +158,7 @@ def get_folder_reader(path: Any) -> Reader | None:
 
 def read_image_folder(path: Any) -> list[LayerData]:
     """One lazy Image layer with the folder's images as frames, in natural name order."""
-    folder = _single_path(path)
+    folder = _path_to_read(path)
     data = video_to_dask(open_video(folder))
     rgb = data.ndim == 4
     kwargs = {

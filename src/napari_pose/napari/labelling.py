@@ -412,7 +412,8 @@ def user_label_layers(viewer: napari.Viewer) -> list[napari.layers.Points]:
 
 
 class PlaneFrames:
-    """An image layer's planes as frames (``shape`` and ``[i]``), for frame suggestions.
+    """An image layer's planes as frames (``shape``, ``len`` and ``[i]``), for frame suggestions
+    and prediction.
 
     Works for any image: a lazily decoded video, a TIFF stack whose (t, z) planes are frames.
     """
@@ -420,6 +421,9 @@ class PlaneFrames:
     def __init__(self, image: napari.layers.Image, plane_shape: tuple[int, ...]) -> None:
         self._data, self._plane_shape = image.data, plane_shape
         self.shape = (int(np.prod(plane_shape)), *image.data.shape[len(plane_shape) :])
+
+    def __len__(self) -> int:
+        return self.shape[0]
 
     def __getitem__(self, index: int) -> np.ndarray:
         return np.asarray(self._data[np.unravel_index(index, self._plane_shape)])

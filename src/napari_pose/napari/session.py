@@ -56,13 +56,13 @@ class Timer(Protocol):
     def stop(self) -> None: ...
 
 
-TimerFactory = Callable[[Callable[[], None]], Timer]
+TimerFactory = Callable[[Callable[[], object]], Timer]
 
 
 class _Immediate:
     """The timer of a viewer without Qt: the callback runs at once, at every edit."""
 
-    def __init__(self, callback: Callable[[], None]) -> None:
+    def __init__(self, callback: Callable[[], object]) -> None:
         self._callback = callback
 
     def start(self, seconds: float) -> None:

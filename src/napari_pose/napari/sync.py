@@ -88,6 +88,13 @@ class PoseSync:
                 if points.metadata[POSE_KEY] is layer.metadata[EDGES_KEY]:
                     self.refresh(points)
 
+    def _live_viewer(self) -> napari.Viewer:
+        """The viewer, for code that runs only from its events or after checking it is open."""
+        viewer = self._viewer()
+        if viewer is None:
+            raise RuntimeError("the viewer of this PoseSync has been closed")
+        return viewer
+
     def _points_layers(self) -> list[napari.layers.Points]:
         viewer = self._viewer()
         if viewer is None:
@@ -113,7 +120,7 @@ class PoseSync:
         """Load the trajectories around the frame on screen when it nears the window's edge."""
         tracks = layer.metadata[TRACKS_KEY]
         first = tracks.bindings[0]
-        time = int(round(layer.world_to_data(self._viewer().dims.point)[0]))
+        time = int(round(layer.world_to_data(self._live_viewer().dims.point)[0]))
         frame = int(np.ravel_multi_index((min(time, first.plane_shape[0] - 1),
                                           *[0] * (len(first.plane_shape) - 1)), first.plane_shape))  # fmt: skip
         if not _near_edge(tracks.window, frame):
@@ -154,9 +161,8 @@ class PoseSync:
     def current_frame(self, layer: napari.layers.Points) -> int:
         """The frame (plane index of the labels' video) that ``layer`` shows now."""
         binding: PoseBinding = layer.metadata[POSE_KEY]
-        viewer = self._viewer()
         n_lead = len(binding.plane_shape)
-        position = layer.world_to_data(viewer.dims.point)[:n_lead]
+        position = layer.world_to_data(self._live_viewer().dims.point)[:n_lead]
         plane = np.clip(np.round(position).astype(np.int64), 0, np.array(binding.plane_shape) - 1)
         return int(np.ravel_multi_index(tuple(plane), binding.plane_shape))
 
@@ -181,6 +187,8 @@ class PoseSync:
 
     def _redraw_edges(self, layer: napari.layers.Points, binding: PoseBinding) -> None:
         viewer = self._viewer()
+        if viewer is None:  # a layer edited after its viewer closed has no edges to redraw
+            return
         edges = [other for other in viewer.layers if other.metadata.get(EDGES_KEY) is binding]
         if not edges:
             return
