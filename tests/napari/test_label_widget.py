@@ -122,7 +122,7 @@ def test_skeleton_edits_follow_into_every_instance(make_napari_viewer, qtbot, da
     before = layer.metadata["napari_pose"].merged(layer.data, layer.features)
     head = before.xy[:, 0].copy()
 
-    widget.node.value, widget.name.value = "head", "Head"
+    widget.node.value, widget.node_name.value = "head", "Head"
     press(qtbot, widget.node_buttons["rename"])
     widget.node.value = "thorax"
     press(qtbot, widget.node_buttons["move up"])  # thorax now first, Head second

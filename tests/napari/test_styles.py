@@ -57,7 +57,7 @@ def test_predictions_stay_grey_after_a_node_edit_and_a_video_names_its_frame_axi
     grey = _chroma(predicted.face_color_cycle).max()
     _, skeleton = viewer.window.add_plugin_dock_widget("napari-pose", "Skeleton")
     assert skeleton.layer.value is not None  # the project's (empty) user labels layer
-    skeleton.node.value, skeleton.name.value = "head", "Head"
+    skeleton.node.value, skeleton.node_name.value = "head", "Head"
     press(qtbot, skeleton.node_buttons["rename"])
     assert predicted.metadata[POSE_KEY].arrays.skeleton.node_names[0] == "Head"
     assert _chroma(predicted.face_color_cycle).max() == pytest.approx(grey)

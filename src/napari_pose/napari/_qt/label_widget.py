@@ -12,6 +12,7 @@ height, so it never resizes the canvas under the cursor.
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import napari
 import napari.viewer
 import numpy as np
 import sleap_io as sio
+from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -31,7 +33,7 @@ from magicgui.widgets import (
     RadioButtons,
     SpinBox,
 )
-from napari.qt.threading import thread_worker
+from napari.qt.threading import GeneratorWorker, thread_worker
 from napari.utils.notifications import show_warning
 
 from napari_pose.core import suggestions as sg
@@ -39,10 +41,16 @@ from napari_pose.core.io import load_labels
 from napari_pose.core.skeleton import TEMPLATES, load_skeleton
 from napari_pose.napari._qt.layout import collapsible, fixed_lines, scrolling
 from napari_pose.napari._qt.services import save_session
-from napari_pose.napari.convert import POSE_KEY, labels_to_layers, new_project_layers
+from napari_pose.napari.convert import (
+    POSE_KEY,
+    PoseBinding,
+    labels_to_layers,
+    new_project_layers,
+)
 from napari_pose.napari.labelling import (
     SHORTCUTS,
     Labeller,
+    Mode,
     PlaneFrames,
     go_to_frame,
     user_label_layers,
@@ -86,11 +94,11 @@ class LabelWidget(Container):
         self.layer = ComboBox(label="labels layer", choices=self._layer_choices)
         self.image = ComboBox(label="image", choices=self._image_choices)
         self.template = ComboBox(label="skeleton", choices=list(TEMPLATES))
-        self.skeleton_file = FileEdit(label="or from file", mode="r",
+        self.skeleton_file = FileEdit(label="or from file", mode=FileDialogMode.EXISTING_FILE,
                                       filter="*.json *.slp *.yaml")  # fmt: skip
         self.start = PushButton(label="", text="Start labelling this image")
-        self.mode = RadioButtons(label="mode", choices=["label", "move"], value="label",
-                                 orientation="horizontal")  # fmt: skip
+        self.mode = RadioButtons(label="mode", choices=["label", "move"], orientation="horizontal")
+        self.mode.value = "label"  # (RadioButtons' typed keywords leave ``value`` out)
         self.node = ComboBox(label="next node", choices=self._node_choices)
         self.status = Label(label="instance", value="")
         self.track = ComboBox(label="track", choices=self._track_choices)
@@ -117,9 +125,9 @@ class LabelWidget(Container):
         tracks = Container(widgets=[self.track, self.new_track, self.set_track_button])
         suggest = Container(widgets=[self.method, self.n_suggestions, self.suggest, self.progress])
         display = Container(widgets=[self.color_by, self.names])
-        buttons = list(self.buttons.values())
-        rows = [Container(layout="horizontal", widgets=buttons[i : i + 2], labels=False)
-                for i in range(0, len(buttons), 2)]  # fmt: skip
+        action_buttons = list(self.buttons.values())
+        rows = [Container(layout="horizontal", widgets=action_buttons[i : i + 2], labels=False)
+                for i in range(0, len(action_buttons), 2)]  # fmt: skip
         for row in rows:
             row.margins = (0, 0, 0, 0)
         self._body = body = scrolling(self)
@@ -136,18 +144,14 @@ class LabelWidget(Container):
 
         self.layer.changed.connect(self._bind)
         self.start.clicked.connect(self._start_on_image)
-        self.mode.changed.connect(lambda value: self.labeller and self.labeller.set_mode(value))
+        self.mode.changed.connect(self._mode_picked)
         self.node.changed.connect(self._node_picked)
         for name, button in self.buttons.items():
-            button.clicked.connect(
-                lambda *_, name=name: self.labeller and getattr(self.labeller, name)()
-            )
+            button.clicked.connect(lambda *_, name=name: self._act(name))
         self.set_track_button.clicked.connect(self._set_track)
         self.save.clicked.connect(lambda: self.save_labels())  # not with the button state
         self.restore.clicked.connect(self.restore_autosave)
-        self.color_by.changed.connect(
-            lambda f: self.labeller and color_points_by(self.labeller.layer, f)
-        )
+        self.color_by.changed.connect(self._color_by)
         self.names.changed.connect(self._show_names)
         self.suggest.clicked.connect(self.start_suggestions)
         self.suggested.changed.connect(self._go_to_suggestion)
@@ -203,15 +207,17 @@ class LabelWidget(Container):
         if layer is None or (self.labeller is not None and self.labeller.layer is layer):
             return
         self._unbind()
-        self.session = self._projects.of_layer(layer)
-        self.session.changed.connect(self._refresh)
-        self.labeller = Labeller(self._viewer, layer, on_edit=self.session.mark_edited)
-        self.labeller.changed.connect(self._refresh)
+        session = self._projects.of_layer(layer)
+        assert session is not None  # ``Projects`` opens a session for every pose layer added
+        self.session = session
+        session.changed.connect(self._refresh)
+        self.labeller = labeller = Labeller(self._viewer, layer, on_edit=session.mark_edited)
+        labeller.changed.connect(self._refresh)
         self._viewer.layers.selection.active = layer
         self.node.reset_choices()
         self.track.reset_choices()
         self.suggested.reset_choices()
-        recovery = self.session.recovery()
+        recovery = session.recovery()
         self.restore.visible = recovery is not None
         if recovery is not None:
             stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(recovery.stat().st_mtime))
@@ -235,14 +241,30 @@ class LabelWidget(Container):
         self.layer.value = layer
         # The skeleton edges layer was added last and is active: clicks would go to it.
         self._viewer.layers.selection.active = layer
-        self.labeller.set_mode("label")
+        labeller = self.labeller
+        assert labeller is not None  # choosing the new layer bound it
+        labeller.set_mode("label")
         self.sections["start"].collapse(animate=False)
 
     # ------------------------------------------------------------------ actions
+    def _mode_picked(self, mode: Mode) -> None:
+        if self.labeller is not None:
+            self.labeller.set_mode(mode)
+
+    def _act(self, action: str) -> None:
+        """Run the ``Labeller`` method of a button (``new_instance``, ``undo``...)."""
+        if self.labeller is not None:
+            getattr(self.labeller, action)()
+
+    def _color_by(self, feature: str) -> None:
+        if self.labeller is not None:
+            color_points_by(self.labeller.layer, feature)
+
     def _node_picked(self, name: str | None) -> None:
         labeller = self.labeller
-        known = labeller is not None and name in labeller.node_names
-        if known and labeller.node_names.index(name) != labeller.node:
+        if labeller is None or name is None or name not in labeller.node_names:
+            return
+        if labeller.node_names.index(name) != labeller.node:
             labeller.set_node(name)
 
     def _set_track(self) -> None:
@@ -266,9 +288,16 @@ class LabelWidget(Container):
         named = [l for l in images if layer.name.startswith(l.name + " ")]
         return (named or images or [None])[0]
 
-    def start_suggestions(self):
-        """Compute frame suggestions in a worker thread; progress shows in the dock."""
-        labeller = self.labeller
+    def start_suggestions(self) -> GeneratorWorker | None:
+        """Compute frame suggestions in a worker thread; progress shows in the dock.
+
+        They go to the project they were computed for, even if the dock is bound to another
+        layer by the time they are ready.
+        """
+        labeller, session = self.labeller, self.session
+        if labeller is None or session is None:
+            show_warning("no labels layer: open a project or start labelling an image")
+            return None
         binding = labeller.binding
         image = self._image_of(labeller.layer)
         n_frames = int(np.prod(binding.plane_shape))
@@ -288,20 +317,19 @@ class LabelWidget(Container):
         worker = work()
         self.progress.visible = True
         worker.yielded.connect(self._progressed)
-        worker.returned.connect(self._suggested)
+        worker.returned.connect(functools.partial(self._suggested, binding, session))
         worker.start()
         return worker
 
     def _progressed(self, progress: tuple[int, int]) -> None:
         self.progress.max, self.progress.value = progress[1], progress[0]
 
-    def _suggested(self, frames: np.ndarray) -> None:
-        binding = self.labeller.binding
+    def _suggested(self, binding: PoseBinding, session: ProjectSession, frames: np.ndarray) -> None:
         video = binding.labels.videos[binding.video]
         sg.merge_suggestions(binding.labels, sg.to_suggestions(frames, video))
         self.progress.visible = False
         self.suggested.reset_choices()
-        self.session.mark_edited()
+        session.mark_edited()
 
     def _go_to_suggestion(self, frame: int | None) -> None:
         if self.labeller is not None and frame is not None:
@@ -309,15 +337,21 @@ class LabelWidget(Container):
 
     def restore_autosave(self) -> None:
         """Replace the project's layers by the newer autosave; saving then writes the file."""
-        session, binding = self.session, self.labeller.binding
-        labels = load_labels(session.recovery(), lazy=False)
+        session, labeller = self.session, self.labeller
+        recovery = session.recovery() if session is not None else None
+        if labeller is None or session is None or recovery is None:
+            return  # the button shows only while the bound project has a newer autosave
+        binding = labeller.binding
+        labels = load_labels(recovery, lazy=False)
         labels.provenance["filename"] = str(session.path) if session.path else None
         self._unbind()
         for old in session.layers():
             self._viewer.layers.remove(old)
         for data, kwargs, kind in labels_to_layers(labels, plane_shapes={0: binding.plane_shape}):
             getattr(self._viewer, f"add_{kind}")(data, **kwargs)
-        self._projects.of(labels).mark_edited()  # the restored labels are not in the file yet
+        restored = self._projects.of(labels)
+        assert restored is not None  # adding its layers opened it
+        restored.mark_edited()  # the restored labels are not in the file yet
         self.restore.visible = False
 
     @property
@@ -337,8 +371,8 @@ class LabelWidget(Container):
         return save_session(self.session, path)
 
     def _refresh(self, event=None) -> None:
-        labeller = self.labeller
-        if labeller is None:
+        labeller, session = self.labeller, self.session  # bound together
+        if labeller is None or session is None:
             self.status.value = "no labels layer: open a project or start one on an image"
             return
         self.mode.value = labeller.mode
@@ -348,6 +382,6 @@ class LabelWidget(Container):
         marks = " ".join(("✓" if i in placed else "·") + name
                          for i, name in enumerate(labeller.node_names))  # fmt: skip
         status = f"#{labeller.instance}: {len(placed)}/{labeller.n_nodes} placed\n{marks}"
-        error = self.session.autosaver.last_error
-        saved = "unsaved edits" if self.session.dirty else "saved"
+        error = session.autosaver.last_error
+        saved = "unsaved edits" if session.dirty else "saved"
         self.status.value = f"{status}\n{error or saved}"

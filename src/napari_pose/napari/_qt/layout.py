@@ -34,7 +34,7 @@ def scrolling(dock: Container) -> Container:
     area and still forces the window taller than the screen (magicgui #431). The body's scroll
     area is put in the dock's own layout instead, where napari shows it.
     """
-    body = Container(scrollable=True)
+    body: Container = Container(scrollable=True)
     body.margins = (0, 0, 0, 0)
     dock.margins = (0, 0, 0, 0)
     dock.native.layout().addWidget(body.root_native_widget)

@@ -28,6 +28,7 @@ import napari
 import napari.viewer
 import numpy as np
 import sleap_io as sio
+from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -39,6 +40,7 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )  # fmt: skip
+from magicgui.widgets.bases import CategoricalWidget
 from napari.layers import Image, Points
 from napari.qt.threading import GeneratorWorker, thread_worker
 from napari.utils.notifications import show_error
@@ -198,7 +200,8 @@ def confidence_map_arrays(predictor: Predictor, image: Image) -> dict[str, da.Ar
 
 def _chosen(edit: FileEdit) -> Path | None:
     """The path in a file field, or ``None`` while it is empty (magicgui shows ``.``)."""
-    return None if str(edit.value) in ("", ".") else Path(edit.value)
+    value = edit.value  # a Path: these fields choose one file or folder, never several
+    return value if isinstance(value, Path) and str(value) not in ("", ".") else None
 
 
 def _folder_stamp(folder: Path) -> float | None:
@@ -241,7 +244,7 @@ class PredictWidget(Container):
         super().__init__()
         self._viewer = viewer
         attach(viewer)
-        self.model = FileEdit(label="model folder", mode="d")
+        self.model = FileEdit(label="model folder", mode=FileDialogMode.EXISTING_DIRECTORY)
         self.image = ComboBox(label="image", choices=self._image_choices)
         self.frames = ComboBox(label="frames", choices=FRAME_CHOICES)
         self.first = SpinBox(label="from frame", value=0, min=0, max=10**9, visible=False)
@@ -258,7 +261,9 @@ class PredictWidget(Container):
         self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
         self.status = Label(label="status", value="")
         self.status.native.setWordWrap(True)  # a long message wraps rather than widens the dock
-        self.save_path = FileEdit(label="save to", mode="w", filter="*.slp")
+        self.save_path = FileEdit(
+            label="save to", mode=FileDialogMode.OPTIONAL_FILE, filter="*.slp"
+        )
         self.save_button = PushButton(label="", text="Save predictions")
         self.merge_button = PushButton(label="", text="Merge into project")
         self.maps_button = PushButton(label="", text="Show confidence maps")
@@ -289,7 +294,7 @@ class PredictWidget(Container):
         """Offer the layers there are now (napari calls this when they change)."""
         self._body.reset_choices()
 
-    def _image_choices(self, _widget: ComboBox | None = None) -> list[tuple[str, Image]]:
+    def _image_choices(self, _widget: CategoricalWidget | None = None) -> list[tuple[str, Image]]:
         return [(l.name, l) for l in self._viewer.layers if isinstance(l, Image)]
 
     def _show_range(self, choice: str) -> None:
@@ -321,7 +326,8 @@ class PredictWidget(Container):
         predictor.config = config
         return predictor
 
-    def _load(self, folder: Path, config: PredictConfig) -> Predictor:
+    def _load_predictor(self, folder: Path, config: PredictConfig) -> Predictor:
+        """The model in ``folder``, loaded once and reused while the folder is unchanged."""
         predictor = self._cached(folder, config) or Predictor.load(folder, config)
         self._cache = (self._key(folder, config), predictor)
         return predictor
@@ -392,7 +398,9 @@ class PredictWidget(Container):
             if self.frames.value in PROJECT_FRAMES:
                 skeleton = (cached.skeleton if cached is not None
                             else load_skeleton(folder / SKELETON_FILE))  # fmt: skip
-                self._check_skeleton(folder, skeleton, project_video(self._viewer, image)[0].labels)
+                found = project_video(self._viewer, image)
+                assert found is not None  # ``_frames`` found the project's frames above
+                self._check_skeleton(folder, skeleton, found[0])
         except ValueError as error:  # PoseFileError too: a model folder without a skeleton
             show_error(str(error))
             return
@@ -419,6 +427,7 @@ class PredictWidget(Container):
     def _add_batch(self, batch: Batch) -> None:
         predictor, indices, predictions = batch
         run = self._run
+        assert run is not None  # set by start() before its worker yields
         if run.layer is None:
             self._cache = (self._key(run.model, predictor.config), predictor)
             run.layer, run.kept = self._predictions_layer(run, predictor.skeleton)
@@ -436,6 +445,7 @@ class PredictWidget(Container):
 
     def _finished(self) -> None:
         run, self._run, self.worker = self._run, None, None
+        assert run is not None  # set by start() before its worker runs
         if run.layer is not None:
             self._draw(run)
             if self.track_box.value:
@@ -495,11 +505,12 @@ class PredictWidget(Container):
 
     def _draw(self, run: _Run) -> None:
         """Show everything predicted so far (and what the layer kept) in the predictions layer."""
-        layer = run.layer
+        layer, kept = run.layer, run.kept
+        assert layer is not None and kept is not None  # set with the run's first batch
         binding: PoseBinding = layer.metadata[POSE_KEY]
         new = predictions_to_arrays(binding.arrays.skeleton, binding.labels.videos,
                                     [(binding.video, f, p) for f, p in run.results])  # fmt: skip
-        binding.arrays = replace_frames(run.kept, new)
+        binding.arrays = replace_frames(kept, new)
         self._show(layer, binding)
         run.drawn_at = time.monotonic()
 
@@ -559,14 +570,14 @@ class PredictWidget(Container):
         own layer goes. Layers are rewritten with their data events blocked, so the merge is
         reported to the project's session, which autosaves it and guards it on closing.
         """
-        layer = self.predictions_layer
+        layer, origin = self.predictions_layer, self._origin  # set and cleared together
         if self.worker is not None:
             show_error("wait for the run to end, or cancel it, before merging")
             return False
-        if layer is None or layer not in self._viewer.layers:
+        if layer is None or origin is None or layer not in self._viewer.layers:
             show_error("nothing to merge: predict some frames first")
             return False
-        image, model = self._origin
+        image, model = origin
         found = project_video(self._viewer, image)
         if found is None:
             show_error(f"no open pose project labels {image.name!r}; open it first or Save "
@@ -576,7 +587,7 @@ class PredictWidget(Container):
         labels = session.labels
         predictions = layer.metadata[POSE_KEY].merged(layer.data, layer.features)
         try:
-            self._check_skeleton(model, predictions.skeleton, labels)
+            self._check_skeleton(model, predictions.skeleton, session)
         except ValueError as error:
             show_error(str(error))
             return False
@@ -595,20 +606,21 @@ class PredictWidget(Container):
         session.mark_edited()
         n_frames = len(np.unique(new.frame))
         self.status.value = (f"merged {len(new)} predicted instances on {n_frames} frames into "
-                             f"{self._project_name(labels)}")  # fmt: skip
+                             f"{self._project_name(session)}")  # fmt: skip
         return True
 
-    def _check_skeleton(self, model: Path, skeleton: sio.Skeleton, labels: sio.Labels) -> None:
+    def _check_skeleton(self, model: Path, skeleton: sio.Skeleton,
+                        session: ProjectSession) -> None:  # fmt: skip
         """Refuse a model whose nodes are not the project's, saying which differ: its
         predictions could not join the project."""
-        problem = skeleton_mismatch(model, skeleton.node_names, self._project_name(labels),
-                                    labels.skeletons[0].node_names)  # fmt: skip
+        problem = skeleton_mismatch(model, skeleton.node_names, self._project_name(session),
+                                    session.labels.skeletons[0].node_names)  # fmt: skip
         if problem is not None:
             raise ValueError(problem)
 
-    def _project_name(self, labels: sio.Labels) -> str:
+    @staticmethod
+    def _project_name(session: ProjectSession) -> str:
         """The project's file, or the name the other docks list it by when it has none yet."""
-        session = projects(self._viewer).of(labels)
         return str(session.path or session.name)
 
     def _project_predictions(self, session: ProjectSession, v: int, image: Image) -> Points:
@@ -636,7 +648,7 @@ class PredictWidget(Container):
         """Add lazy confidence-map layers (PAF magnitudes too for bottom-up models) on the image."""
         try:
             folder, image = self._chosen_model_and_image()
-            predictor = self._load(folder, self._config())
+            predictor = self._load_predictor(folder, self._config())
         except ValueError as error:
             show_error(str(error))
             return []

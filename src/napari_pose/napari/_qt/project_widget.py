@@ -13,6 +13,7 @@ from pathlib import Path
 import napari
 import napari.viewer
 import sleap_io as sio
+from magicgui.types import FileDialogMode
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 
 from napari_pose.core.io import missing_videos
@@ -57,11 +58,14 @@ class ProjectWidget(Container):
         self.project = ComboBox(label="project", choices=self._project_choices)
         self.info = Label(label="contents", value="")
         self.missing = ComboBox(label="missing video", choices=self._missing_choices)
-        self.video_file = FileEdit(label="video file", mode="r")
+        self.video_file = FileEdit(label="video file", mode=FileDialogMode.EXISTING_FILE)
         self.locate = PushButton(label="", text="Use this video")
         self.state = Label(label="state", value="")
         self.save_path = FileEdit(
-            label="save as", mode="w", filter="*.slp *.csv *.h5", nullable=True
+            label="save as",
+            mode=FileDialogMode.OPTIONAL_FILE,
+            filter="*.slp *.csv *.h5",
+            nullable=True,
         )
         self.save = PushButton(label="", text="Save project")
         self._body = scrolling(self)
@@ -134,8 +138,9 @@ class ProjectWidget(Container):
     # ------------------------------------------------------------------ actions
     def use_video(self) -> None:
         """Point the selected missing video at the chosen file and show it."""
-        labels, stored = self.current_labels(), self.missing.value
-        new = Path(self.video_file.value)
+        labels, stored, new = self.current_labels(), self.missing.value, self.video_file.value
+        if labels is None or not isinstance(new, Path):  # no project; mode "r" gives one file
+            return
         video_index = next(i for i, v in enumerate(labels.videos) if stored in _files(v))
         data = video_to_dask(open_video(new))  # fails here, with the file named, if unreadable
         labels.videos[video_index].replace_filename(str(new), open=False)
@@ -159,7 +164,9 @@ class ProjectWidget(Container):
         session = self.session
         if session is None:
             return None
-        saved = save_session(session, self.save_path.value)
+        chosen = self.save_path.value
+        assert not isinstance(chosen, tuple)  # mode "w": one file, or None while empty
+        saved = save_session(session, chosen)
         self.project.reset_choices()
         for name, other in self._projects.listed().items():
             if other is session:

@@ -23,6 +23,7 @@ import attrs
 import napari
 import napari.viewer
 import numpy as np
+import sleap_io as sio
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, PushButton
 from qtpy.QtCore import QLine, QRectF, Qt, QTimer, Signal
 from qtpy.QtGui import QColor, QMouseEvent, QPainter, QPaintEvent, QPalette, QPen
@@ -36,7 +37,7 @@ from napari_pose.napari.labelling import (
     go_to_frame,
     refresh_tracks_layer,
 )
-from napari_pose.napari.session import projects
+from napari_pose.napari.session import ProjectSession, projects
 from napari_pose.napari.sync import attach
 from napari_pose.nn.metrics import compare, match_videos, video_key
 
@@ -69,7 +70,7 @@ class NodeErrorPlot(QWidget):
         self.setMinimumHeight(14 * len(self.names) + 4)
         self.update()
 
-    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 (Qt's name)
+    def paintEvent(self, event: QPaintEvent | None) -> None:  # noqa: N802 (Qt's name)
         if not self.names:
             return
         painter = QPainter(self)
@@ -134,8 +135,8 @@ class SuspicionPlot(QWidget):
         fraction = (x - area.left()) / max(area.width(), 1.0)
         return int(np.clip(round(fraction * max(last, 1)), 0, last))
 
-    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802 (Qt's name)
-        if len(self.values):
+    def mousePressEvent(self, event: QMouseEvent | None) -> None:  # noqa: N802 (Qt's name)
+        if event is not None and len(self.values):
             self.frame_clicked.emit(self.frame_at(event.position().x()))
 
     def _columns(self, area: QRectF) -> tuple[list[QLine], list[QLine]]:
@@ -153,7 +154,7 @@ class SuspicionPlot(QWidget):
         return ([line for line, flag in zip(lines, marked) if not flag],
                 [line for line, flag in zip(lines, marked) if flag])  # fmt: skip
 
-    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 (Qt's name)
+    def paintEvent(self, event: QPaintEvent | None) -> None:  # noqa: N802 (Qt's name)
         painter = QPainter(self)
         area = self._area()
         painter.setPen(self.palette().color(QPalette.ColorRole.WindowText))
@@ -164,7 +165,8 @@ class SuspicionPlot(QWidget):
             self._bars = (area, *self._columns(area))
         for lines, colour in zip(self._bars[1:], ("#4c9be8", "#e8504c"), strict=True):
             painter.setPen(QColor(colour))
-            painter.drawLines(lines)
+            # PyQt6 takes a list of QLine; its stubs list only sip arrays and varargs.
+            painter.drawLines(lines)  # type: ignore[call-overload]
         painter.setPen(QPen(self.palette().color(QPalette.ColorRole.WindowText), 2))
         x = int(self._x(self.current))
         painter.drawLine(x, int(area.top()), x, int(area.bottom()))
@@ -339,6 +341,13 @@ class ProofreadWidget(Container):
     def _binding(self) -> PoseBinding:
         return self.layer.value.metadata[POSE_KEY]
 
+    def _session_of(self, labels: sio.Labels) -> ProjectSession:
+        """The open project ``labels`` belong to (``Projects`` opens one for every pose layer)."""
+        session = self._projects.of(labels)
+        if session is None:
+            raise RuntimeError("these labels belong to no open project")
+        return session
+
     def _arrays(self, layer: napari.layers.Points) -> PoseArrays:
         """Every instance of ``layer`` as it is now (all frames, unsaved edits included)."""
         return layer.metadata[POSE_KEY].merged(layer.data, layer.features)
@@ -359,7 +368,7 @@ class ProofreadWidget(Container):
             self.status.value = "open a tracked pose project first"
             return False
         labels = self._binding().labels
-        layers = self._projects.of(labels).points_layers() if whole_project else [layer]
+        layers = self._session_of(labels).points_layers() if whole_project else [layer]
         before = {other: self._arrays(other) for other in layers}
         try:
             after = {other: edit(arrays) for other, arrays in before.items()}
@@ -396,9 +405,9 @@ class ProofreadWidget(Container):
         finally:
             self._writing = False
         for video in sorted({layer.metadata[POSE_KEY].video for layer in arrays}):
-            refresh_tracks_layer(self._projects.of(labels), video)
+            refresh_tracks_layer(self._session_of(labels), video)
         self._refresh(arrays.get(self.layer.value))
-        self._projects.of(labels).mark_edited()
+        self._session_of(labels).mark_edited()
 
     def swap_from_here(self) -> bool:
         """Exchange tracks A and B on this frame and every later one (this layer)."""
