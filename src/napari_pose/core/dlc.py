@@ -46,7 +46,10 @@ HDF5_SUFFIXES = (".h5", ".hdf5")
 CONFIG_SUFFIXES = (".yaml", ".yml")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: Column level names of single- and multi-animal tables.
-_HEADERS = (("scorer", "bodyparts", "coords"), ("scorer", "individuals", "bodyparts", "coords"))
+_HEADERS: tuple[tuple[str, ...], ...] = (
+    ("scorer", "bodyparts", "coords"),
+    ("scorer", "individuals", "bodyparts", "coords"),
+)
 #: HDF5 key DeepLabCut itself reads and writes CollectedData under.
 _H5_KEY = "df_with_missing"
 #: DLC configs are a few kB; anything much bigger named ``*.yaml`` is not worth parsing to sniff.

@@ -465,12 +465,12 @@ def _temp_beside(path: Path) -> Path:
     return path.with_name(f".{secrets.token_hex(4)}.{path.name}")
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Run ``write`` on a hidden temporary file beside ``path``, then swap it in.
 
     ``os.replace`` is atomic within a folder, so readers see either the old or the new file.
     The temporary name keeps ``path``'s full name at its end so extension-sniffing writers
-    behave the same.
+    behave the same. Whatever ``write`` returns (``Path.write_text``'s count) is ignored.
     """
     tmp = _temp_beside(path)
     try:

@@ -200,6 +200,8 @@ class VideoReader(FrameReader):
         VideoFileError: The file is missing, not a video, or truncated.
     """
 
+    _next: int | None  # index of the frame the decoder gives next; None: unknown, seek first
+
     def __init__(
         self,
         path: str | Path,
@@ -275,14 +277,15 @@ class VideoReader(FrameReader):
     def read_block(self, start: int, stop: int) -> np.ndarray:
         """Frames ``start`` to ``stop - 1`` in one forward pass of the decoder."""
         self._check_block(start, stop)
-        frames = [self._cache.get(i) for i in range(start, stop)]
-        missing = [i for i, frame in enumerate(frames) if frame is None]
+        cached = [self._cache.get(i) for i in range(start, stop)]
+        missing = [i for i, frame in enumerate(cached) if frame is None]
+        decoded: dict[int, np.ndarray] = {}
         if missing:
             with self._foreground():
                 for k in missing:
-                    frames[k] = self._decode_until(start + k)
+                    decoded[k] = self._decode_until(start + k)
         self._request_prefetch(stop)
-        return np.stack(frames)
+        return np.stack([decoded[k] if frame is None else frame for k, frame in enumerate(cached)])
 
     def close(self) -> None:
         """Stop the prefetch thread and close the file (also done on garbage collection)."""
@@ -330,8 +333,10 @@ class VideoReader(FrameReader):
         ours, such as an open-GOP frame from before the keyframe just sought to.
         """
         keyframe = self._keyframe_before(target)
-        if self._next is None or not keyframe <= self._next <= target:
+        expected = self._next  # index of the frame the decoder gives next, when known
+        if expected is None or not keyframe <= expected <= target:
             self._seek(keyframe)
+            expected = keyframe
         # Frames well before the target are only decoded for the frames that refer to them:
         # the decoder may drop those no frame refers to (B-frames, most of an H.264 GOP).
         self._skip_before[0] = int(self._pts[max(target - _KEEP_BEHIND, 0)])
@@ -342,7 +347,7 @@ class VideoReader(FrameReader):
                 self.path, f"frame {target} cannot be decoded: the video ends before it"
             )
         index = self._index_of(frame.pts)
-        if index < self._next:
+        if index < expected:
             return -1, None
         self._next = index + 1
         if index < target - _KEEP_BEHIND:  # passing through on a seek: no need for its pixels
@@ -379,15 +384,15 @@ class VideoReader(FrameReader):
 
     def _build_index(self) -> tuple[np.ndarray, np.ndarray]:
         """Sorted frame timestamps and keyframe indices, read from packets without decoding."""
-        pts, keyframe, n_packets = [], [], 0
+        stamps, keyframe, n_packets = [], [], 0
         for packet in self._container.demux(self._stream):
             if packet.pts is None:  # the empty packet that flushes the decoder
                 continue
             n_packets += 1
             if not packet.is_discard:  # edit-list packets that are decoded but never shown
-                pts.append(packet.pts)
+                stamps.append(packet.pts)
                 keyframe.append(packet.is_keyframe)
-        if not pts:
+        if not stamps:
             raise VideoFileError(self.path, "the video has no frames")
         if n_packets < self._stream.frames:
             raise VideoFileError(
@@ -395,7 +400,7 @@ class VideoReader(FrameReader):
                 f"truncated video: the header lists {self._stream.frames} frames "
                 f"but only {n_packets} are in the file",
             )
-        pts = np.asarray(pts, dtype=np.int64)
+        pts = np.asarray(stamps, dtype=np.int64)
         order = np.argsort(pts, kind="stable")
         return pts[order], np.flatnonzero(np.asarray(keyframe)[order])
 
@@ -475,9 +480,10 @@ def _prefetch_loop(reader_ref: weakref.ref[VideoReader], state: _PrefetchState) 
         with state.condition:
             while state.request is None and not state.closed:
                 state.condition.wait()
-            if state.closed:
+            request = state.request
+            if state.closed or request is None:  # the wait ends on a request or on closing
                 return
-            (start, stop), state.request = state.request, None
+            (start, stop), state.request = request, None
             generation = state.generation
         reader = reader_ref()
         if reader is None:
@@ -512,7 +518,9 @@ def _to_gray(frame: av.VideoFrame) -> np.ndarray:
     """
     if frame.format.name in _YUV8:
         plane = frame.planes[0]
-        luma = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)
+        # A plane is a buffer; PyAV's stubs do not declare the buffer protocol.
+        pixels = np.frombuffer(plane, np.uint8)  # type: ignore[call-overload]
+        luma = pixels.reshape(frame.height, plane.line_size)
         luma = luma[:, : frame.width]
         full_range = frame.format.name.startswith("yuvj") or frame.color_range == _JPEG_RANGE
         return luma.copy() if full_range else np.take(_LIMITED_TO_FULL, luma)  # 2x faster than []
