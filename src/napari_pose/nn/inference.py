@@ -15,10 +15,10 @@ import collections
 import queue
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import attrs
 import numpy as np
@@ -28,7 +28,6 @@ import torch
 from napari_pose.core.errors import PoseWarning, VideoFileError
 from napari_pose.core.pose_arrays import PoseArrays, arrays_to_labels
 from napari_pose.core.stacks import to_uint8
-from napari_pose.core.video import FrameReader
 from napari_pose.nn.augment import warp
 from napari_pose.nn.data import crop_matrices
 from napari_pose.nn.package import ModelPackage, load_package
@@ -195,7 +194,7 @@ class Predictor:
         Values are the models' raw outputs (about ``[0, 1]``)."""
         frames = self.check_frames(frames)
         batch = frames_to_tensor(frames, self.device)
-        size = tuple(batch.shape[-2:])
+        size = (int(batch.shape[-2]), int(batch.shape[-1]))
         models, stages = self.package.models, self.package.stages
         kind = "centroid" if self.package.pipeline == "topdown" else next(iter(stages))
         inputs, to_input = frame_inputs(batch, stages[kind])
@@ -255,7 +254,16 @@ def _filter(prediction: FramePrediction, min_score: float) -> FramePrediction:
 DECODER_THREAD = "napari-pose video decoder"
 
 
-def _decode_ahead(reader: FrameReader, frames: Sequence[int], batch_size: int,
+class Frames(Protocol):
+    """What ``predict_video`` reads frames from: a ``FrameReader`` (a video file), or any
+    sequence of same-sized frames such as an image layer's planes."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> np.ndarray: ...
+
+
+def _decode_ahead(reader: Frames, frames: Sequence[int], batch_size: int,
                   out: queue.Queue, stop: threading.Event,
                   skipped: list[tuple[int, VideoFileError]]) -> None:  # fmt: skip
     """Background decoder: put ``(indices, frames)`` batches on ``out``, then ``None``.
@@ -292,11 +300,11 @@ def _describe_frames(frames: Sequence[int], most: int = 10) -> str:
 
 def predict_video(
     predictor: Predictor,
-    reader: FrameReader,
+    reader: Frames,
     frames: Sequence[int] | None = None,
     *,
     prefetch: int = 2,
-) -> Iterator[tuple[np.ndarray, list[FramePrediction]]]:
+) -> Generator[tuple[np.ndarray, list[FramePrediction]], None, None]:
     """Predict ``frames`` (default: all) of a video, yielding ``(frame indices, predictions)``
     per batch in order. A decoder thread keeps up to ``prefetch`` batches ready; closing the
     generator stops it.
@@ -371,7 +379,7 @@ def predictions_to_arrays(
         predicted=np.ones(n, bool),
         score=np.concatenate([p.scores for _, _, p in results]).astype(np.float32),
         xy=xy,
-        visible=np.isfinite(xy).all(axis=-1),
+        visible=np.all(np.isfinite(xy), axis=-1),
         complete=np.zeros((n, len(skeleton.nodes)), bool),
         point_score=np.concatenate([p.point_scores for _, _, p in results]).astype(np.float32),
     )

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Any, TypeVar
 
 import attrs
 import numpy as np
@@ -40,7 +41,9 @@ RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 #: Pixel radii of the PCK (percentage of correct keypoints) figures.
 PCK_RADII_PX = (2, 5, 10)
 
-FrameKey = Hashable
+#: A frame's key, the same in the ground truth and the predictions compared: ``(video,
+#: frame index)`` (``labels_to_frames``) or a plain index.
+FrameKey = TypeVar("FrameKey", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ def instance_area(points: np.ndarray, visible: np.ndarray) -> np.ndarray:
     An instance with no visible node gets area 0; its OKS is 0 anyway (nothing to compare).
     """
     masked = np.where(visible[..., None], points, np.nan)
-    has_any = visible.any(axis=-1)
+    has_any = np.any(visible, axis=-1)
     safe = np.where(has_any[:, None, None], masked, 0.0)  # all-NaN rows would warn in nanmax
     extent = np.nanmax(safe, axis=-2) - np.nanmin(safe, axis=-2)
     return np.where(has_any, extent.prod(axis=-1), 0.0)
@@ -379,7 +382,7 @@ def frame_oks(
 
 
 def compare(gt: PoseArrays, pred: PoseArrays, predicted_frames_only: bool = True
-            ) -> tuple[dict[str, float | int | list[float]], dict[FrameKey, float]]:  # fmt: skip
+            ) -> tuple[dict[str, Any], dict[tuple[str, int], float]]:  # fmt: skip
     """Accuracy (``evaluate``), identity (``identity_metrics``, when both are tracked) and
     per-frame OKS (``frame_oks``) of predictions against user-labelled ground truth.
 
@@ -406,7 +409,7 @@ def compare(gt: PoseArrays, pred: PoseArrays, predicted_frames_only: bool = True
     # be told from one not predicted: compare the frames that have predictions, if any.
     if predicted_frames_only:
         gt_frames = {k: v for k, v in gt_frames.items() if k in pred_frames} or gt_frames
-    metrics = evaluate(gt_frames, pred_frames)
+    metrics: dict[str, Any] = evaluate(gt_frames, pred_frames)  # and node names, below
     metrics.update(nodes=nodes, n_gt_frames=n_gt_frames, n_pred_frames=n_pred_frames,
                    n_matched_frames=n_matched)  # fmt: skip
     if (gt.track >= 0).any() and (pred.track >= 0).any():

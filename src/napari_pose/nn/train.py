@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -269,7 +269,7 @@ class _Clock:
         now = time.monotonic()
         return now + part * max(self.deadline - now, 0.0)
 
-    def fraction(self, kinds: list[str], index: int, done: int, total: int) -> float:
+    def fraction(self, kinds: Sequence[str], index: int, done: int, total: int) -> float:
         """Overall progress: by time under a time limit, else by steps (``done`` of
         ``total`` in stage ``index``), each stage weighted by its share of a time budget."""
         if self.seconds is not None:
@@ -287,7 +287,10 @@ class _StageRun:
         torch.manual_seed(config.seed + index)
         self.stage = stage
         self.device = device
-        self.model = build_model(stage.model).to(device).to(memory_format=torch.channels_last)
+        model = build_model(stage.model).to(device)
+        # torch's stubs leave out ``Module.to``'s documented ``memory_format`` keyword.
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.model = model
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
@@ -567,7 +570,7 @@ def train(
     }
     package.write_skeleton(out, data.skeleton)
     package.write_config(out, record)
-    log = package.read_log(out) if resume else []
+    log: list[dict[str, Any]] = package.read_log(out) if resume else []
 
     def checkpoint(run: _StageRun, kind: str) -> None:
         """Save ``run`` to resume from, and the time spent so far (a resumed run's limit)."""
@@ -646,7 +649,8 @@ def train(
                 break
             began = time.monotonic()
             first = run.val_frames is None
-            scored = val_data if first else val_data.subset(np.arange(run.val_frames))
+            scored = (val_data if run.val_frames is None
+                      else val_data.subset(np.arange(run.val_frames)))  # fmt: skip
             val_loss, metrics, n = validate_stage(
                 run, scored, data.max_instances, config.batch_size,
                 until=began + val_cap if first and val_cap is not None else None,
