@@ -322,15 +322,16 @@ def _stack_planes(videos, axes: str | None) -> dict[int, tuple[tuple[int, ...], 
     it recorded before, else the file's; ``record_axes``), so the labels saved with it open on
     the same planes. Opening a stack reads its tags only; with ``axes`` every video goes to
     ``open_video``, so axes that do not fit, or a non-TIFF input, fail before predicting."""
-    from napari_pose.core.stacks import record_axes
+    from napari_pose.core.stacks import StackPlaneReader, record_axes
     from napari_pose.core.video import is_stack_file, open_video
 
     planes = {}
     for i, video in enumerate(videos):
         if is_stack_file(video.filename) or axes is not None:
             with open_video(video, axes=axes) as reader:
-                planes[i] = (reader.plane_shape, reader.plane_axes)
-                record_axes(video, reader)
+                if isinstance(reader, StackPlaneReader):  # not a folder that is named *.tif
+                    planes[i] = (reader.plane_shape, reader.plane_axes)
+                    record_axes(video, reader)
     return planes
 
 

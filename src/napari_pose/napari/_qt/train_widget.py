@@ -15,6 +15,7 @@ from pathlib import Path
 import napari
 import napari.viewer
 import sleap_io as sio
+from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     ComboBox,
     Container,
@@ -25,6 +26,7 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )  # fmt: skip
+from magicgui.widgets.bases import CategoricalWidget
 from napari.qt.threading import GeneratorWorker, thread_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QPointF, QRectF, Qt
@@ -75,7 +77,7 @@ class LossPlot(QWidget):
         self.val_error.append(error)
         self.update()
 
-    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 (Qt's name)
+    def paintEvent(self, event: QPaintEvent | None) -> None:  # noqa: N802 (Qt's name)
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         text = self.palette().color(QPalette.ColorRole.WindowText)
@@ -136,7 +138,7 @@ class TrainWidget(Container):
         self._viewer = viewer
         self._projects = projects(viewer)
         self.project = ComboBox(label="project", choices=self._project_choices)
-        self.labels_file = FileEdit(label="or labels file", mode="r",
+        self.labels_file = FileEdit(label="or labels file", mode=FileDialogMode.EXISTING_FILE,
                                     filter="*.slp *.h5 *.csv *.yaml")  # fmt: skip
         self.pipeline = ComboBox(label="pipeline", choices=PIPELINE_CHOICES)
         self.preset = ComboBox(label="model size", choices=["small", "medium", "large"])
@@ -144,7 +146,7 @@ class TrainWidget(Container):
                                        min=0, max=100_000)  # fmt: skip
         self.epochs = SpinBox(label="at most epochs", value=200, min=1, max=100_000)
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"])
-        self.output = FileEdit(label="output folder", mode="d")
+        self.output = FileEdit(label="output folder", mode=FileDialogMode.EXISTING_DIRECTORY)
         self.start_button = PushButton(label="", text="Start")
         self.cancel_button = PushButton(label="", text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
@@ -166,13 +168,14 @@ class TrainWidget(Container):
         viewer.layers.events.inserted.connect(self.project.reset_choices)
         viewer.layers.events.removed.connect(self.project.reset_choices)
 
-    def _project_choices(self, _widget: ComboBox | None = None) -> list[str]:
+    def _project_choices(self, _widget: CategoricalWidget | None = None) -> list[str]:
         return list(self._projects.listed())
 
     @staticmethod
     def _chosen(edit: FileEdit) -> Path | None:
         """The path in a file field, or ``None`` while it is empty (magicgui shows ``.``)."""
-        return None if str(edit.value) in ("", ".") else Path(edit.value)
+        value = edit.value  # a Path: these fields choose one file or folder, never several
+        return value if isinstance(value, Path) and str(value) not in ("", ".") else None
 
     def start(self) -> None:
         """Start training with the chosen labels and settings (what the Start button does)."""
@@ -181,14 +184,16 @@ class TrainWidget(Container):
         if out is None:
             show_error("choose an output folder for the model")
             return
-        if labels_file is None and project is None:
-            show_error("open a pose project or choose a labels file to train on")
-            return
+        source: Path | sio.Labels
+        labels_path: str | None
         if labels_file is not None:
             source, labels_path = labels_file, str(labels_file)
-        else:  # the layers' current state, unsaved edits included
+        elif project is not None:  # the layers' current state, unsaved edits included
             source = project.current()
             labels_path = None if project.path is None else str(project.path)
+        else:
+            show_error("open a pose project or choose a labels file to train on")
+            return
         config = TrainConfig(
             pipeline=None if self.pipeline.value == "auto" else self.pipeline.value,
             preset=self.preset.value,
@@ -235,7 +240,9 @@ class TrainWidget(Container):
         """The outcome for the results field: the validation figures (or, when the model found
         no animal, what to do), or where to resume a run that did not finish."""
         if progress.stage == "done":
-            return f"{summarise(progress.validation)}\nmodel: {self._out}"
+            validation = progress.validation
+            assert validation is not None  # a finished run always reports its figures
+            return f"{summarise(validation)}\nmodel: {self._out}"
         return (f"{progress.stage}: resumable model in {self._out}\n"
                 f"resume it with: napari-pose train LABELS -o {self._out} --resume")  # fmt: skip
 
