@@ -35,6 +35,7 @@ DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 def _open_in_viewer(path: str, windowed: bool) -> dict:
     """Child process: open ``path`` into a viewer, report seconds and peak memory gained."""
     import napari
+
     from napari_pose.napari import convert
     from napari_pose.napari._reader import read_labels
 

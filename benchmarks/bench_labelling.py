@@ -36,9 +36,9 @@ def _timed(app, action, paint: bool) -> float:
 
 
 def bench_project(path: Path, label: str, n: int = 60) -> None:
+    import napari
     from qtpy.QtWidgets import QApplication
 
-    import napari
     from napari_pose.napari.labelling import Labeller, user_label_layers
 
     viewer = napari.Viewer()
