@@ -39,7 +39,7 @@ from napari.utils.notifications import show_warning
 from napari_pose.core import suggestions as sg
 from napari_pose.core.io import load_labels
 from napari_pose.core.skeleton import TEMPLATES, load_skeleton
-from napari_pose.napari._qt.layout import collapsible, fixed_lines, scrolling
+from napari_pose.napari._qt.layout import ScrollingDock, collapsible, fixed_lines
 from napari_pose.napari._qt.services import save_session
 from napari_pose.napari.convert import (
     POSE_KEY,
@@ -82,7 +82,7 @@ def color_points_by(layer: napari.layers.Points, feature: str) -> None:
     layer.face_color_mode = "cycle"
 
 
-class LabelWidget(Container):
+class LabelWidget(ScrollingDock):
     """Label keypoints: nodes in order, instances, occlusion, tracks, copy, undo, save."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -130,7 +130,7 @@ class LabelWidget(Container):
                 for i in range(0, len(action_buttons), 2)]  # fmt: skip
         for row in rows:
             row.margins = (0, 0, 0, 0)
-        self._body = body = scrolling(self)
+        body = self.body
         body.extend([self.layer, self.mode, self.node, self.status, *rows, self.suggested,
                      self.save, self.restore])  # fmt: skip
         self.sections = {
@@ -162,10 +162,6 @@ class LabelWidget(Container):
         self._reset_choices()
 
     # ------------------------------------------------------------------ choices
-    def reset_choices(self, *_: object) -> None:
-        """napari resets a dock's choices on layer changes: pass it on to the scrolling body."""
-        super().reset_choices()
-        self._body.reset_choices()
 
     def _layer_choices(self, _=None) -> list[tuple[str, napari.layers.Points]]:
         return [(layer.name, layer) for layer in user_label_layers(self._viewer)]

@@ -51,3 +51,19 @@ def fixed_lines(label: Label, lines: int) -> None:
     native.setWordWrap(True)
     native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
     native.setFixedHeight(native.fontMetrics().lineSpacing() * lines + 4)
+
+
+class ScrollingDock(Container):
+    """A dock whose widgets go in :attr:`body`, which scrolls (see :func:`scrolling`).
+
+    napari resets a dock's choices when layers change; the dock passes that on to its body,
+    where its combo boxes are.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = scrolling(self)
+
+    def reset_choices(self, *_: object) -> None:
+        super().reset_choices()
+        self.body.reset_choices()

@@ -32,7 +32,6 @@ from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FileEdit,
     Label,
     LineEdit,
@@ -49,7 +48,7 @@ from napari_pose.core.io import save_labels
 from napari_pose.core.labelling import PointTable, next_instance_id
 from napari_pose.core.pose_arrays import PoseArrays, replace_frames
 from napari_pose.core.skeleton import load_skeleton
-from napari_pose.napari._qt.layout import scrolling
+from napari_pose.napari._qt.layout import ScrollingDock
 from napari_pose.napari.convert import (
     EDGES_KEY,
     POSE_KEY,
@@ -237,7 +236,7 @@ class _Run:
     drawn_at: float = 0.0
 
 
-class PredictWidget(Container):
+class PredictWidget(ScrollingDock):
     """Predict poses on frames of an image layer with a trained model, and look inside it."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -267,7 +266,7 @@ class PredictWidget(Container):
         self.save_button = PushButton(label="", text="Save predictions")
         self.merge_button = PushButton(label="", text="Merge into project")
         self.maps_button = PushButton(label="", text="Show confidence maps")
-        self._body = body = scrolling(self)
+        body = self.body
         body.extend([self.model, self.image, self.frames, self.first, self.last, self.batch_size,
                      self.device, self.track_box, self.max_tracks, self.plane_axes,
                      self.start_button,
@@ -289,10 +288,6 @@ class PredictWidget(Container):
         self.maps_button.clicked.connect(self.show_confidence_maps)
         viewer.layers.events.inserted.connect(self.image.reset_choices)
         viewer.layers.events.removed.connect(self.image.reset_choices)
-
-    def reset_choices(self, *_: object) -> None:
-        """Offer the layers there are now (napari calls this when they change)."""
-        self._body.reset_choices()
 
     def _image_choices(self, _widget: CategoricalWidget | None = None) -> list[tuple[str, Image]]:
         return [(l.name, l) for l in self._viewer.layers if isinstance(l, Image)]

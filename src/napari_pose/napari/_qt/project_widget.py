@@ -14,11 +14,11 @@ import napari
 import napari.viewer
 import sleap_io as sio
 from magicgui.types import FileDialogMode
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
+from magicgui.widgets import ComboBox, FileEdit, Label, PushButton
 
 from napari_pose.core.io import missing_videos
 from napari_pose.core.video import open_video, video_to_dask
-from napari_pose.napari._qt.layout import fixed_lines, scrolling
+from napari_pose.napari._qt.layout import ScrollingDock, fixed_lines
 from napari_pose.napari._qt.services import save_session
 from napari_pose.napari.convert import video_name
 from napari_pose.napari.session import ProjectSession, projects
@@ -48,7 +48,7 @@ def _files(video: sio.Video) -> list[str]:
     return video.filename if isinstance(video.filename, list) else [video.filename]
 
 
-class ProjectWidget(Container):
+class ProjectWidget(ScrollingDock):
     """Pick an open project, see its contents, locate missing videos, save it."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -68,8 +68,7 @@ class ProjectWidget(Container):
             nullable=True,
         )
         self.save = PushButton(label="", text="Save project")
-        self._body = scrolling(self)
-        self._body.extend(
+        self.body.extend(
             [self.project, self.info, self.missing, self.video_file, self.locate, self.state,
              self.save_path, self.save]
         )  # fmt: skip
@@ -84,10 +83,6 @@ class ProjectWidget(Container):
         self._reset()
 
     # ------------------------------------------------------------------ state shown
-    def reset_choices(self, *_: object) -> None:
-        """napari resets a dock's choices on layer changes: pass it on to the scrolling body."""
-        super().reset_choices()
-        self._body.reset_choices()
 
     def _project_choices(self, _widget=None) -> list[str]:
         return list(self._projects.listed())

@@ -24,14 +24,14 @@ import napari
 import napari.viewer
 import numpy as np
 import sleap_io as sio
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Label, LineEdit, PushButton
 from qtpy.QtCore import QLine, QRectF, Qt, QTimer, Signal
 from qtpy.QtGui import QColor, QMouseEvent, QPainter, QPaintEvent, QPalette, QPen
 from qtpy.QtWidgets import QWidget
 
 from napari_pose.core import proofreading as pr
 from napari_pose.core.pose_arrays import PoseArrays, labels_to_arrays
-from napari_pose.napari._qt.layout import scrolling
+from napari_pose.napari._qt.layout import ScrollingDock
 from napari_pose.napari.convert import POSE_KEY, PoseBinding, arrays_to_points, track_colors
 from napari_pose.napari.labelling import (
     go_to_frame,
@@ -180,7 +180,7 @@ class _Step:
     tracks: list
 
 
-class ProofreadWidget(Container):
+class ProofreadWidget(ScrollingDock):
     """Swap, reassign, delete, merge and rename tracks; visit the most suspicious frames."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -216,7 +216,7 @@ class ProofreadWidget(Container):
         self.evaluate_button = PushButton(label="", text="Evaluate")
         self.results = Label(label="", value="")
         self.worst = ComboBox(label="worst frames", choices=[])
-        self._body = body = scrolling(self)
+        body = self.body
         body.extend([self.layer, self.track_a, self.track_b, self.swap, self.set_a, self.onward,
                      self.delete, self.merge, self.new_name, self.rename, self.undo,
                      self.previous, self.next, self.status, self.truth, self.evaluated,
@@ -251,9 +251,6 @@ class ProofreadWidget(Container):
         self._reset_choices()
 
     # ------------------------------------------------------------------ choices
-    def reset_choices(self, *_: object) -> None:
-        """Offer the layers and projects there are now (napari calls this when they change)."""
-        self._body.reset_choices()
 
     def _layer_choices(self, _widget=None) -> list[tuple[str, napari.layers.Points]]:
         return [(layer.name, layer) for layer in pose_layers(self._viewer)]

@@ -14,10 +14,10 @@ import napari
 import napari.viewer
 import sleap_io as sio
 from magicgui.types import FileDialogMode
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton
+from magicgui.widgets import ComboBox, FileEdit, Label, LineEdit, PushButton
 
 from napari_pose.core import skeleton as sk
-from napari_pose.napari._qt.layout import scrolling
+from napari_pose.napari._qt.layout import ScrollingDock
 from napari_pose.napari.convert import POSE_KEY
 from napari_pose.napari.labelling import change_nodes, user_label_layers
 from napari_pose.napari.session import ProjectSession, projects
@@ -31,7 +31,7 @@ def ask(question: str) -> bool:
     return answer == QMessageBox.StandardButton.Yes
 
 
-class SkeletonWidget(Container):
+class SkeletonWidget(ScrollingDock):
     """Nodes, edges and symmetric pairs of the skeleton of the chosen labels layer's project."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -55,8 +55,7 @@ class SkeletonWidget(Container):
             label="skeleton file", mode=FileDialogMode.OPTIONAL_FILE, filter="*.json"
         )
         self.save = PushButton(label="", text="Save skeleton (JSON)")
-        self._body = scrolling(self)
-        self._body.extend([self.layer, self.node, self.node_name, *self.node_buttons.values(),
+        self.body.extend([self.layer, self.node, self.node_name, *self.node_buttons.values(),
                            self.other, *self.pair_buttons.values(), self.info, self.file,
                            self.save])  # fmt: skip
         for action, button in {**self.node_buttons, **self.pair_buttons}.items():
@@ -66,11 +65,6 @@ class SkeletonWidget(Container):
         viewer.layers.events.inserted.connect(self._refresh)
         viewer.layers.events.removed.connect(self._refresh)
         self._refresh()
-
-    def reset_choices(self, *_: object) -> None:
-        """napari resets a dock's choices on layer changes: pass it on to the scrolling body."""
-        super().reset_choices()
-        self._body.reset_choices()
 
     @property
     def session(self) -> ProjectSession | None:
