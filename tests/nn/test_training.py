@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import attrs
 import numpy as np
@@ -212,19 +213,20 @@ def test_stop_event_ends_training_early_and_keeps_the_best_weights(synthetic_pro
 
 
 # ---------------------------------------------------------------- keeping its word
-#: What a time limit may be overrun by besides 10%: one step or one validation batch cannot be
-#: split, and on these tiny models either takes well under 0.2 s; the rest is thread and timer
-#: jitter on a loaded 2-core machine.
+#: What a time limit or a cancel may be overrun by besides 10% and one training step (which
+#: cannot be split, and whose cost is only known once it ran: on a 2-core machine busy with
+#: other work a step of these tiny models took from 0.05 to 4 s): a validation or evaluation
+#: batch of these tiny models and thread and timer jitter.
 SLACK_S = 0.5
 
 
 @pytest.fixture(scope="module")
-def heavy_validation(tmp_path_factory):
+def heavy_validation(tmp_path_factory) -> dict[int, Path]:
     """60 frames of 128 px per animal count: with half held out, validating a tiny model takes
     longer than a few steps, as validation does on real projects with a larger model."""
     folder = tmp_path_factory.mktemp("heavy")
 
-    def project(n_animals: int) -> sio.Labels:
+    def project(n_animals: int) -> Path:
         data = make_synthetic(n_frames=60, size=128, n_animals=n_animals, seed=3)
         write_video(data.frames, folder / f"v{n_animals}.mp4")
         save_labels(to_labels(data, str(folder / f"v{n_animals}.mp4")),
@@ -234,27 +236,41 @@ def heavy_validation(tmp_path_factory):
     return {n: project(n) for n in (1, 2)}
 
 
+def _timed(run) -> tuple[list, float]:
+    """The events of a training run and its longest step (seconds since the event before),
+    the first step aside: its time also holds decoding and model set-up, which the budget
+    plans for."""
+    events, longest, last = [], 0.0, time.monotonic()
+    for event in run:
+        now = time.monotonic()
+        if event.loss is not None and event.validation is None and events[-1].stage != "loading":
+            longest = max(longest, now - last)
+        events.append(event)
+        last = now
+    return events, longest
+
+
 @pytest.mark.parametrize("pipeline", ["single_instance", "topdown"])
 def test_time_limit_holds_with_decoding_validation_and_evaluation(heavy_validation, tmp_path,
                                                                   pipeline):  # fmt: skip
     labels = load_labels(heavy_validation[1 if pipeline == "single_instance" else 2])
     stages = _tiny_stages(labels, pipeline)
-    budget = 4.0
+    budget = 6.0
     config = TrainConfig(pipeline=pipeline, epochs=1000, batch_size=4, val_fraction=0.5,
                          time_limit=budget / 60, device="cpu")  # fmt: skip
     start = time.monotonic()
-    events = list(train(labels, tmp_path / "m", config, stages=stages))
+    events, longest_step = _timed(train(labels, tmp_path / "m", config, stages=stages))
     wall = time.monotonic() - start
-    assert abs(wall - budget) <= 0.1 * budget + SLACK_S, wall
+    assert abs(wall - budget) <= 0.1 * budget + longest_step + SLACK_S, (wall, longest_step)
     assert events[-1].stage == "done" and events[-1].validation is not None
     trained = {e.stage for e in events if e.loss is not None}
     assert trained == set(PIPELINES[pipeline])  # every stage got its share of the time
     assert package.read_config(tmp_path / "m")["complete"]
 
 
-def test_cancel_ends_training_within_a_second_and_stays_resumable(heavy_validation, tmp_path):
+def test_cancel_ends_training_within_a_step_and_stays_resumable(heavy_validation, tmp_path):
     """Cancel comes while steps or validation run (most of the time goes to validation here):
-    either way training ends within a second, says so, and resumes from its checkpoint."""
+    either way training ends within a step, says so, and resumes from its checkpoint."""
     labels = load_labels(heavy_validation[1])
     stages = _tiny_stages(labels, "single_instance")
     config = TrainConfig(pipeline="single_instance", epochs=1000, steps_per_epoch=2,
@@ -267,14 +283,12 @@ def test_cancel_ends_training_within_a_second_and_stays_resumable(heavy_validati
         stop.set()
 
     timer = threading.Timer(1.5, cancel)
-    events = []
-    for event in train(labels, tmp_path / "m", config, stages=stages, stop=stop):
-        if not events:
-            timer.start()
-        events.append(event)
+    timer.start()
+    events, longest_step = _timed(train(labels, tmp_path / "m", config, stages=stages,
+                                        stop=stop))  # fmt: skip
     ended = time.monotonic()
     timer.cancel()
-    assert asked and ended - asked[0] < 1.0, ended - asked[0]
+    assert asked and ended - asked[0] < longest_step + SLACK_S, (ended - asked[0], longest_step)
     assert events[-1].stage == "cancelled" and "cancelled" in events[-1].message
     assert not package.read_config(tmp_path / "m")["complete"]
 

@@ -65,9 +65,13 @@ _TIME_SHARE = {"centroid": 0.25, "centered_instance": 0.75}
 #: Share of a time budget that decoding labelled frames may take: a project too large to decode
 #: in it is trained on the frames decoded by then (it says so), not late.
 _DECODE_SHARE = 0.25
-#: Share of a stage's time its first validation may take; later validations score the same
-#: frames, so their losses compare, and their measured time is kept free at the stage's end.
+#: Share of a stage's time one validation may take (time-limited runs): how many frames that
+#: is, is fixed before the stage's first step, so every validation scores the same frames
+#: (their losses compare) and its time is known and kept free at the end of the stage.
 _VAL_SHARE = 0.1
+#: Time of the final evaluation over that of a validation of every stage: a validation runs
+#: each model twice per frame (loss, then prediction), the evaluation once.
+_EVAL_PER_VAL = 0.5
 #: Fewest steps in an epoch: validation runs after each, and on a small project one pass over
 #: the examples is so short that validating would take a fifth of the time.
 _MIN_STEPS = 40
@@ -415,14 +419,13 @@ def _stage_predictions(run: _StageRun, data: LabelledFrames,
 
 @torch.inference_mode()
 def validate_stage(run: _StageRun, data: LabelledFrames, max_instances: int, batch_size: int,
-                   until: float | None = None,
                    cancelled: Callable[[], bool] = lambda: False,
                    ) -> tuple[float, dict[str, Any], int]:  # fmt: skip
     """Validation loss and accuracy (frame pixels) of one stage alone on ``data``'s frames.
 
-    Frames go in batches, each scored for loss and predicted before the next, so that the
-    validation can end at ``until`` or on a cancel having scored the frames seen so far.
-    The centroid stage is scored on its anchors (OKS with each animal's own size).
+    Frames go in batches, each scored for loss and predicted before the next, so that a
+    cancel ends the validation within a batch. The centroid stage is scored on its anchors
+    (OKS with each animal's own size).
 
     Returns:
         The loss, the metrics, and the number of leading frames they cover (0 when cancelled
@@ -432,7 +435,7 @@ def validate_stage(run: _StageRun, data: LabelledFrames, max_instances: int, bat
     run.model.eval()
     total, count = 0.0, 0
     predicted: list[FramePrediction] = []
-    for batch in _bounded(_frame_batches(data), until, cancelled):
+    for batch in _bounded(_frame_batches(data), None, cancelled):
         part = data.subset(np.arange(batch.start, batch.stop))
         examples = stage_examples(part, stage)
         for start in range(0, len(examples), batch_size):
@@ -450,6 +453,21 @@ def validate_stage(run: _StageRun, data: LabelledFrames, max_instances: int, bat
         anchors = [anchor_points(p, stage.anchor)[:, None] for p in truth]
         return total / max(count, 1), _metrics(anchors, predicted, scale_points=truth), n
     return total / max(count, 1), _metrics(truth, predicted), n
+
+
+def _plan_validation(run: _StageRun, data: LabelledFrames, max_instances: int,
+                     batch_size: int, seconds: float, cancelled: Callable[[], bool]) -> None:  # fmt: skip
+    """Fix how many of ``data``'s frames the validations of a time-limited stage score: as
+    many as one validation gets through in ``seconds`` (at least one batch), timed on one
+    batch after a pass that warms the new model up (its first pass is slower)."""
+    first = next(_frame_batches(data))
+    part = data.subset(np.arange(first.start, first.stop))
+    validate_stage(run, part, max_instances, batch_size, cancelled)
+    began = time.monotonic()
+    validate_stage(run, part, max_instances, batch_size, cancelled)
+    per_frame = max(time.monotonic() - began, 1e-6) / len(part)
+    run.val_frames = int(np.clip(seconds / per_frame, len(part), len(data)))
+    run.val_seconds = per_frame * run.val_frames
 
 
 def predict_pipeline(runs: dict[str, PoseModel], stages: dict[str, StageConfig],
@@ -580,8 +598,8 @@ def train(
 
     def cancelled_progress() -> Progress:
         return Progress("cancelled", elapsed=clock.elapsed(),
-                        message=f"cancelled after {clock.elapsed():.0f} s; the best weights so "
-                                "far are kept and training can be resumed")  # fmt: skip
+                        message=f"cancelled after {clock.elapsed():.0f} s; what was trained "
+                                "is kept and training can be resumed")  # fmt: skip
 
     runs: dict[str, _StageRun] = {}
     kinds = PIPELINES[pipeline]
@@ -600,8 +618,9 @@ def train(
         until = clock.share(shares[0] / sum(shares))
         if until is not None and until <= time.monotonic():
             break  # no time left to start this stage: the package says it is incomplete
-        # The first validation's cap, and what is kept free for it until it is measured.
-        val_cap = None if until is None else _VAL_SHARE * (until - time.monotonic())
+        if until is not None and run.val_frames is None:
+            _plan_validation(run, val_data, data.max_instances, config.batch_size,
+                             _VAL_SHARE * (until - time.monotonic()), clock.cancelled)  # fmt: skip
         examples = stage_examples(train_data, stage)
         steps = config.steps_per_epoch or max(
             _MIN_STEPS, math.ceil(len(examples) / config.batch_size)
@@ -616,11 +635,10 @@ def train(
             picks = order_rng.permutation(np.resize(order_rng.permutation(len(examples)),
                                                     steps * config.batch_size))  # fmt: skip
             # Time kept free after the steps: this stage's validation, and in the last stage
-            # also the pipeline's evaluation (about one validation of every stage).
-            own = run.val_seconds if run.val_frames is not None else (val_cap or 0.0)
-            reserve = own
+            # also the pipeline's evaluation.
+            reserve = run.val_seconds
             if index == len(kinds) - 1:
-                reserve += own + sum(r.val_seconds for r in runs.values() if r is not run)
+                reserve += _EVAL_PER_VAL * sum(r.val_seconds for r in runs.values())
             trained, out_of_time = 0, False
             for step in range(1, steps + 1):
                 if clock.cancelled():
@@ -648,14 +666,10 @@ def train(
                 checkpoint(run, kind)
                 break
             began = time.monotonic()
-            first = run.val_frames is None
             scored = (val_data if run.val_frames is None
                       else val_data.subset(np.arange(run.val_frames)))  # fmt: skip
-            val_loss, metrics, n = validate_stage(
-                run, scored, data.max_instances, config.batch_size,
-                until=began + val_cap if first and val_cap is not None else None,
-                cancelled=clock.cancelled,
-            )  # fmt: skip
+            val_loss, metrics, n = validate_stage(run, scored, data.max_instances,
+                                                  config.batch_size, clock.cancelled)  # fmt: skip
             if clock.cancelled():
                 checkpoint(run, kind)
                 break
