@@ -45,7 +45,7 @@ def main() -> None:
     from napari_pose.core.io import load_labels
     from napari_pose.nn.data import load_frames
     from napari_pose.nn.package import load_package
-    from napari_pose.nn.train import TrainConfig, evaluate_package, train
+    from napari_pose.nn.train import TrainConfig, evaluate_package, summarise, train
 
     labels = load_labels(args.data / "sleap" / "tracks" / "clip.slp")
     config = TrainConfig(preset=args.preset, time_limit=args.minutes, device=args.device,
@@ -61,8 +61,7 @@ def main() -> None:
         if progress.validation is not None and progress.stage not in ("done",):
             v = progress.validation
             print(f"{progress.elapsed / 60:5.1f} min  {progress.stage} epoch {progress.epoch}: "
-                  f"val loss {v['val_loss']:.2e}, median {v.get('dist_median_px', float('nan')):.2f}"
-                  f" px, mAP {v.get('oks_map', float('nan')):.3f}", flush=True)  # fmt: skip
+                  f"val loss {v['val_loss']:.2e}, {summarise(v)}", flush=True)  # fmt: skip
         last = time.monotonic()
     throughput = {f"{k}_img_s": steps[k] * config.batch_size / stage_time[k] for k in steps}
 

@@ -401,7 +401,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from napari_pose.core.errors import PoseFileError
     from napari_pose.core.io import atomic_write, load_labels
-    from napari_pose.nn.metrics import compare, video_key
+    from napari_pose.nn.metrics import compare, json_ready, video_key
     from napari_pose.nn.train import parse_frames
 
     if args.json is not None:
@@ -444,7 +444,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             value = metrics[key]
             print(f"{key:>16}: {value:.4g}" if isinstance(value, float) else f"{key:>16}: {value}")
     if args.json is not None:
-        text = json.dumps(metrics, indent=2)
+        text = json.dumps(json_ready(metrics), indent=2)  # NaN as null: valid JSON
         atomic_write(args.json, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return 0
 

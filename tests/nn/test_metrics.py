@@ -306,3 +306,18 @@ def test_videos_match_by_file_name_frame_count_and_folders():
         video("/copy/a.mp4", None),  # length not recorded: the name decides
     ]
     assert match_videos(truth, predicted).tolist() == [1, -1, -1, -1, 2]
+
+
+def test_json_ready_writes_missing_figures_as_null():
+    """metrics.json and evaluate --json stay valid JSON when a figure is NaN (nothing found)."""
+    import json
+    import math
+
+    from napari_pose.nn.metrics import json_ready
+
+    figures = {"oks_map": math.nan, "per_node": [math.inf, 1.5], "n_gt": 3}
+    assert json.loads(json.dumps(json_ready(figures), allow_nan=False)) == {
+        "oks_map": None,
+        "per_node": [None, 1.5],
+        "n_gt": 3,
+    }

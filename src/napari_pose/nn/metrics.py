@@ -21,6 +21,7 @@ video, and a prediction on a frame nobody labelled can be neither right nor wron
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -496,3 +497,15 @@ def identity_metrics(
         "idf1": 2 * idtp / (n_gt + n_pred) if n_gt + n_pred else float("nan"),
         "n_matched": matches,
     }
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with NaN and infinities as ``None``: JSON has no NaN, and a metrics.json that
+    other tools cannot parse is worse than one that says a figure does not exist."""
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_ready(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

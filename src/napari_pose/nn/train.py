@@ -37,7 +37,7 @@ import torch
 
 from napari_pose.nn import package
 from napari_pose.nn.data import LabelledFrames, anchor_points, load_frames, split_frames
-from napari_pose.nn.metrics import FramePoses, evaluate, instance_area
+from napari_pose.nn.metrics import FramePoses, evaluate, instance_area, json_ready
 from napari_pose.nn.models import PoseModel, build_model
 from napari_pose.nn.pipelines import (
     PIPELINES,
@@ -233,18 +233,6 @@ def _error_text(metrics: dict[str, Any]) -> str:
     if not _found_any(metrics):
         return "no animals found yet"
     return f"median error {metrics['dist_median_px']:.2f} px"
-
-
-def _json_ready(value: Any) -> Any:
-    """``value`` with NaN and infinities as ``None``: JSON has no NaN, and a metrics.json that
-    other tools cannot parse is worse than one that says a figure does not exist."""
-    if isinstance(value, dict):
-        return {key: _json_ready(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_json_ready(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 class _Clock:
@@ -723,7 +711,7 @@ def train(
         return
     metrics = _metrics(val_data.points[: len(predictions)], predictions)
     metrics["n_val_frames"] = len(predictions)
-    package.write_metrics(out, _json_ready(metrics))
+    package.write_metrics(out, json_ready(metrics))
     record["complete"] = True
     record["training"]["elapsed_s"] = round(spent + clock.elapsed(), 1)
     package.write_config(out, record)
