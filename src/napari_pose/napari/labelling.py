@@ -32,7 +32,7 @@ from napari_pose.napari.convert import (
 )
 from napari_pose.napari.session import ProjectSession
 from napari_pose.napari.styles import node_colors, symbols
-from napari_pose.napari.sync import attach
+from napari_pose.napari.sync import attach, pose_points_layers
 
 Mode = Literal["label", "move"]
 
@@ -402,13 +402,7 @@ def change_nodes(session: ProjectSession, edit) -> None:
 
 def user_label_layers(viewer: napari.Viewer) -> list[napari.layers.Points]:
     """Points layers of ``viewer`` holding user labels of a pose project."""
-    return [
-        layer
-        for layer in viewer.layers
-        if isinstance(layer, napari.layers.Points)
-        and layer.metadata.get(POSE_KEY) is not None
-        and not layer.metadata[POSE_KEY].predicted
-    ]
+    return [layer for layer in pose_points_layers(viewer) if not layer.metadata[POSE_KEY].predicted]
 
 
 class PlaneFrames:

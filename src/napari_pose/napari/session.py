@@ -37,7 +37,7 @@ from napari_pose.core.autosave import Autosaver, recovery_for
 from napari_pose.core.errors import PoseFileError
 from napari_pose.core.io import detect_labels_format, save_labels
 from napari_pose.napari.convert import EDGES_KEY, POSE_KEY, TRACKS_KEY, layers_to_labels
-from napari_pose.napari.sync import PoseSync, attach
+from napari_pose.napari.sync import PoseSync, attach, pose_points_layers
 
 #: Seconds of quiet after the last edit before the project is autosaved.
 AUTOSAVE_DELAY_S = 2.0
@@ -144,15 +144,8 @@ class ProjectSession:
     def points_layers(self) -> list[napari.layers.Points]:
         """The project's Points layers (user labels and predictions), in layer order."""
         viewer = self._viewer()
-        if viewer is None:
-            return []
-        return [
-            layer
-            for layer in viewer.layers
-            if isinstance(layer, napari.layers.Points)
-            and POSE_KEY in layer.metadata
-            and layer.metadata[POSE_KEY].labels is self.labels
-        ]
+        layers = [] if viewer is None else pose_points_layers(viewer)
+        return [layer for layer in layers if _binding(layer).labels is self.labels]
 
     def user_layers(self) -> list[napari.layers.Points]:
         """The Points layers holding user labels."""

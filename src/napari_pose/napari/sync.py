@@ -47,6 +47,15 @@ _SYNCS: weakref.WeakKeyDictionary[napari.Viewer, PoseSync] = weakref.WeakKeyDict
 _DONE = (ActionType.ADDED, ActionType.CHANGED, ActionType.REMOVED)
 
 
+def pose_points_layers(viewer: napari.components.ViewerModel) -> list[napari.layers.Points]:
+    """The viewer's Points layers of any pose project (user labels or predictions)."""
+    return [
+        layer
+        for layer in viewer.layers
+        if isinstance(layer, napari.layers.Points) and POSE_KEY in layer.metadata
+    ]
+
+
 def attach(viewer: napari.Viewer) -> PoseSync:
     """The viewer's ``PoseSync``, created and connected on first use."""
     viewer = getattr(viewer, "__wrapped__", viewer)  # docks get a proxy; one sync per viewer
@@ -97,13 +106,7 @@ class PoseSync:
 
     def _points_layers(self) -> list[napari.layers.Points]:
         viewer = self._viewer()
-        if viewer is None:
-            return []
-        return [
-            layer
-            for layer in viewer.layers
-            if isinstance(layer, napari.layers.Points) and POSE_KEY in layer.metadata
-        ]
+        return [] if viewer is None else pose_points_layers(viewer)
 
     def _on_step(self, event=None) -> None:
         """Only windows move with the frame; napari itself shows each frame's edges."""

@@ -38,7 +38,7 @@ from napari_pose.napari.labelling import (
     refresh_tracks_layer,
 )
 from napari_pose.napari.session import ProjectSession, projects
-from napari_pose.napari.sync import attach
+from napari_pose.napari.sync import attach, pose_points_layers
 from napari_pose.nn.metrics import compare, match_videos, video_key
 
 #: Milliseconds of quiet after the layer's points change before its frames are scored again.
@@ -48,12 +48,6 @@ N_WORST_FRAMES = 20
 #: Names the status line gives the criteria of ``core.proofreading.suspicion``.
 CRITERION_NAMES = {"speed_jump": "jump", "count_change": "count change",
                    "low_score": "low score", "close": "animals close"}  # fmt: skip
-
-
-def pose_layers(viewer: napari.Viewer) -> list[napari.layers.Points]:
-    """Points layers of ``viewer`` holding a pose project's user labels or predictions."""
-    return [layer for layer in viewer.layers
-            if isinstance(layer, napari.layers.Points) and POSE_KEY in layer.metadata]  # fmt: skip
 
 
 class NodeErrorPlot(QWidget):
@@ -253,7 +247,7 @@ class ProofreadWidget(ScrollingDock):
     # ------------------------------------------------------------------ choices
 
     def _layer_choices(self, _widget=None) -> list[tuple[str, napari.layers.Points]]:
-        return [(layer.name, layer) for layer in pose_layers(self._viewer)]
+        return [(layer.name, layer) for layer in pose_points_layers(self._viewer)]
 
     def _track_choices(self, _widget=None) -> list[tuple[str, int]]:
         return [(t.name, i) for i, t in enumerate(self._tracks)]
@@ -267,7 +261,9 @@ class ProofreadWidget(ScrollingDock):
         self.evaluated.reset_choices()
         chosen = self.evaluated.value
         if chosen is None or not chosen.metadata[POSE_KEY].predicted:  # predictions by default
-            predicted = [l for l in pose_layers(self._viewer) if l.metadata[POSE_KEY].predicted]
+            predicted = [
+                l for l in pose_points_layers(self._viewer) if l.metadata[POSE_KEY].predicted
+            ]
             if predicted:
                 self.evaluated.value = predicted[0]
         self._bind()
