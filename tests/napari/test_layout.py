@@ -19,6 +19,7 @@ def _scroll_area(widget) -> QScrollArea | None:
 @pytest.mark.parametrize(
     ("screen", "docks"),
     [((1366, 768), ["Predict", "Proofread"]),
+     ((1366, 768), ["Label poses", "Train model", "Pose project", "Skeleton"]),
      ((1920, 1080), ["Predict", "Proofread", "Train model"])],
 )  # fmt: skip
 def test_docks_fit_the_screen_and_scroll(make_napari_viewer, qtbot, sleap_dir, screen, docks):
@@ -31,8 +32,10 @@ def test_docks_fit_the_screen_and_scroll(make_napari_viewer, qtbot, sleap_dir, s
     assert window.width() <= screen[0] and window.height() <= screen[1]
 
     # Nothing is cut off: the last control of each of these docks scrolls into view.
-    for widget, last in zip(widgets, ("maps_button", "worst")):
-        button = getattr(widget, last).native
+    last_controls = {"Predict": "maps_button", "Proofread": "worst", "Label poses": "save",
+                     "Train model": "predict_button", "Pose project": "save", "Skeleton": "save"}  # fmt: skip
+    for name, widget in zip(docks, widgets):
+        button = getattr(widget, last_controls[name]).native
         area = _scroll_area(button)
         assert area is not None and area.window() is window
         area.ensureWidgetVisible(button)

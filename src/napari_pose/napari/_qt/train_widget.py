@@ -18,7 +18,6 @@ import sleap_io as sio
 from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     ComboBox,
-    Container,
     FileEdit,
     FloatSpinBox,
     Label,
@@ -34,6 +33,7 @@ from qtpy.QtGui import QColor, QPainter, QPaintEvent, QPalette, QPen, QPolygonF
 from qtpy.QtWidgets import QWidget
 
 from napari_pose.core.io import load_labels
+from napari_pose.napari._qt.layout import ScrollingDock
 from napari_pose.napari.session import projects
 from napari_pose.nn.train import Progress, TrainConfig, summarise, train
 
@@ -130,7 +130,7 @@ def _run_training(source: sio.Labels | Path, out: Path, config: TrainConfig,
     return None
 
 
-class TrainWidget(Container):
+class TrainWidget(ScrollingDock):
     """Train a pose model on an open project (or a labels file) while napari stays usable."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -153,12 +153,14 @@ class TrainWidget(Container):
         self.status = Label(label="status", value="")
         self.results = Label(label="results", value="")
         self.predict_button = PushButton(label="", text="Predict with this model", enabled=False)
-        self.extend([self.project, self.labels_file, self.pipeline, self.preset, self.time_limit,
+        self.body.extend([self.project, self.labels_file, self.pipeline, self.preset, self.time_limit,
                      self.epochs, self.device, self.output, self.start_button,
                      self.cancel_button, self.progress, self.status, self.results,
                      self.predict_button])  # fmt: skip
+        for text in (self.status, self.results):
+            text.native.setWordWrap(True)  # a long message wraps rather than widens the dock
         self.plot = LossPlot()
-        self.native.layout().addWidget(self.plot)
+        self.body.native.layout().addWidget(self.plot)
         self.worker: GeneratorWorker | None = None  # the running training
         self._stop = threading.Event()
         self._out: Path | None = None
