@@ -136,7 +136,9 @@ def test_parallel_workers_predict_what_one_worker_does_in_order(trained):
         stream = predict_video(parallel, reader)
         for indices, predictions in stream:
             seen += list(zip(indices.tolist(), predictions, strict=True))
-            assert len(_threads(INFERENCE_THREAD)) == 3
+            # Up to 3 workers: the pool reuses an idle worker rather than starting another, so
+            # on a busy machine (frames decode between submissions) fewer may be running.
+            assert 1 <= len(_threads(INFERENCE_THREAD)) <= 3
     assert [f for f, _ in seen] == list(range(16))
     for (_, got), want in zip(seen, expected, strict=True):
         np.testing.assert_allclose(got.points, want.points, atol=1e-3)
