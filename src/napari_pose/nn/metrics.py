@@ -40,7 +40,7 @@ OKS_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 #: The 101 recall points at which COCO reads the interpolated precision.
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 #: Pixel radii of the PCK (percentage of correct keypoints) figures.
-PCK_RADII_PX = (2, 5, 10)
+PCK_RADII_PX = (2, 2.8, 5, 10)  # 2.8 px: where SLEAP counts a point as right
 
 #: A frame's key, the same in the ground truth and the predictions compared: ``(video,
 #: frame index)`` (``labels_to_frames``) or a plain index.

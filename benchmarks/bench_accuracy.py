@@ -1,0 +1,185 @@
+"""Accuracy benchmark (issue 12): train and score a recipe on three splits, in one run.
+
+    .venv/bin/python benchmarks/bench_accuracy.py [--data ../shared/data] [--minutes 15]
+        [--splits a,b,c] [--out /tmp/bench_accuracy] [--json results.json]
+
+Splits (labels never seen in training are scored):
+  a  clip.slp, every 10th frame of 0-1199 -> frames 1300-1499 (tune on this one and c)
+  b  clip.slp, every 10th frame of 300-1499 -> frames 0-199 (the check: never tune on it)
+  c  DeepLabCut openfield mouse (human labels, 4 nodes): a seeded 80/20 split of its frames
+
+Each split is trained with napari-pose's defaults (what ``napari-pose train`` does with no
+options) for ``--minutes`` of wall time, then its test frames are predicted the way
+``napari-pose predict --tracker`` does (decoding, model, tracking with as many tracks as
+labelled animals; timed end to end) and scored against the human labels: OKS mAP and mAR
+(SLEAP's definitions), median/p90/p95 error, the fraction of labelled points under 2.8 px,
+animals found of those labelled, identity switches (tracked splits), training wall time and
+prediction frames/s. Frames predicted empty count as misses.
+
+The recipes of issue 12's ablation add rows next to ``baseline`` (today's defaults), trained
+and scored in the same run, so that every figure has its baseline measured beside it. Run it
+on a quiet machine: training is time-limited, so a busy CPU trains less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
+
+#: Distance under which a point counts as right in SLEAP's accuracy figures (2.8 px).
+CLOSE_PX = 2.8
+
+
+@attrs.frozen
+class Split:
+    """Which labelled frames train and which are scored, in one labels file."""
+
+    name: str
+    labels: str  # path under the data folder
+    describe: str
+    pick: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # frame keys -> (train, test)
+
+
+def _ranges(train: range, test: range) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    def pick(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.isin(frames, np.asarray(train)), np.isin(frames, np.asarray(test))
+
+    return pick
+
+
+def _seeded_80_20(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(20261207).permutation(np.unique(frames))
+    test = np.isin(frames, order[: round(0.2 * len(order))])
+    return ~test, test
+
+
+SPLITS = {
+    "a": Split("a", "sleap/tracks/clip.slp", "clip 0-1199:10 -> 1300-1499",
+               _ranges(range(0, 1200, 10), range(1300, 1500))),
+    "b": Split("b", "sleap/tracks/clip.slp", "clip 300-1499:10 -> 0-199",
+               _ranges(range(300, 1500, 10), range(0, 200))),
+    "c": Split("c", "deeplabcut/openfield/config.yaml", "openfield 80/20 (seeded)",
+               _seeded_80_20),
+}  # fmt: skip
+
+
+def run_split(split: Split, data: Path, minutes: float, out: Path) -> dict[str, Any]:
+    """Train the default recipe on the split's training frames and score its test frames."""
+    import sleap_io as sio
+
+    from napari_pose.core.io import load_labels
+    from napari_pose.core.pose_arrays import labels_to_arrays
+    from napari_pose.nn.inference import PredictConfig
+    from napari_pose.nn.metrics import compare
+    from napari_pose.nn.scaleout import predict_one
+    from napari_pose.nn.tracking import TrackerConfig, track
+    from napari_pose.nn.train import TrainConfig, summarise, train
+
+    labels = load_labels(data / split.labels, lazy=False)
+    if len(labels.videos) != 1:
+        raise SystemExit(f"{split.labels}: the benchmark expects one video")
+    video = labels.videos[0]
+    frames = np.array([lf.frame_idx for lf in labels.labeled_frames])
+    in_train, in_test = split.pick(frames)
+    train_labels = sio.Labels(
+        labeled_frames=[lf for lf, keep in zip(labels.labeled_frames, in_train) if keep],
+        videos=labels.videos, skeletons=labels.skeletons, tracks=labels.tracks,
+    )  # fmt: skip
+    truth = labels_to_arrays(labels)
+    truth = truth.select(~truth.predicted & np.isin(truth.frame, frames[in_test]))
+    test_frames = sorted(set(truth.frame.tolist()))
+
+    start = time.monotonic()
+    final: dict[str, Any] = {}
+    for progress in train(train_labels, out, TrainConfig(time_limit=minutes, device="cpu")):
+        if progress.stage == "done" and progress.validation is not None:
+            final = progress.validation
+    train_s = time.monotonic() - start
+
+    n_animals = int(np.bincount(truth.frame).max())
+    start = time.monotonic()
+    predicted = predict_one(video, out, PredictConfig(device="cpu"), frames=test_frames)
+    predicted = attrs.evolve(predicted, videos=[video])
+    tracked = truth.track.max(initial=-1) >= 0
+    if tracked:
+        predicted = track(predicted, TrackerConfig(max_tracks=n_animals))
+    predict_s = time.monotonic() - start
+
+    metrics, _ = compare(truth, predicted, predicted_frames_only=False)
+    return {
+        "split": split.name,
+        "describe": split.describe,
+        "train_frames": int(in_train.sum()),
+        "test_frames": len(test_frames),
+        "oks_map": metrics["oks_map"],
+        "oks_mar": metrics["oks_mar"],
+        "dist_median_px": metrics["dist_median_px"],
+        "dist_p90_px": metrics["dist_p90_px"],
+        "dist_p95_px": metrics["dist_p95_px"],
+        "under_2.8px": metrics[f"pck_{CLOSE_PX}px"],
+        "animals_found": metrics["n_matched"],
+        "animals_expected": metrics["n_gt"],
+        "id_switches": metrics.get("id_switches") if tracked else None,
+        "train_minutes": train_s / 60,
+        "predict_frames_s": len(test_frames) / predict_s,
+        "validation": summarise(final) if final else "no validation",
+    }
+
+
+def _row(result: dict[str, Any]) -> str:
+    switches = "-" if result["id_switches"] is None else str(result["id_switches"])
+    return (
+        f"| {result['split']} {result['describe']} | {result['recipe']} "
+        f"| {result['oks_map']:.3f} | {result['oks_mar']:.3f} | {result['dist_median_px']:.2f} "
+        f"| {result['dist_p90_px']:.1f} | {result['dist_p95_px']:.1f} "
+        f"| {100 * result['under_2.8px']:.0f}% "
+        f"| {result['animals_found']}/{result['animals_expected']} | {switches} "
+        f"| {result['train_minutes']:.1f} | {result['predict_frames_s']:.1f} |"
+    )
+
+
+def main() -> None:
+    from napari_pose.runtime import preload_tcmalloc
+
+    preload_tcmalloc()  # re-executes this script with the faster allocator when available
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--minutes", type=float, default=15.0)
+    parser.add_argument("--splits", default="a,b,c", help="comma-separated, of a, b, c")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/bench_accuracy"))
+    parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    args = parser.parse_args()
+
+    from napari_pose.nn.metrics import json_ready
+
+    results = []
+    for name in args.splits.split(","):
+        split = SPLITS[name.strip()]
+        print(f"split {split.name} ({split.describe}): training {args.minutes} min", flush=True)
+        result = {"recipe": "baseline", **run_split(split, args.data, args.minutes,
+                                                    args.out / f"{split.name}-baseline")}  # fmt: skip
+        print(json.dumps(json_ready(result), indent=1), flush=True)
+        results.append(result)
+    print(
+        "\n| split | recipe | OKS mAP | mAR | median px | p90 px | p95 px | < 2.8 px "
+        "| animals found | ID switches | train min | predict frames/s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for result in results:
+        print(_row(result))
+    if args.json is not None:
+        args.json.write_text(json.dumps(json_ready(results), indent=1))
+
+
+if __name__ == "__main__":
+    main()
