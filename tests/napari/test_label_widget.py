@@ -213,7 +213,9 @@ def test_autosave_restore_and_close_guard(make_napari_viewer, qtbot, sample_proj
     assert not event.isAccepted() and asked == [[sample_project.name]]
     monkeypatch.setattr(services, "ask_unsaved", lambda names: "discard")
 
-    # A new session (as after a crash) offers the newer autosave and restores it.
+    # The project leaves this viewer with its edits in the autosave; a new session (as after a
+    # crash) offers them and restores them.
+    viewer.layers.clear()
     viewer2 = make_napari_viewer()
     viewer2.open(str(sample_project), plugin="napari-pose")
     _, widget2 = viewer2.window.add_plugin_dock_widget("napari-pose", "Label poses")

@@ -118,8 +118,11 @@ def test_save_labels_on_a_new_project_asks_where(make_napari_viewer, qtbot, data
     viewer.open(str(data_dir / "sleap/tracks/clip.mp4"), plugin="napari-pose")
     _, label = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
     press(qtbot, label.start)
-    press(qtbot, label.save)  # the conftest answers the dialog with "cancel"
-    assert shown == [] and label.session.dirty is False  # nothing written, nothing shown red
+    label.labeller.place((40.0, 50.0))
+    asked = []
+    monkeypatch.setattr(services, "ask_save_path", lambda s: asked.append(s.name))  # "cancel"
+    press(qtbot, label.save)
+    assert asked and shown == [] and label.session.dirty  # nothing written, nothing shown red
 
 
 # ------------------------------------------------------------------------------ errors

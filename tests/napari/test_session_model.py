@@ -7,6 +7,7 @@ import sleap_io as sio
 from napari.components import ViewerModel
 
 from napari_pose.core.autosave import recovery_for
+from napari_pose.core.errors import PoseFileError, PoseWarning
 from napari_pose.core.io import load_labels
 from napari_pose.napari._reader import read_labels
 from napari_pose.napari.convert import new_project_layers
@@ -91,4 +92,76 @@ def test_two_unsaved_projects_autosave_to_files_of_their_own(sample_project, tmp
     second.mark_edited()
     assert first.autosaver.path != second.autosaver.path
     assert first.autosaver.path.is_file() and second.autosaver.path.is_file()
-    assert second.recovery() == first.autosaver.path  # another unsaved project's work is offered
+    assert second.recovery() is None  # another open project's live autosave is never offered
+
+
+class _Manual:
+    """A debounce timer that never fires by itself (edits stay pending until a flush)."""
+
+    def __init__(self, callback) -> None:
+        self.callback = callback
+
+    def start(self, seconds: float) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def test_a_crash_autosave_is_set_aside_before_the_next_session_autosaves(
+    sample_project, tmp_path, monkeypatch
+):
+    first = ViewerModel()
+    open_in(first, sample_project)
+    (crashed,) = projects(first).sessions
+    crashed.mark_edited()  # the autosave a crash leaves behind
+    left = load_labels(crashed.autosaver.path)
+    first.layers.clear()
+
+    again = ViewerModel()
+    open_in(again, sample_project)
+    (session,) = projects(again).sessions
+    found = session.recovery()
+    assert found is not None and ".recovered-" in found.name
+    session.mark_edited()  # autosaves at once: must not replace the crash's work
+    assert found.is_file() and session.autosaver.path != found
+    assert len(load_labels(found).labeled_frames) == len(left.labeled_frames)
+    assert session.save() and session.recovery() is None  # the file is newer now
+
+
+def test_one_file_is_never_two_projects_own(sample_project):
+    viewer = ViewerModel()
+    open_in(viewer, sample_project)
+    open_in(viewer, sample_project)  # the same file, opened again
+    first, second = projects(viewer).sessions
+    assert first.path == sample_project and second.path is None
+    assert first.autosaver.path != second.autosaver.path
+    with pytest.raises(PoseFileError, match="open as another project"):
+        second.save(sample_project, replace=True)
+
+
+def test_removing_a_projects_layers_autosaves_its_last_edits(sample_project, monkeypatch):
+    from napari_pose.napari import session as session_module
+
+    monkeypatch.setattr(session_module, "_Immediate", _Manual)
+    viewer = ViewerModel()
+    open_in(viewer, sample_project)
+    (session,) = projects(viewer).sessions
+    session.autosaver.every_edits = 1000
+    session.mark_edited()
+    assert session.autosaver.pending  # the debounce has not run
+    viewer.layers.clear()
+    assert not session.is_open and not session.autosaver.pending
+    assert session.autosaver.last_error is None and session.autosaver.path.is_file()
+
+
+def test_lossy_exports_and_autosave_files_never_become_the_projects_file(sample_project, tmp_path):
+    viewer = ViewerModel()
+    open_in(viewer, sample_project)
+    (session,) = projects(viewer).sessions
+    session.mark_edited()
+    with pytest.warns(PoseWarning):  # DeepLabCut renumbers a video's frames
+        assert not session.save(tmp_path / "CollectedData_me.csv")
+    assert session.dirty and session.path == sample_project
+    with pytest.raises(PoseFileError, match="autosave file"):
+        session.save(tmp_path / "other.autosave.slp")

@@ -32,12 +32,12 @@ from platformdirs import user_cache_dir
 from napari_pose.core.errors import PoseFileError
 from napari_pose.core.io import save_labels
 
-__all__ = ["Autosaver", "autosave_path", "recovery_for"]
+__all__ = ["AUTOSAVE_SUFFIX", "Autosaver", "autosave_path", "recovery_for"]
 
 #: Environment variable overriding the cache folder (shared with the sample data).
 CACHE_ENV = "NAPARI_POSE_CACHE"
 
-_SUFFIX = ".autosave.slp"
+AUTOSAVE_SUFFIX = ".autosave.slp"
 _UNTITLED = "untitled"
 
 PathLike = str | os.PathLike[str]
@@ -63,7 +63,7 @@ def autosave_path(labels_path: PathLike | None, untitled: str = _UNTITLED) -> Pa
         may not exist yet.
     """
     if labels_path is None:
-        return _cache_folder() / f"{untitled}{_SUFFIX}"
+        return _cache_folder() / f"{untitled}{AUTOSAVE_SUFFIX}"
     path = Path(labels_path)
     beside = _beside(path)
     if beside is not None and _writable(path.parent):
@@ -82,7 +82,7 @@ def recovery_for(labels_path: PathLike | None, ignore: PathLike | None = None) -
     autosave of any unsaved project, but ``ignore`` (that project's own).
     """
     if labels_path is None:
-        found = _cache_folder().glob(f"{_UNTITLED}*{_SUFFIX}")
+        found = _cache_folder().glob(f"{_UNTITLED}*{AUTOSAVE_SUFFIX}")
         sidecars = [p for p in found if ignore is None or p != Path(ignore)]
     else:
         sidecars = [p for p in _sidecars(labels_path) if p.is_file()]
@@ -105,14 +105,14 @@ def _beside(path: Path) -> Path | None:
     """``clip.slp`` -> ``clip.autosave.slp``; None for files that are not SLEAP labels."""
     if not path.name.lower().endswith(".slp"):
         return None
-    return path.with_name(path.name[: -len(".slp")] + _SUFFIX)
+    return path.with_name(path.name[: -len(".slp")] + AUTOSAVE_SUFFIX)
 
 
 def _in_cache(path: Path) -> Path:
     """A cache file unique to ``path``: the name for people, the hash against collisions."""
     digest = hashlib.sha256(str(path.expanduser().resolve()).encode("utf-8")).hexdigest()
     stem = path.name[: -len(".slp")] if path.name.lower().endswith(".slp") else path.name
-    return _cache_folder() / f"{stem}-{digest[:16]}{_SUFFIX}"
+    return _cache_folder() / f"{stem}-{digest[:16]}{AUTOSAVE_SUFFIX}"
 
 
 def _sidecars(labels_path: PathLike | None, untitled: str = _UNTITLED) -> list[Path]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from napari_pose.core.errors import PoseFileError
 from napari_pose.core.io import save_labels
 from napari_pose.napari.convert import POSE_KEY, layers_to_labels
 from napari_pose.napari.session import session_of
@@ -28,19 +27,24 @@ class SaveError(OSError):
 
 
 def _write(path: str, layer_data: list[FullLayerData], format: str) -> list[str]:
-    points = [(data, meta) for data, meta, kind in layer_data if kind == "points"]
-    projects = {id(meta["metadata"][POSE_KEY].labels): meta for _, meta in points}
+    points = [(data, meta) for data, meta, kind in layer_data
+              if kind == "points" and POSE_KEY in meta.get("metadata", {})]  # fmt: skip
+    if not points:
+        raise SaveError(f"Could not save {path}: none of the chosen layers holds pose labels")
+    labels = {id(meta["metadata"][POSE_KEY].labels): meta["metadata"][POSE_KEY].labels
+              for _, meta in points}  # fmt: skip
+    if len(labels) > 1:
+        raise SaveError(f"Could not save {path}: the chosen layers belong to {len(labels)} "
+                        "projects; save one project at a time")  # fmt: skip
     try:
-        session = None
-        if len(projects) == 1:
-            session = session_of(next(iter(projects.values()))["metadata"][POSE_KEY].labels)
+        session = session_of(next(iter(labels.values())))
         if session is not None:
             session.save(
                 path, replace=True, format=format
             )  # napari's save dialog asked before replacing
         else:
             save_labels(layers_to_labels(points), path, format=format)
-    except (PoseFileError, OSError) as error:
+    except (ValueError, OSError) as error:  # PoseFileError is a ValueError
         raise SaveError(f"Could not save {path}: {error}") from error
     return [path]
 

@@ -23,7 +23,9 @@ autosaved at once.
 
 from __future__ import annotations
 
+import time
 import uuid
+import warnings
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +35,8 @@ import napari
 import psygnal
 import sleap_io as sio
 
-from napari_pose.core.autosave import Autosaver, recovery_for
-from napari_pose.core.errors import PoseFileError
+from napari_pose.core.autosave import AUTOSAVE_SUFFIX, Autosaver, recovery_for
+from napari_pose.core.errors import PoseFileError, PoseWarning
 from napari_pose.core.io import detect_labels_format, save_labels
 from napari_pose.napari.convert import EDGES_KEY, POSE_KEY, TRACKS_KEY, layers_to_labels
 from napari_pose.napari.sync import PoseSync, attach, pose_points_layers
@@ -107,11 +109,15 @@ class ProjectSession:
         self.labels = labels
         filename = labels.provenance.get("filename")
         self.path: Path | None = None
-        if filename and detect_labels_format(Path(str(filename))) in _PROJECT_FORMATS:
+        if filename and _may_own(Path(str(filename))) and _owner(Path(str(filename))) is None:
+            # A file open as another project stays that project's: this one saves elsewhere.
             self.path = Path(str(filename))
         # Each unsaved project autosaves to a file of its own (two must not share one).
         untitled = f"untitled-{uuid.uuid4().hex[:8]}"
         self.autosaver = Autosaver(self.path, self.current, every_seconds=30, untitled=untitled)
+        # Work a crash left in an autosave is set aside before this session autosaves over it.
+        left = recovery_for(self.path, ignore=self.autosaver.path)
+        self._recovered = None if left is None or _is_live(left) else _set_aside(left)
         self._timer = timer(self.flush_autosave)
         self.is_open = True
 
@@ -195,9 +201,19 @@ class ProjectSession:
         return result
 
     def recovery(self) -> Path | None:
-        """An autosave holding work newer than the project's file, if there is one (for an
-        unsaved project: the newest autosave of an unsaved project, other than its own)."""
-        return recovery_for(self.path, ignore=self.autosaver.path)
+        """Work a crash left that the project's file lacks, if there is some: the autosave
+        found when the project opened (for an unsaved project, the newest autosave of no open
+        project), set aside as ``<name>.recovered-<time>.slp`` so that this session's own
+        autosaves never replace it. It is offered while it is newer than the project's file."""
+        found = self._recovered
+        if found is None or not found.is_file():
+            return None
+        saved_since = (
+            self.path is not None
+            and self.path.is_file()
+            and self.path.stat().st_mtime_ns >= found.stat().st_mtime_ns
+        )
+        return None if saved_since else found
 
     # ------------------------------------------------------------------ saving
     def owns(self, path: str | Path) -> bool:
@@ -233,11 +249,21 @@ class ProjectSession:
                 )
             path = self.path
         path = Path(path)
+        if path.name.endswith(AUTOSAVE_SUFFIX):
+            raise PoseFileError(path, "is an autosave file: save the project under another name")
+        if not self.owns(path) and _owner(path) is not None:
+            raise PoseFileError(path, "is open as another project: close that one first")
         if path.exists() and not self.owns(path) and not replace:
             raise WouldReplaceError(path, "exists and is not this project's file")
-        save_labels(self.current(), path, format=format)
-        if detect_labels_format(path) not in _PROJECT_FORMATS:
-            return False
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PoseWarning)
+            save_labels(self.current(), path, format=format)
+        for warning in caught:  # let the caller see them too (the CLI, napari's notifications)
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)  # fmt: skip
+        lossy = any(issubclass(w.category, PoseWarning) for w in caught)
+        if lossy or not _may_own(path):
+            return False  # an export that left something out: the project stays unsaved
         self.path = path
         self.labels.provenance["filename"] = str(path)
         self.autosaver.saved(path)
@@ -245,14 +271,51 @@ class ProjectSession:
         return True
 
     def close(self) -> None:
-        """The project left the viewer: keep unsaved edits in the autosave, then stop."""
+        """The project left the viewer (its pending edits were autosaved while its last layer
+        was being removed, see ``Projects``): stop."""
         if not self.is_open:
             return
         self._timer.stop()
-        if self.dirty:
-            self.autosaver.flush()
         self.is_open = False
         self.closed.emit()
+
+
+def _may_own(path: Path) -> bool:
+    """Whether a project can call ``path`` its own: a format that holds a whole project, and
+    not an autosave file (which the project's own autosaves would overwrite)."""
+    return not path.name.endswith(AUTOSAVE_SUFFIX) and (
+        detect_labels_format(path) in _PROJECT_FORMATS
+    )
+
+
+def _owner(path: Path) -> ProjectSession | None:
+    """The open project, in any viewer, whose own file ``path`` is."""
+    for found in list(_PROJECTS.values()):
+        for session in found.sessions:
+            if session.owns(path):
+                return session
+    return None
+
+
+def _is_live(sidecar: Path) -> bool:
+    """Whether ``sidecar`` is the autosave of an open project (another viewer's, say)."""
+    return any(
+        session.autosaver.path == sidecar
+        for found in list(_PROJECTS.values())
+        for session in found.sessions
+    )
+
+
+def _set_aside(sidecar: Path) -> Path:
+    """Rename an autosave a crash left to ``<name>.recovered-<time>.slp``; keep it where it
+    is when that fails (a read-only folder, where nothing autosaves over it either)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(sidecar.stat().st_mtime))
+    kept = sidecar.with_name(sidecar.name.replace(AUTOSAVE_SUFFIX, f".recovered-{stamp}.slp"))
+    try:
+        sidecar.replace(kept)
+    except OSError:
+        return sidecar
+    return kept
 
 
 class Projects:
@@ -273,8 +336,12 @@ class Projects:
         self.sync: PoseSync = attach(viewer)
         self.sync.user_edited.connect(self._on_user_edit)
         viewer.layers.events.inserted.connect(self._on_inserted)
+        viewer.layers.events.removing.connect(self._on_removing)
         viewer.layers.events.removed.connect(self._on_removed)
-        for layer in viewer.layers:
+
+    def adopt_open_layers(self) -> None:
+        """Make sessions for the projects whose layers were added before this registry."""
+        for layer in self._viewer().layers:
             self._adopt(layer)
 
     def of(self, labels: sio.Labels) -> ProjectSession | None:
@@ -316,6 +383,13 @@ class Projects:
     def _on_inserted(self, event) -> None:
         self._adopt(event.value)
 
+    def _on_removing(self, event) -> None:
+        """Autosave a project's pending edits while its layers still hold them."""
+        viewer = self._viewer()
+        session = None if viewer is None else self.of_layer(viewer.layers[event.index])
+        if session is not None and session.autosaver.pending:
+            session.flush_autosave()
+
     def _on_removed(self, event=None) -> None:
         for session in [s for s in self.sessions if not s.points_layers()]:
             self.sessions.remove(session)
@@ -347,6 +421,7 @@ def projects(viewer: napari.viewer.ViewerModel) -> Projects:
 
             timer = qt_timer
         found = _PROJECTS[viewer] = Projects(viewer, timer)
+        found.adopt_open_layers()  # registered first: a session checks the others' files
         if window is not None:
             install(viewer, found)
     return found

@@ -144,6 +144,8 @@ class ProjectWidget(ScrollingDock):
             contrast_limits=(0, 255),
         )  # fmt: skip
         self._viewer.layers.move(len(self._viewer.layers) - 1, 0)
+        if self.session is not None:
+            self.session.mark_edited()  # the project's file does not know the new path yet
         self._update()
 
     def save_project(self) -> Path | None:

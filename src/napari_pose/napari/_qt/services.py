@@ -125,13 +125,13 @@ def close_allowed(found: Projects) -> bool:
     dirty = found.dirty()
     if not dirty:
         return True
+    for session in dirty:
+        session.flush_autosave()  # whatever the answer, the edits are in the autosave first
     answer = ask_unsaved([session.name for session in dirty])
     if answer == "cancel":
         return False
-    if answer == "save":
-        return all(save_session(session) is not None for session in dirty)
-    for session in dirty:
-        session.flush_autosave()  # discarded from the file, still recoverable
+    if answer == "save":  # an export (analysis file) or a failed save keeps napari open
+        return all(save_session(s) is not None and not s.dirty for s in dirty)
     return True
 
 
