@@ -341,7 +341,8 @@ class Projects:
 
     def adopt_open_layers(self) -> None:
         """Make sessions for the projects whose layers were added before this registry."""
-        for layer in self._viewer().layers:
+        viewer = self._viewer()
+        for layer in [] if viewer is None else viewer.layers:
             self._adopt(layer)
 
     def of(self, labels: sio.Labels) -> ProjectSession | None:
