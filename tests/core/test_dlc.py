@@ -13,7 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import sleap_io as sio
-from test_io import _built_labels, _load_error, _points, assert_labels_equal
+from test_io import (
+    _built_labels,
+    _load_error,
+    _points,
+    assert_labels_equal,
+    save_losing_nothing,
+)
 
 from napari_pose.core.errors import PoseFileError
 from napari_pose.core.io import detect_labels_format, load_labels, missing_videos, save_labels
@@ -345,10 +351,4 @@ def test_dlc_export_warns_of_what_it_leaves_out(tmp_path: Path) -> None:
 
 
 def test_dlc_export_of_a_dlc_project_does_not_warn(tmp_path: Path, openfield: Path) -> None:
-    import warnings
-
-    from napari_pose.core.errors import PoseWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", PoseWarning)
-        save_labels(load_labels(openfield / "config.yaml"), tmp_path / "CollectedData_me.h5")
+    save_losing_nothing(load_labels(openfield / "config.yaml"), tmp_path / "CollectedData_me.h5")

@@ -690,14 +690,19 @@ def test_analysis_export_warns_of_what_it_leaves_out(tmp_path: Path) -> None:
     ]
 
 
-def test_exports_that_lose_nothing_do_not_warn(tmp_path: Path, sleap_dir: Path) -> None:
+def save_losing_nothing(labels, path: Path) -> None:
+    """Save ``labels`` to ``path``, failing the test if the export warns of a loss."""
     import warnings
 
     from napari_pose.core.errors import PoseWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", PoseWarning)
-        save_labels(load_labels(sleap_dir / "tracks/clip.slp"), tmp_path / "clip.analysis.h5")
+        save_labels(labels, path)
+
+
+def test_exports_that_lose_nothing_do_not_warn(tmp_path: Path, sleap_dir: Path) -> None:
+    save_losing_nothing(load_labels(sleap_dir / "tracks/clip.slp"), tmp_path / "clip.analysis.h5")
 
 
 def test_errors_survive_pickling(tmp_path: Path) -> None:
