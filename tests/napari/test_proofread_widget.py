@@ -16,10 +16,13 @@ pytestmark = pytest.mark.gui
 
 
 @pytest.fixture
-def opened(make_napari_viewer, sleap_dir):
-    """A viewer with clip.slp open (a windowed labels layer: 2 flies x 1500 frames) and the dock."""
+def opened(make_napari_viewer, sleap_dir, tmp_path):
+    """A viewer with a copy of clip.slp open (a windowed labels layer: 2 flies x 1500 frames)
+    and the dock; a copy, since edits are autosaved beside the file they came from."""
+    for name in ("clip.slp", "clip.mp4"):
+        (tmp_path / name).write_bytes((sleap_dir / "tracks" / name).read_bytes())
     viewer = make_napari_viewer()
-    viewer.open(str(sleap_dir / "tracks" / "clip.slp"), plugin="napari-pose")
+    viewer.open(str(tmp_path / "clip.slp"), plugin="napari-pose")
     _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Proofread")
     return viewer, widget
 
@@ -257,9 +260,11 @@ def test_the_worst_frames_are_listed_when_the_predictions_video_lies_elsewhere(
 ):
     """Predictions of a copy of the video: frames are matched by file name and frame count."""
     viewer, widget = opened
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     for name in ("clip.predictions.slp", "clip.mp4"):
-        (tmp_path / name).write_bytes((sleap_dir / "tracks" / name).read_bytes())
-    viewer.open(str(tmp_path / "clip.predictions.slp"), plugin="napari-pose")
+        (elsewhere / name).write_bytes((sleap_dir / "tracks" / name).read_bytes())
+    viewer.open(str(elsewhere / "clip.predictions.slp"), plugin="napari-pose")
     widget.truth.value = "clip.slp"
     press(qtbot, widget.evaluate_button)
     assert "OKS mAP" in widget.results.value and 0 < len(widget.worst.choices) <= 20

@@ -47,12 +47,14 @@ def test_predictions_are_smaller_greyer_and_fainter_than_user_labels(make_napari
 
 
 def test_predictions_stay_grey_after_a_node_edit_and_a_video_names_its_frame_axis(
-    make_napari_viewer, qtbot, sleap_dir
+    make_napari_viewer, qtbot, sleap_dir, tmp_path
 ):
     from gui import press
 
     viewer = make_napari_viewer()
-    viewer.open(str(sleap_dir / "tracks" / "clip.predictions.slp"), plugin="napari-pose")
+    for name in ("clip.predictions.slp", "clip.mp4"):  # a copy: the node edit is autosaved
+        (tmp_path / name).write_bytes((sleap_dir / "tracks" / name).read_bytes())
+    viewer.open(str(tmp_path / "clip.predictions.slp"), plugin="napari-pose")
     predicted, _ = _layers(viewer, predicted=True)
     grey = _chroma(predicted.face_color_cycle).max()
     _, skeleton = viewer.window.add_plugin_dock_widget("napari-pose", "Skeleton")
