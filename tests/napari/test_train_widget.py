@@ -49,6 +49,9 @@ def test_training_runs_to_the_end_and_shows_results(make_napari_viewer, qtbot, t
     assert widget.progress.value == 100
     assert len(widget.plot.train_loss) > 0
     assert len(widget.plot.val_loss) == 2 and len(widget.plot.val_error) == 2
+    # The figures shown while training say which frames, kept out of training, they score.
+    assert widget.plot.headline().startswith("validation (frames ")
+    assert "of v.mp4" in widget.plot.headline() and "median error" in widget.plot.headline()
     assert "mAP" in widget.results.value and str(tmp_path / "model") in widget.results.value
     for name in ("config.yaml", "single_instance.pt", "training_log.csv", "metrics.json",
                  "skeleton.json"):  # fmt: skip

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import attrs
 import numpy as np
@@ -167,17 +168,42 @@ def load_frames(labels: sio.Labels, frames: range | None = None, *,
     )
 
 
-def split_frames(n_frames: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded random split of frame positions into (train, validation), both sorted.
+def split_frames(keys: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split labelled frames ``keys`` ``(n, 2)`` (video, frame), sorted, into (train,
+    validation) positions: validation is one time window of consecutive labelled frames.
 
-    At least one frame goes to each side when there are two or more frames; with a single
-    labelled frame it is used for both (the loss still falls, the metrics mean little).
+    Neighbouring frames of a video look alike: validation frames drawn at random between
+    training frames score what the model has all but seen (OKS mAP 0.96 on clip.slp where
+    frames 1300-1499, never seen, score 0.35). One run of consecutive labelled frames, at a
+    seeded place, is a stretch of the recording the model has not seen, like the frames it
+    will be used on. At least one frame goes to each side when there are two or more frames;
+    with a single labelled frame it is used for both (the loss still falls, the metrics mean
+    little).
     """
-    order = np.random.default_rng(seed).permutation(n_frames)
+    n_frames = len(keys)
+    positions = np.arange(n_frames)
     if n_frames < 2:
-        return order, order
+        return positions, positions
     n_val = min(max(1, round(n_frames * val_fraction)), n_frames - 1)
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+    start = int(np.random.default_rng(seed).integers(0, n_frames - n_val + 1))
+    val = positions[start : start + n_val]
+    return np.concatenate([positions[:start], positions[start + n_val :]]), val
+
+
+def describe_window(keys: np.ndarray, videos: Sequence[sio.Video]) -> str:
+    """Where validation frames ``keys`` ``(n, 2)`` lie, for the user: ``"frames 1080-1190 of
+    clip.mp4"`` (one span per video)."""
+    spans = []
+    for video in np.unique(keys[:, 0]):
+        frames = keys[keys[:, 0] == video, 1]
+        filename = videos[video].filename  # a list of files for an image sequence
+        name = (
+            Path(str(filename[0])).parent.name
+            if isinstance(filename, list)
+            else Path(str(filename)).name
+        )
+        spans.append(f"{frames.min()}-{frames.max()} of {name}")
+    return "frames " + ", ".join(spans)
 
 
 def anchor_points(points: np.ndarray, anchor: int | None) -> np.ndarray:

@@ -36,7 +36,13 @@ import sleap_io as sio
 import torch
 
 from napari_pose.nn import package
-from napari_pose.nn.data import LabelledFrames, anchor_points, load_frames, split_frames
+from napari_pose.nn.data import (
+    LabelledFrames,
+    anchor_points,
+    describe_window,
+    load_frames,
+    split_frames,
+)
 from napari_pose.nn.metrics import FramePoses, evaluate, instance_area, json_ready
 from napari_pose.nn.models import PoseModel, build_model
 from napari_pose.nn.pipelines import (
@@ -99,7 +105,9 @@ class TrainConfig:
         weight_decay: AdamW's weight decay.
         patience: Epochs without validation improvement before stopping.
         plateau_patience: Epochs without improvement before halving the learning rate.
-        val_fraction: Share of labelled frames held out for validation.
+        val_fraction: Share of labelled frames held out for validation: one time window of
+            consecutive labelled frames (``data.split_frames``), so the figures are those of
+            a stretch of recording the model has not seen.
         seed: Seed of the split, initialisation and augmentation.
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:1`` or ``mps``.
         frames: Only frames with indices in this range are used (``None``: all).
@@ -224,8 +232,9 @@ def summarise(metrics: dict[str, Any]) -> str:
         where = f"the {frames} validation frames" if frames else "the validation frames"
         placed = " where they are labelled" if metrics.get("n_pred") else ""
         return f"the model found no animals{placed} on {where}: train longer or label more frames"
+    where = f" on {metrics['window']}" if metrics.get("window") else ""
     return (f"OKS mAP {metrics['oks_map']:.3f}, median error {metrics['dist_median_px']:.2f} px, "
-            f"p90 {metrics['dist_p90_px']:.2f} px, PCK@5px {metrics['pck_5px']:.2f}")  # fmt: skip
+            f"p90 {metrics['dist_p90_px']:.2f} px, PCK@5px {metrics['pck_5px']:.2f}{where}")  # fmt: skip
 
 
 def _error_text(metrics: dict[str, Any]) -> str:
@@ -545,11 +554,15 @@ def train(
     if pipeline not in PIPELINES:
         raise ValueError(f"unknown pipeline {pipeline!r}; choose from {sorted(PIPELINES)}")
     stages = stages or default_stages(data, pipeline, config.preset)
-    train_pos, val_pos = split_frames(len(data), config.val_fraction, config.seed)
+    train_pos, val_pos = split_frames(data.keys, config.val_fraction, config.seed)
     # Validation frames in a seeded random order: a validation cut short by the time limit
     # scores a leading part of them, which is then a fair sample.
     val_pos = np.random.default_rng([config.seed, 1]).permutation(val_pos)
     train_data, val_data = data.subset(train_pos), data.subset(val_pos)
+    window = describe_window(val_data.keys, data.videos)
+    yield Progress("loading", elapsed=clock.elapsed(),
+                   message=f"validating on {len(val_data)} labelled frames kept out of training "
+                           f"({window}), {len(train_data)} frames to train on")  # fmt: skip
     record = {
         "format": package.PACKAGE_FORMAT,
         "pipeline": pipeline,
@@ -571,6 +584,7 @@ def train(
             "n_train_frames": len(train_data),
             "n_val_frames": len(val_data),
             "val_frames": val_data.keys.tolist(),
+            "val_window": window,
             "elapsed_s": round(spent, 1),
         },
     }
@@ -684,7 +698,7 @@ def train(
             checkpoint(run, kind)
             fraction = clock.fraction(kinds, index, epoch * steps, config.epochs * steps)
             yield Progress(kind, epoch, steps, steps, loss, fraction, clock.elapsed(),
-                           validation={"val_loss": val_loss, **metrics},
+                           validation={"val_loss": val_loss, **metrics, "window": window},
                            message=f"{kind}: epoch {epoch} val loss {val_loss:.2e}, "
                                    f"{_error_text(metrics)}")  # fmt: skip
         if clock.cancelled():
@@ -711,6 +725,7 @@ def train(
         return
     metrics = _metrics(val_data.points[: len(predictions)], predictions)
     metrics["n_val_frames"] = len(predictions)
+    metrics["window"] = window
     package.write_metrics(out, json_ready(metrics))
     record["complete"] = True
     record["training"]["elapsed_s"] = round(spent + clock.elapsed(), 1)

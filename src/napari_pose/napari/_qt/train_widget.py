@@ -60,10 +60,14 @@ class LossPlot(QWidget):
         self.val_loss: list[float] = []
         self.val_step: list[int] = []  # how many training steps preceded each validation
         self.val_error: list[float] = []  # median pixel error of each validation
+        self.val_map: list[float] = []  # OKS mAP of each validation
+        self.window = ""  # which labelled frames validation scores (kept out of training)
 
     def clear(self) -> None:
-        for values in (self.train_loss, self.val_loss, self.val_step, self.val_error):
+        for values in (self.train_loss, self.val_loss, self.val_step, self.val_error,
+                       self.val_map):  # fmt: skip
             values.clear()
+        self.window = ""
         self.update()
 
     def add_step(self, loss: float) -> None:
@@ -71,11 +75,23 @@ class LossPlot(QWidget):
         if len(self.train_loss) % REDRAW_EVERY == 0:
             self.update()
 
-    def add_epoch(self, val_loss: float, error: float) -> None:
-        self.val_loss.append(val_loss)
+    def add_epoch(self, validation: dict) -> None:
+        """One validation's figures (``train.Progress.validation`` of an epoch)."""
+        self.val_loss.append(validation["val_loss"])
         self.val_step.append(len(self.train_loss))
-        self.val_error.append(error)
+        self.val_error.append(validation.get("dist_median_px", math.nan))
+        self.val_map.append(validation.get("oks_map", math.nan))
+        self.window = validation.get("window", "")
         self.update()
+
+    def headline(self) -> str:
+        """The latest validation's figures and where its frames lie, above the curves."""
+        error = self.val_error[-1] if self.val_error else math.nan
+        oks = self.val_map[-1] if self.val_map else math.nan
+        shown = (f"median error {error:.2f} px, OKS mAP {oks:.2f}" if math.isfinite(error)
+                 else "-")  # fmt: skip
+        where = f" ({self.window})" if self.window else ""
+        return f"validation{where}: {shown}"
 
     def paintEvent(self, event: QPaintEvent | None) -> None:  # noqa: N802 (Qt's name)
         painter = QPainter(self)
@@ -84,9 +100,7 @@ class LossPlot(QWidget):
         painter.setPen(text)
         area = QRectF(self.rect()).adjusted(44, 20, -8, -8)
         painter.drawRect(area)
-        error = self.val_error[-1] if self.val_error else math.nan
-        shown = f"{error:.2f} px" if math.isfinite(error) else "-"
-        painter.drawText(4, 14, f"val median error: {shown}")
+        painter.drawText(4, 14, self.headline())
         values = self.train_loss + self.val_loss
         logs = [math.log10(v) for v in values if v > 0 and math.isfinite(v)]
         if not logs:
@@ -233,8 +247,7 @@ class TrainWidget(ScrollingDock):
             self.results.value = self._summary(progress)
             self.predict_button.enabled = progress.stage == "done"
         elif progress.validation is not None:
-            self.plot.add_epoch(progress.validation["val_loss"],
-                                progress.validation.get("dist_median_px", math.nan))  # fmt: skip
+            self.plot.add_epoch(progress.validation)
         elif progress.loss is not None:
             self.plot.add_step(progress.loss)
 
