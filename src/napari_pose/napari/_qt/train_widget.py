@@ -61,13 +61,13 @@ class LossPlot(QWidget):
         self.val_step: list[int] = []  # how many training steps preceded each validation
         self.val_error: list[float] = []  # median pixel error of each validation
         self.val_map: list[float] = []  # OKS mAP of each validation
-        self.window = ""  # which labelled frames validation scores (kept out of training)
+        self.val_window = ""  # which labelled frames validation scores (kept out of training)
 
     def clear(self) -> None:
         for values in (self.train_loss, self.val_loss, self.val_step, self.val_error,
                        self.val_map):  # fmt: skip
             values.clear()
-        self.window = ""
+        self.val_window = ""
         self.update()
 
     def add_step(self, loss: float) -> None:
@@ -81,7 +81,7 @@ class LossPlot(QWidget):
         self.val_step.append(len(self.train_loss))
         self.val_error.append(validation.get("dist_median_px", math.nan))
         self.val_map.append(validation.get("oks_map", math.nan))
-        self.window = validation.get("window", "")
+        self.val_window = validation.get("window", "")
         self.update()
 
     def headline(self) -> str:
@@ -90,7 +90,7 @@ class LossPlot(QWidget):
         oks = self.val_map[-1] if self.val_map else math.nan
         shown = (f"median error {error:.2f} px, OKS mAP {oks:.2f}" if math.isfinite(error)
                  else "-")  # fmt: skip
-        where = f" ({self.window})" if self.window else ""
+        where = f" ({self.val_window})" if self.val_window else ""
         return f"validation{where}: {shown}"
 
     def paintEvent(self, event: QPaintEvent | None) -> None:  # noqa: N802 (Qt's name)
