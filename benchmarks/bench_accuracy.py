@@ -1,7 +1,8 @@
 """Accuracy benchmark (issue 12): train and score a recipe on three splits, in one run.
 
     .venv/bin/python benchmarks/bench_accuracy.py [--data ../shared/data] [--minutes 15]
-        [--splits a,b,c] [--out /tmp/bench_accuracy] [--json results.json]
+        [--splits a,b,c] [--recipes baseline,flip-tta,...] [--out /tmp/bench_accuracy]
+        [--json results.json] [--reuse]
 
 Splits (labels never seen in training are scored):
   a  clip.slp, every 10th frame of 0-1199 -> frames 1300-1499 (tune on this one and c)
@@ -16,8 +17,9 @@ labelled animals; timed end to end) and scored against the human labels: OKS mAP
 animals found of those labelled, identity switches (tracked splits), training wall time and
 prediction frames/s. Frames predicted empty count as misses.
 
-The recipes of issue 12's ablation add rows next to ``baseline`` (today's defaults), trained
-and scored in the same run, so that every figure has its baseline measured beside it. Run it
+``--recipes`` adds the rows of issue 12's ablation next to ``baseline`` (today's defaults),
+trained and scored in the same run, so that every figure has its baseline measured beside it;
+recipes that change only prediction share their baseline's model (``Recipe``). Run it
 on a quiet machine: training is time-limited, so a busy CPU trains less.
 """
 
@@ -73,8 +75,86 @@ SPLITS = {
 }  # fmt: skip
 
 
-def run_split(split: Split, data: Path, minutes: float, out: Path) -> dict[str, Any]:
-    """Train the default recipe on the split's training frames and score its test frames."""
+@attrs.frozen
+class Recipe:
+    """One row of the ablation: what changes from the defaults, in training and in prediction.
+
+    Recipes whose training changes are equal share one trained model (``training_key``): the
+    prediction-side levers (test-time augmentation, refinement along tracks) are scored on the
+    very model their baseline uses, so their rows differ by the lever alone.
+    """
+
+    name: str
+    train: dict[str, Any] = attrs.field(factory=dict)  # TrainConfig fields
+    pose_stage: dict[str, Any] = attrs.field(factory=dict)  # fields of the pose model's stage
+    augment: dict[str, Any] = attrs.field(factory=dict)  # AugmentConfig fields of that stage
+    predict: dict[str, Any] = attrs.field(factory=dict)  # PredictConfig fields
+    refine: bool = False  # refine poses along tracks (nn.refine) after tracking
+
+    @property
+    def training_key(self) -> str:
+        parts = [f"{k}={v}" for group in (self.train, self.pose_stage, self.augment)
+                 for k, v in sorted(group.items())]  # fmt: skip
+        return "-".join(parts).replace("/", "_") or "defaults"
+
+
+#: The recipes ``--recipes`` can name; ``baseline`` is always run first.
+RECIPES = {recipe.name: recipe for recipe in (
+    Recipe("baseline"),
+    Recipe("flip-tta", predict={"flip_tta": True}),
+    Recipe("refine", refine=True),
+    Recipe("threshold-0.1", predict={"peak_threshold": 0.1}),
+    Recipe("encounter", augment={"encounter": 0.5}),
+    Recipe("pseudo", train={"pseudo_labels": 0.3}),
+    Recipe("medium", train={"preset": "medium"}),
+    Recipe("sigma-1.5", pose_stage={"sigma": 1.5}),
+    Recipe("sigma-3.5", pose_stage={"sigma": 3.5}),
+)}  # fmt: skip
+
+
+def _stages(labels, recipe: Recipe, config):
+    """The default stages of ``labels`` with ``recipe``'s pose-stage changes (``None``: the
+    defaults untouched, chosen inside ``train`` as users get them)."""
+    if not recipe.pose_stage and not recipe.augment:
+        return None
+    from napari_pose.nn.data import load_frames
+    from napari_pose.nn.pipelines import default_pipeline, default_stages
+
+    data = load_frames(labels)
+    pipeline = config.pipeline or default_pipeline(data)
+    stages = default_stages(data, pipeline, config.preset)
+    pose = "centered_instance" if pipeline == "topdown" else next(iter(stages))
+    stage = stages[pose]
+    stages[pose] = attrs.evolve(stage, **recipe.pose_stage,
+                                augment=attrs.evolve(stage.augment, **recipe.augment))  # fmt: skip
+    return stages
+
+
+def train_recipe(labels, recipe: Recipe, minutes: float, out: Path,
+                 reuse: bool) -> tuple[float, str]:  # fmt: skip
+    """Train ``recipe``'s model into ``out`` (or reuse a complete one there); returns the
+    training minutes and the validation summary."""
+    from napari_pose.nn import package
+    from napari_pose.nn.train import TrainConfig, summarise, train
+
+    if reuse and (out / "metrics.json").exists() and package.read_config(out)["complete"]:
+        recorded = package.read_config(out)["training"]
+        metrics = json.loads((out / "metrics.json").read_text())
+        return float(recorded["elapsed_s"]) / 60, summarise(metrics)
+    config = TrainConfig(time_limit=minutes, device="cpu", **recipe.train)
+    stages = _stages(labels, recipe, config)
+    start = time.monotonic()
+    final: dict[str, Any] = {}
+    for progress in train(labels, out, config, stages=stages):
+        if progress.stage == "done" and progress.validation is not None:
+            final = progress.validation
+    return (time.monotonic() - start) / 60, summarise(final) if final else "no validation"
+
+
+def run_split(split: Split, data: Path, minutes: float, out: Path,
+              recipes: list[Recipe], reuse: bool) -> list[dict[str, Any]]:  # fmt: skip
+    """Train each distinct training of ``recipes`` on the split's training frames and score
+    every recipe on its test frames."""
     import sleap_io as sio
 
     from napari_pose.core.io import load_labels
@@ -83,7 +163,6 @@ def run_split(split: Split, data: Path, minutes: float, out: Path) -> dict[str, 
     from napari_pose.nn.metrics import compare
     from napari_pose.nn.scaleout import predict_one
     from napari_pose.nn.tracking import TrackerConfig, track
-    from napari_pose.nn.train import TrainConfig, summarise, train
 
     labels = load_labels(data / split.labels, lazy=False)
     if len(labels.videos) != 1:
@@ -98,42 +177,51 @@ def run_split(split: Split, data: Path, minutes: float, out: Path) -> dict[str, 
     truth = labels_to_arrays(labels)
     truth = truth.select(~truth.predicted & np.isin(truth.frame, frames[in_test]))
     test_frames = sorted(set(truth.frame.tolist()))
-
-    start = time.monotonic()
-    final: dict[str, Any] = {}
-    for progress in train(train_labels, out, TrainConfig(time_limit=minutes, device="cpu")):
-        if progress.stage == "done" and progress.validation is not None:
-            final = progress.validation
-    train_s = time.monotonic() - start
-
     n_animals = int(np.bincount(truth.frame).max())
-    start = time.monotonic()
-    predicted = predict_one(video, out, PredictConfig(device="cpu"), frames=test_frames)
-    predicted = attrs.evolve(predicted, videos=[video])
     tracked = truth.track.max(initial=-1) >= 0
-    if tracked:
-        predicted = track(predicted, TrackerConfig(max_tracks=n_animals))
-    predict_s = time.monotonic() - start
 
-    metrics, _ = compare(truth, predicted, predicted_frames_only=False)
-    return {
-        "split": split.name,
-        "describe": split.describe,
-        "train_frames": int(in_train.sum()),
-        "test_frames": len(test_frames),
-        "oks_map": metrics["oks_map"],
-        "oks_mar": metrics["oks_mar"],
-        "dist_median_px": metrics["dist_median_px"],
-        "dist_p90_px": metrics["dist_p90_px"],
-        "dist_p95_px": metrics["dist_p95_px"],
-        "under_2.8px": metrics[f"pck_{CLOSE_PX}px"],
-        "animals_found": metrics["n_matched"],
-        "animals_expected": metrics["n_gt"],
-        "id_switches": metrics.get("id_switches") if tracked else None,
-        "train_minutes": train_s / 60,
-        "predict_frames_s": len(test_frames) / predict_s,
-        "validation": summarise(final) if final else "no validation",
-    }
+    trained: dict[str, tuple[Path, float, str]] = {}
+    results = []
+    for recipe in recipes:
+        key = recipe.training_key
+        if key not in trained:
+            model = out / f"{split.name}-{key}"
+            print(f"  training {key} ({minutes} min)", flush=True)
+            trained[key] = (model, *train_recipe(train_labels, recipe, minutes, model, reuse))
+        model, train_minutes, validation = trained[key]
+        start = time.monotonic()
+        config = PredictConfig(device="cpu", **recipe.predict)
+        predicted = predict_one(video, model, config, frames=test_frames)
+        predicted = attrs.evolve(predicted, videos=[video])
+        if tracked:
+            predicted = track(predicted, TrackerConfig(max_tracks=n_animals))
+        if recipe.refine:
+            from napari_pose.nn.refine import refine_tracks
+
+            predicted = refine_tracks(predicted)
+        predict_s = time.monotonic() - start
+        metrics, _ = compare(truth, predicted, predicted_frames_only=False)
+        results.append({
+            "recipe": recipe.name,
+            "split": split.name,
+            "describe": split.describe,
+            "train_frames": int(in_train.sum()),
+            "test_frames": len(test_frames),
+            "oks_map": metrics["oks_map"],
+            "oks_mar": metrics["oks_mar"],
+            "dist_median_px": metrics["dist_median_px"],
+            "dist_p90_px": metrics["dist_p90_px"],
+            "dist_p95_px": metrics["dist_p95_px"],
+            "under_2.8px": metrics[f"pck_{CLOSE_PX}px"],
+            "animals_found": metrics["n_matched"],
+            "animals_expected": metrics["n_gt"],
+            "id_switches": metrics.get("id_switches") if tracked else None,
+            "train_minutes": train_minutes,
+            "predict_frames_s": len(test_frames) / predict_s,
+            "validation": validation,
+        })  # fmt: skip
+        print(json.dumps(results[-1], default=float), flush=True)
+    return results
 
 
 def _row(result: dict[str, Any]) -> str:
@@ -158,18 +246,32 @@ def main() -> None:
     parser.add_argument("--splits", default="a,b,c", help="comma-separated, of a, b, c")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_accuracy"))
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    parser.add_argument(
+        "--recipes",
+        default="baseline",
+        help=f"comma-separated, of {', '.join(RECIPES)} (baseline always runs)",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="score complete models already in --out instead of training them",
+    )
     args = parser.parse_args()
+    names = ["baseline", *(n.strip() for n in args.recipes.split(",") if n.strip() != "baseline")]
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        parser.error(f"unknown recipes {unknown}; choose from {sorted(RECIPES)}")
+    recipes = [RECIPES[n] for n in names]
 
     from napari_pose.nn.metrics import json_ready
 
     results = []
     for name in args.splits.split(","):
         split = SPLITS[name.strip()]
-        print(f"split {split.name} ({split.describe}): training {args.minutes} min", flush=True)
-        result = {"recipe": "baseline", **run_split(split, args.data, args.minutes,
-                                                    args.out / f"{split.name}-baseline")}  # fmt: skip
-        print(json.dumps(json_ready(result), indent=1), flush=True)
-        results.append(result)
+        print(f"split {split.name} ({split.describe}): {', '.join(names)}", flush=True)
+        results += run_split(split, args.data, args.minutes, args.out, recipes, args.reuse)
+        if args.json is not None:  # after each split: a long run keeps what it measured
+            args.json.write_text(json.dumps(json_ready(results), indent=1))
     print(
         "\n| split | recipe | OKS mAP | mAR | median px | p90 px | p95 px | < 2.8 px "
         "| animals found | ID switches | train min | predict frames/s |"
@@ -177,8 +279,6 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for result in results:
         print(_row(result))
-    if args.json is not None:
-        args.json.write_text(json.dumps(json_ready(results), indent=1))
 
 
 if __name__ == "__main__":
