@@ -25,6 +25,7 @@ import torch
 
 from napari_pose.core.errors import MissingVideoError, VideoFileError
 from napari_pose.core.pose_arrays import labels_to_arrays
+from napari_pose.core.skeleton import symmetries_from_names
 from napari_pose.core.stacks import to_uint8
 from napari_pose.core.video import open_video
 from napari_pose.nn.augment import (
@@ -79,8 +80,11 @@ class LabelledFrames:
 
     @property
     def symmetric_pairs(self) -> list[tuple[int, int]]:
-        """Left/right node pairs the skeleton declares (what flip augmentation swaps)."""
-        return [tuple(sorted(pair)) for pair in self.skeleton.symmetry_inds]
+        """Left/right node pairs (what flip augmentation swaps): those the skeleton declares,
+        or, when it declares none, those its node names say (``wingL``/``wingR``;
+        ``core.skeleton.symmetries_from_names``). The model package records them."""
+        declared = [tuple(sorted(pair)) for pair in self.skeleton.symmetry_inds]
+        return declared or symmetries_from_names(self.skeleton.node_names)
 
     @property
     def mirror(self) -> np.ndarray:
