@@ -9,7 +9,8 @@ makes endless different examples from them without touching the video again.
 (single-instance, centroid and bottom-up models see the frame, scaled) or one instance of a
 frame (the centred-instance model sees a crop centred on that animal's anchor). Both are one
 affine warp from the frame (see ``augment``), so scaling, cropping and augmentation cost one
-resampling of the output pixels only.
+resampling of the output pixels only. Crops may also get a second animal pasted against the
+centred one (``paste_encounters``), the situation the centred-instance model gets wrong.
 """
 
 from __future__ import annotations
@@ -29,13 +30,20 @@ from napari_pose.core.skeleton import symmetries_from_names
 from napari_pose.core.stacks import to_uint8
 from napari_pose.core.video import open_video
 from napari_pose.nn.augment import (
+    ENCOUNTER_DISTANCE,
+    ENCOUNTER_RADIUS,
+    ENCOUNTER_SOFT_EDGE,
     AugmentConfig,
     adjust_intensity,
+    animal_size,
+    encounter_matrices,
     random_affine,
+    skeleton_mask,
     swap_symmetric,
     transform_points,
     warp,
 )
+from napari_pose.nn.targets import grid
 
 
 @attrs.define(eq=False)
@@ -297,7 +305,9 @@ def make_batch(
     centred on that instance's anchor, and holds only that instance's keypoints (the other
     animals in view are background to the centred-instance model). ``anchor`` is the anchor
     node (``None``: bounding-box centre). With ``augment`` (and a seeded ``generator``) each
-    example gets a random warp and intensity change on top.
+    example gets a random warp and intensity change on top, and a crop, with probability
+    ``augment.encounter``, a second animal pasted against the centred one
+    (``paste_encounters``) before the intensity change.
     """
     frames = examples[:, 0] if crop else examples
     images = [data.images[i] for i in frames]
@@ -317,11 +327,179 @@ def make_batch(
         matrices = extra @ matrices
         points = swap_symmetric(points, flipped, mirror)
     images_t = _warp_grouped(images, matrices, size)
+    points = transform_points(points, matrices)
+    anchors_t = transform_points(anchors_t, matrices)
+    if crop and augment is not None and augment.encounter > 0:
+        pasted = paste_encounters(data, examples, images_t, points, anchors_t[:, 0], matrices,
+                                  anchor=anchor, probability=augment.encounter,
+                                  generator=generator)  # fmt: skip
+        images_t, points = pasted.images, pasted.points
     if augment is not None:
         images_t = adjust_intensity(images_t, augment, generator)
-    return Batch(
-        images_t,
-        transform_points(points, matrices),
-        transform_points(anchors_t, matrices),
-        matrices,
+    return Batch(images_t, points, anchors_t, matrices)
+
+
+def _donor_candidates(data: LabelledFrames, examples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Instances that can be pasted into crops, and where each crop's own instance is among them.
+
+    Returns the candidates (positions in ``instances()`` with two or more visible nodes: one
+    node gives no size to cut out by) and, per crop of ``examples`` ``(frame, instance)``,
+    the position of its instance among them, or ``len(candidates)`` when it is none.
+    """
+    counts = np.array([len(p) for p in data.points])
+    own = (np.cumsum(counts) - counts)[examples[:, 0]] + examples[:, 1]
+    visible = np.isfinite(np.concatenate(data.points)).all(axis=-1).sum(axis=-1)
+    candidates = np.flatnonzero(visible >= 2)
+    position = np.searchsorted(candidates, own)
+    return candidates, np.where(np.isin(own, candidates), position, len(candidates))
+
+
+def _windows(frames: list[np.ndarray], points: np.ndarray,
+             margin: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:  # fmt: skip
+    """The part of each frame within ``margin`` ``(n,)`` pixels (plus one, for bilinear
+    neighbours) of the bounding box of its animal's visible ``points`` ``(n, k, 2)``.
+
+    Returns the windows zero-padded to one shape ``(n, h, w, C)`` uint8, their top-left
+    corners ``(n, 2)`` ``(x, y)`` in their frames and their own sizes ``(n, 2)`` ``(w, h)``.
+    Converting whole frames to float cost more than the rest of an encounter.
+    """
+    frame_wh = np.array([frame.shape[1::-1] for frame in frames])
+    pad = (margin + 1)[:, None]
+    low = np.clip(np.floor(np.nanmin(points, axis=1) - pad), 0, frame_wh).astype(np.int64)
+    high = np.clip(np.ceil(np.nanmax(points, axis=1) + pad) + 1, 0, frame_wh).astype(np.int64)
+    sizes = high - low
+    out = np.zeros((len(frames), sizes[:, 1].max(), sizes[:, 0].max(), frames[0].shape[-1]),
+                   dtype=np.uint8)  # fmt: skip
+    for i, (frame, (x0, y0), (x1, y1)) in enumerate(zip(frames, low, high, strict=True)):
+        out[i, : y1 - y0, : x1 - x0] = frame[y0:y1, x0:x1]
+    return torch.from_numpy(out), low, sizes
+
+
+def _translations(offsets: torch.Tensor) -> torch.Tensor:
+    """``(n, 3, 3)`` matrices that add ``offsets`` ``(n, 2)`` to points."""
+    m = torch.eye(3).repeat(len(offsets), 1, 1)
+    m[:, :2, 2] = offsets
+    return m
+
+
+@attrs.frozen
+class Encounters:
+    """Crops after ``paste_encounters``, with what was pasted where.
+
+    Attributes:
+        images: ``(B, C, h, w)`` the crops, donors blended in.
+        points: ``(B, 1, k, 2)`` the centred animals' keypoints, NaN where a donor covers them.
+        donors: ``(B,)`` row of ``LabelledFrames.instances()`` pasted into each crop; -1 where
+            none was.
+        matrices: ``(B, 3, 3)`` donor frame to crop transforms (identity where no donor).
+        masks: ``(B, h, w)`` weight of the donor in each crop pixel (0 where none).
+        occluded: ``(B, k)`` the centred animal's nodes the donor covers.
+    """
+
+    images: torch.Tensor
+    points: torch.Tensor
+    donors: np.ndarray
+    matrices: torch.Tensor
+    masks: torch.Tensor
+    occluded: torch.Tensor
+
+
+def paste_encounters(
+    data: LabelledFrames,
+    examples: np.ndarray,
+    images: torch.Tensor,
+    points: torch.Tensor,
+    centres: torch.Tensor,
+    matrices: torch.Tensor,
+    *,
+    anchor: int | None,
+    probability: float,
+    generator: torch.Generator | None,
+) -> Encounters:
+    """With ``probability``, paste another labelled animal against the centred one of each crop.
+
+    ``examples`` are the crops' ``(frame, instance)`` rows, ``images`` ``(B, C, h, w)`` the
+    crops, ``points`` ``(B, 1, k, 2)`` and ``centres`` ``(B, 2)`` the centred animals'
+    keypoints and anchors in crop pixels, ``matrices`` the frame-to-crop transforms.
+
+    The donor is any other instance with two or more visible nodes (another frame's, or the
+    other animal of the same frame), cut out of its frame by ``skeleton_mask`` (radius
+    ``ENCOUNTER_RADIUS`` of its size, soft edge ``ENCOUNTER_SOFT_EDGE``) and placed by
+    ``encounter_matrices`` with its anchor ``ENCOUNTER_DISTANCE`` of the two animals' mean
+    size from the centred anchor, at the crops' zoom. Pixels its frame does not cover are
+    left alone (its mask is 0 there). ``crop = crop * (1 - mask) + donor * mask``.
+
+    The centred animal's nodes where the mask exceeds 1/2 become NaN: the image there shows
+    the donor, so a target on them would teach the model to draw the centred animal's parts on
+    the other one, the very mistake this fights. NaN gives that node an empty map, as for a
+    node the labeller marked not visible: the model learns to report what it cannot see as
+    missing. Nothing is drawn from ``generator`` when there is no possible donor.
+    """
+    n_crops = len(examples)
+    h, w = images.shape[-2:]
+    none = Encounters(images, points, np.full(n_crops, -1), torch.eye(3).repeat(n_crops, 1, 1),
+                      torch.zeros(n_crops, h, w),
+                      torch.zeros(n_crops, points.shape[-2], dtype=torch.bool))  # fmt: skip
+    flat = np.concatenate(data.points)  # (n_instances, k, 2), the order of instances()
+    candidates, own = _donor_candidates(data, examples)
+    n_choices = len(candidates) - (own < len(candidates))
+    if probability <= 0 or not (n_choices > 0).any():
+        return none
+    # One draw per crop and purpose, always all of them: the next crop's draws do not depend
+    # on whether this one got a donor.
+    draws = torch.rand(n_crops, 5, generator=generator)
+    chosen = np.flatnonzero((draws[:, 0] < probability).numpy() & (n_choices > 0))
+    if len(chosen) == 0:
+        return none
+    # Uniform over the candidates other than the centred instance itself: skip over its place.
+    pick = np.minimum((draws[chosen, 1].numpy() * n_choices[chosen]).astype(np.int64),
+                      n_choices[chosen] - 1)  # fmt: skip
+    donors = candidates[pick + (pick >= own[chosen])]
+    donor_points = torch.from_numpy(flat[donors])
+    donor_anchors = torch.from_numpy(anchor_points(flat[donors], anchor)).float()
+    zoom = torch.linalg.det(matrices[chosen, :2, :2]).abs().sqrt()
+    donor_size = animal_size(donor_points) * zoom
+    mean_size = (animal_size(points[chosen, 0]) + donor_size) / 2
+    low, high = ENCOUNTER_DISTANCE
+    distance = (low + draws[chosen, 2] * (high - low)) * mean_size
+    donor_matrices = encounter_matrices(donor_anchors, centres[chosen], zoom, distance,
+                                        draws[chosen, 3:])  # fmt: skip
+    # Only the window of its frame the cut-out can reach, not the whole frame, is resampled.
+    reach = (ENCOUNTER_RADIUS + ENCOUNTER_SOFT_EDGE) * (donor_size / zoom)
+    windows, corners, window_wh = _windows(
+        [data.images[f] for f in data.instances()[donors, 0]], flat[donors], reach.numpy()
+    )
+    window_matrices = donor_matrices @ _translations(torch.from_numpy(corners).float())
+    donor_crops = warp(windows.permute(0, 3, 1, 2).float().div_(255.0), window_matrices, (h, w))
+    # Every crop pixel and the centred animal's nodes, through one mask computation.
+    ys, xs = grid(h, w, 1)
+    pixels = torch.stack([xs.flatten(), ys.flatten()], dim=-1).expand(len(chosen), h * w, 2)
+    queries = torch.cat([pixels, points[chosen, 0]], dim=1)
+    mask = skeleton_mask(queries, transform_points(donor_points, donor_matrices),
+                         torch.from_numpy(data.edges), ENCOUNTER_RADIUS * donor_size,
+                         ENCOUNTER_SOFT_EDGE * donor_size)  # fmt: skip
+    # The window ends where its frame does or beyond the cut-out: what lies outside it, the
+    # frame does not show (the warp would paste black there).
+    in_window = transform_points(queries, torch.linalg.inv(window_matrices))
+    wh = torch.from_numpy(window_wh).float()
+    covered = ((in_window >= 0) & (in_window <= wh[:, None] - 1)).all(dim=-1)
+    mask = mask * covered
+    pixel_mask = mask[:, : h * w].reshape(len(chosen), 1, h, w)
+    blended = images.clone()
+    blended[chosen] = images[chosen] * (1 - pixel_mask) + donor_crops * pixel_mask
+    occluded = none.occluded.clone()
+    occluded[chosen] = mask[:, h * w :] > 0.5
+    all_donors = none.donors.copy()
+    all_donors[chosen] = donors
+    all_matrices = none.matrices.clone()
+    all_matrices[chosen] = donor_matrices
+    masks = none.masks.clone()
+    masks[chosen] = pixel_mask[:, 0]
+    return Encounters(
+        images=blended,
+        points=points.masked_fill(occluded[:, None, :, None], torch.nan),
+        donors=all_donors,
+        matrices=all_matrices,
+        masks=masks,
+        occluded=occluded,
     )
