@@ -400,3 +400,73 @@ def test_track_needs_a_stack_it_cannot_find(tmp_path, capsys):
     assert main(["track", str(tmp_path / "p.slp"), "-o", str(tmp_path / "t.slp")]) == 2
     assert f"p.slp: its stack {tmp_path / 'gone.tif'} was not found" in capsys.readouterr().err
     assert not (tmp_path / "t.slp").exists()
+
+
+@pytest.fixture
+def recorded_runs(tmp_path, monkeypatch):
+    """A video, a model folder whose config says its training frames held up to 2 animals,
+    and ``predict_one`` / ``track_planes`` replaced by recorders of the limit each is given:
+    the animals per frame for detection and the most tracks."""
+    import yaml
+
+    import napari_pose.nn.scaleout
+    import napari_pose.nn.tracking
+    from napari_pose.core.synthetic import make_synthetic, write_video
+    from napari_pose.nn.inference import predictions_to_arrays
+    from napari_pose.nn.predict import FramePrediction
+
+    write_video(make_synthetic(n_frames=2, size=64, n_animals=1).frames, tmp_path / "v.mp4")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.yaml").write_text(
+        yaml.safe_dump({"format": 1, "pipeline": "topdown", "max_instances": 2}))  # fmt: skip
+    limits: dict[str, int | None] = {}
+
+    def predict_one(video, model, config, frames=None, **kwargs):
+        limits["detection"] = config.max_instances
+        found = FramePrediction(np.ones((1, 1, 2), np.float32), np.ones((1, 1), np.float32),
+                                np.ones(1, np.float32))  # fmt: skip
+        return predictions_to_arrays(sio.Skeleton(["head"]), [], [(0, 0, found)])
+
+    def track_planes(arrays, planes, config):
+        limits["tracks"] = config.max_tracks
+        return arrays
+
+    monkeypatch.setattr(napari_pose.nn.scaleout, "predict_one", predict_one)
+    monkeypatch.setattr(napari_pose.nn.tracking, "track_planes", track_planes)
+    command = ["predict", str(tmp_path / "v.mp4"), "-m", str(tmp_path / "model"), "-o",
+               str(tmp_path / "p.slp"), "--quiet", "--tracker"]  # fmt: skip
+    return command, limits
+
+
+@pytest.mark.parametrize(("options", "said"), [
+    (["--animals", "3"], "3 (--animals)"),
+    (["--animals", "3", "--max-tracks", "3"], "3 (--animals)"),
+    (["--max-instances", "3"], "3 (--max-instances, now called --animals)"),
+    (["--max-tracks", "3"], "3 (--max-tracks, now called --animals)"),
+    ([], "2 (the most in the training labels; change with --animals)"),
+], ids=["animals", "same twice", "old detection name", "old tracking name", "default"])  # fmt: skip
+def test_one_number_of_animals_limits_detection_and_tracking(recorded_runs, capsys, options,
+                                                             said):  # fmt: skip
+    """``--animals`` (or either of its old names) caps the animals found per frame and the
+    tracks; by default both follow the most animals a training frame held."""
+    command, limits = recorded_runs
+    assert main([*command, *options]) == 0
+    n = int(said.split()[0])
+    assert limits == {"detection": n, "tracks": n}
+    assert capsys.readouterr().out.startswith(f"animals per frame: {said}\n")
+
+
+def test_two_numbers_of_animals_are_refused(recorded_runs, tmp_path, capsys):
+    command, limits = recorded_runs
+    assert main([*command, "--animals", "3", "--max-tracks", "2"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --animals 3 and --max-tracks 2 disagree: give the number of animals once, "
+        "with --animals\n"
+    )
+    assert limits == {} and not (tmp_path / "p.slp").exists()
+    assert main(["track", str(tmp_path / "p.slp"), "-o", str(tmp_path / "t.slp"),
+                 "--max-tracks", "2", "--animals", "1"]) == 2  # fmt: skip
+    assert capsys.readouterr().err == (
+        "error: --max-tracks 2 and --animals 1 disagree: give the number of animals once, "
+        "with --animals\n"
+    )

@@ -276,8 +276,9 @@ def _predict(args: argparse.Namespace) -> int:
     from napari_pose.nn.train import parse_frames
 
     _check_writable(args.output)
+    animals = _animals_per_frame(args)
     config = PredictConfig(batch_size=args.batch_size, peak_threshold=args.peak_threshold,
-                           max_instances=args.max_instances, device=args.device)  # fmt: skip
+                           max_instances=animals, device=args.device)  # fmt: skip
     frames = parse_frames(args.frames) if args.frames else None
     project = _merge_target(args) if args.merge else None
     # Merged predictions are saved with the project's own videos, which record stacks' axes.
@@ -302,7 +303,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.tracker:
         from napari_pose.nn.tracking import track_planes
 
-        arrays = track_planes(arrays, planes, _tracker_config(args))
+        arrays = track_planes(arrays, planes, _tracker_config(args, animals))
     if not len(arrays):
         from napari_pose.core.errors import PoseWarning
 
@@ -335,16 +336,68 @@ def _stack_planes(videos, axes: str | None) -> dict[int, tuple[tuple[int, ...], 
     return planes
 
 
-def _tracker_config(args: argparse.Namespace):
+def _animals_per_frame(args: argparse.Namespace) -> int:
+    """The animals per frame of a ``predict`` run, for detection and tracking alike: as asked,
+    else the most one frame of the model's training labels held (a folder that is no model
+    fails here, before any video is read). Printed, since it caps what is found and a video
+    may hold more animals than the labels did."""
+    from napari_pose.nn.inference import trained_animals
+
+    asked, trained = _asked_animals(args), trained_animals(args.model)
+    if asked is None:
+        print(f"animals per frame: {trained} (the most in the training labels; change with "
+              "--animals)")  # fmt: skip
+        return trained
+    flags = list(args.animals_given)
+    named = "--animals" if "--animals" in flags else f"{flags[0]}, now called --animals"
+    print(f"animals per frame: {asked} ({named})")
+    return asked
+
+
+class _AnimalsFlag(argparse.Action):
+    """``--animals`` and its old names, ``--max-instances`` (detection) and ``--max-tracks``
+    (tracking), which now set the one number both obey. Every flag given is recorded, so that
+    two different numbers are refused (``_asked_animals``) rather than the last one winning."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        namespace.animals_given = {**getattr(namespace, "animals_given", {}),
+                                   option_string: values}  # fmt: skip
+        namespace.animals = values
+
+
+def _asked_animals(args: argparse.Namespace) -> int | None:
+    """The animals per frame the command line asks for (``None``: not given), or a
+    ``ValueError`` when its flags name different numbers."""
+    given: dict[str, int] = getattr(args, "animals_given", {})
+    if len(set(given.values())) > 1:
+        flags = " and ".join(f"{flag} {n}" for flag, n in given.items())
+        raise ValueError(f"{flags} disagree: give the number of animals once, with --animals")
+    return args.animals
+
+
+def _tracker_config(args: argparse.Namespace, animals: int | None):
     from napari_pose.nn.tracking import TrackerConfig
 
-    return TrackerConfig(similarity=args.similarity, max_tracks=args.max_tracks,
-                         window=args.window, kalman=args.kalman)  # fmt: skip
+    return TrackerConfig(similarity=args.similarity, max_tracks=animals, window=args.window,
+                         kalman=args.kalman)  # fmt: skip
+
+
+def _positive(text: str) -> int:
+    """A count of 1 or more from the command line (argparse reports the error)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"needs a whole number of 1 or more, not {text!r}")
+    return int(text)
+
+
+def _add_animals_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--animals N``, with its old names hidden: scripts that use them still run."""
+    parser.add_argument("--animals", type=_positive, action=_AnimalsFlag, metavar="N", help=help)
+    for old in ("--max-instances", "--max-tracks"):
+        parser.add_argument(old, type=_positive, action=_AnimalsFlag, dest="animals",
+                            help=argparse.SUPPRESS)  # fmt: skip
 
 
 def _add_tracker_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-tracks", type=int, help="number of animals (new tracks only "
-                        "while fewer)")  # fmt: skip
     parser.add_argument("--similarity", choices=["oks", "centroid", "iou"], default="oks")
     parser.add_argument("--window", type=int, default=5, help="frames a track stays matchable")
     parser.add_argument("--kalman", action="store_true", help="constant-velocity prediction")
@@ -359,6 +412,7 @@ def _track(args: argparse.Namespace) -> int:
     from napari_pose.core.video import is_stack_file
     from napari_pose.nn.tracking import track_planes
 
+    animals = _asked_animals(args)
     _check_writable(args.output)
     labels = load_labels(args.input)
     stacks = [name for name in missing_videos(labels) if is_stack_file(name)]
@@ -373,7 +427,7 @@ def _track(args: argparse.Namespace) -> int:
         from napari_pose.core.errors import PoseWarning
 
         warnings.warn(f"{args.input}: no predicted instances to track", PoseWarning, stacklevel=2)
-    tracked = track_planes(arrays, planes, _tracker_config(args))
+    tracked = track_planes(arrays, planes, _tracker_config(args, animals))
     out = arrays_to_labels(tracked)
     out.suggestions = list(labels.suggestions)
     save_labels(out, args.output)
@@ -498,7 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--frames", help="frame indices, e.g. 1300-1499 or 0-99999:10")
     predict.add_argument("--batch-size", type=int, default=4)
     predict.add_argument("--peak-threshold", type=float, default=0.2)
-    predict.add_argument("--max-instances", type=int, help="default: most seen in training")
+    _add_animals_flag(predict, "animals a frame may hold: detection keeps at most N per frame "
+                      "and --tracker makes at most N tracks (default: the most in the model's "
+                      "training labels)")  # fmt: skip
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     predict.add_argument("--scheduler", help="dask scheduler address (default: local cluster)")
     predict.add_argument("--workers", type=int, help="local cluster processes (default: cores)")
@@ -514,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     track = sub.add_parser("track", help="assign identity tracks to predictions")
     track.add_argument("input", type=Path, help="predictions .slp")
     track.add_argument("-o", "--output", type=Path, required=True, help="tracked .slp")
+    _add_animals_flag(track, "animals a frame may hold: at most N tracks (default: no limit)")
     _add_tracker_flags(track)
     track.set_defaults(run=_track)
 

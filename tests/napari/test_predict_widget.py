@@ -202,7 +202,7 @@ def test_tracking_after_a_run_gives_identities_that_save(make_napari_viewer, qtb
     viewer, widget = _dock(make_napari_viewer, setup.video, setup.model)
     widget.frames.value = "range"
     widget.first.value, widget.last.value = 0, 29
-    widget.track_box.value, widget.max_tracks.value = True, 1
+    widget.track_box.value, widget.animals.value = True, 1
     assert widget.plane_axes.native.isHidden()  # a video's one plane axis is time
     _run(qtbot, widget)
     assert "1 tracks" in widget.status.value
@@ -255,7 +255,7 @@ def test_merge_replaces_the_projects_predictions_on_those_frames_and_saves(
     old_100 = _points(predictions, 100)
     widget.frames.value = "range"
     widget.first.value, widget.last.value = 105, 114
-    widget.track_box.value, widget.max_tracks.value = True, 1
+    widget.track_box.value, widget.animals.value = True, 1
     _run(qtbot, widget)
     dock = widget.predictions_layer
     assert list(projects(viewer).listed()) == ["q.slp"]  # the dock's own layer is no project
@@ -372,7 +372,7 @@ def test_a_stack_is_tracked_along_its_time_axis_each_depth_apart(make_napari_vie
 
     widget.plane_axes.value = "tz"
     widget.frames.value = "all"
-    widget.track_box.value, widget.max_tracks.value = True, 1
+    widget.track_box.value, widget.animals.value = True, 1
     _run(qtbot, widget)
     binding = widget.predictions_layer.metadata["napari_pose"]
     arrays = binding.arrays
@@ -400,7 +400,7 @@ def test_merged_tracks_join_the_projects_trajectories_and_the_merge_is_an_edit(
     user_trajectory = before.data.copy()  # the user labels' animal_0, on frames 0-59
     widget.frames.value = "range"
     widget.first.value, widget.last.value = 105, 114
-    widget.track_box.value, widget.max_tracks.value = True, 1
+    widget.track_box.value, widget.animals.value = True, 1
     _run(qtbot, widget)
 
     edited: list = []
@@ -443,3 +443,63 @@ def test_every_merge_comes_back_after_a_kill(
     (session,) = projects(viewer).listed().values()
     assert session.dirty and len(session.current().labeled_frames) == 60 + n_merges
     assert survives_a_kill(qtbot, session)
+
+
+def test_one_animals_box_limits_detection_and_tracking(make_napari_viewer, qtbot, setup,
+                                                       monkeypatch):  # fmt: skip
+    """*animals per frame* is how many animals detection keeps per frame and the most tracks;
+    at 0 both follow the model's training labels, whose number the dock shows for the model."""
+    from napari_pose.napari._qt import predict_widget as _predict_widget
+
+    limits: list[tuple[str, int]] = []
+    predict_video, track_planes = _predict_widget.predict_video, _predict_widget.track_planes
+
+    def recorded_video(predictor, *args, **kwargs):
+        limits.append(("detection", predictor.max_instances))
+        return predict_video(predictor, *args, **kwargs)
+
+    def recorded_tracks(arrays, planes, config):
+        limits.append(("tracks", config.max_tracks))
+        return track_planes(arrays, planes, config)
+
+    monkeypatch.setattr(_predict_widget, "predict_video", recorded_video)
+    monkeypatch.setattr(_predict_widget, "track_planes", recorded_tracks)
+    viewer, widget = _dock(make_napari_viewer, setup.video)
+    assert widget.animals.value == 0 and widget.trained_animals.native.isHidden()
+    widget.model.value = setup.model
+    assert not widget.trained_animals.native.isHidden()
+    assert widget.trained_animals.value == "0: as in the training labels, up to 1 per frame"
+    widget.track_box.value = True
+    _run(qtbot, widget)
+    widget.animals.value = 3
+    _run(qtbot, widget)
+    assert limits == [("detection", 1), ("tracks", 1), ("detection", 3), ("tracks", 3)]
+    widget.model.value = setup.model.parent  # no model there: nothing to say
+    assert widget.trained_animals.native.isHidden()
+
+
+def test_frames_with_more_animals_than_the_box_allows_are_a_warning(
+        make_napari_viewer, qtbot, setup, monkeypatch):  # fmt: skip
+    from napari_pose.napari._qt import predict_widget as _predict_widget
+
+    warned: list[str] = []
+    monkeypatch.setattr(_predict_widget, "show_warning", warned.append)
+    predict_batch = Predictor._predict_batch
+
+    def three_found(self, batch):  # the model found 3 animals in every frame
+        return [attrs.evolve(p, n_candidates=3) for p in predict_batch(self, batch)]
+
+    monkeypatch.setattr(Predictor, "_predict_batch", three_found)
+    viewer, widget = _dock(make_napari_viewer, setup.video, setup.model)
+    widget.frames.value = "range"
+    widget.first.value, widget.last.value = 0, 9
+    widget.animals.value = 2
+    _run(qtbot, widget)
+    assert warned == [
+        "10 of 10 frames held more than 2 animals (the model found up to 3) and only the best "
+        "2 of each were kept; if frames can hold more, raise the animals per frame: --animals "
+        "N (napari-pose predict) or 'animals per frame' in the Predict dock"
+    ]
+    widget.animals.value = 3
+    _run(qtbot, widget)
+    assert len(warned) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 
 import attrs
 import numpy as np
@@ -263,3 +264,140 @@ def test_predict_command_checks_its_output_before_predicting(trained, tmp_path, 
     assert capsys.readouterr().err == (
         f"error: {out}: cannot be written: the folder {out.parent} does not exist\n"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Animals per frame: more than in training when asked, and frames that held more than the limit
+# --------------------------------------------------------------------------------------------
+
+#: Where the animals of each frame of ``_spot_frames`` are, ``(x, y)``: three, two, then one.
+SPOTS = [[(12, 12), (44, 20), (28, 48)], [(12, 12), (44, 20)], [(28, 48)]]
+#: The warning of a run of the spots package at its default limit (2) over ``SPOTS``.
+CROWDED = (
+    "1 of 3 frames held more than 2 animals (the model found up to 3) and only the best 2 of "
+    "each were kept; if frames can hold more, raise the animals per frame: --animals N "
+    "(napari-pose predict) or 'animals per frame' in the Predict dock"
+)
+
+
+class _SeesSpots(torch.nn.Module):
+    """A hand-made perfect model of ``_spot_frames``: every head outputs the image, which is
+    already a map with a Gaussian peak on each animal. It finds exactly the animals a frame
+    holds, so the limit on animals per frame alone decides how many are kept."""
+
+    output_stride = 1
+
+    def __init__(self, heads: dict[str, int]) -> None:
+        super().__init__()
+        self.heads = heads
+        self.gain = torch.nn.Parameter(torch.ones(()))  # ``Predictor`` finds the device by it
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: images[:, :1].expand(-1, n, -1, -1) * self.gain
+                for name, n in self.heads.items()}  # fmt: skip
+
+
+def _spot_frames() -> np.ndarray:
+    """``SPOTS`` as frames: a Gaussian peak (sigma 2 px, 255 at its centre) on each animal."""
+    from napari_pose.nn.targets import confidence_maps
+
+    points = torch.full((len(SPOTS), 3, 1, 2), torch.nan)
+    for f, spots in enumerate(SPOTS):
+        points[f, : len(spots), 0] = torch.tensor(spots, dtype=torch.float32)
+    return (confidence_maps(points, (64, 64), 1, 2.0)[:, 0] * 255).round().byte().numpy()
+
+
+def _stage(kind: str, heads: dict[str, int], side: int):
+    from napari_pose.nn.models import ModelConfig
+    from napari_pose.nn.pipelines import StageConfig
+
+    backbone = UNetConfig(max_stride=16, output_stride=1)
+    return StageConfig(kind=kind, model=ModelConfig(backbone, heads), input_size=(side, side))
+
+
+def _spot_predictor(config: PredictConfig | None = None) -> Predictor:
+    """A top-down package of ``_SeesSpots`` models whose training labels held at most 2
+    animals a frame."""
+    from pathlib import Path
+
+    from napari_pose.nn.package import ModelPackage
+
+    stages = {"centroid": _stage("centroid", {"centroids": 1}, 64),
+              "centered_instance": _stage("centered_instance", {"confmaps": 2}, 32)}  # fmt: skip
+    models = {kind: _SeesSpots(stage.model.heads) for kind, stage in stages.items()}
+    package = ModelPackage(Path("spots"), "topdown", stages, models,
+                           sio.Skeleton(["head", "tail"]), max_instances=2, config={})  # fmt: skip
+    return Predictor(package, config or PredictConfig(device="cpu"))
+
+
+def test_more_animals_than_in_training_are_found_when_asked():
+    """The most animals a training frame held (2) is the default limit; ``max_instances``
+    raises it for a video whose frames hold more."""
+    frames = _spot_frames()
+    default = _spot_predictor().predict(frames)
+    asked = _spot_predictor(PredictConfig(max_instances=3, device="cpu")).predict(frames)
+    assert [len(p.scores) for p in default] == [2, 2, 1]
+    assert [len(p.scores) for p in asked] == [3, 2, 1]
+    assert [p.n_candidates for p in default] == [p.n_candidates for p in asked] == [3, 2, 1]
+    found = {tuple(xy) for xy in np.round(asked[0].points[:, 0]).astype(int).tolist()}
+    assert found == set(SPOTS[0])
+
+
+def test_frames_that_held_more_animals_than_the_limit_are_reported_once():
+    from napari_pose.core.errors import PoseWarning
+
+    frames = _spot_frames()
+    predictor = _spot_predictor(PredictConfig(batch_size=1, device="cpu"))
+    with pytest.warns(PoseWarning) as caught:
+        assert len(list(predict_video(predictor, frames))) == 3  # batches of one frame
+    assert [str(w.message) for w in caught] == [CROWDED]
+    raised = _spot_predictor(PredictConfig(batch_size=1, max_instances=3, device="cpu"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PoseWarning)
+        list(predict_video(raised, frames))
+
+
+def test_bottomup_counts_the_animals_it_grouped_beyond_the_limit():
+    from napari_pose.nn.predict import predict_bottomup
+    from napari_pose.nn.targets import confidence_maps, part_affinity_fields
+
+    class Draws(_SeesSpots):
+        """Three two-node animals, drawn as a perfect bottom-up model would draw them."""
+
+        def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"confmaps": confidence_maps(points, (64, 64), 1, 2.0),
+                    "pafs": part_affinity_fields(points, edges, (64, 64), 1, 2.0)}  # fmt: skip
+
+    points = torch.tensor([[[[12.0, 12.0], [12.0, 24.0]], [[44.0, 12.0], [44.0, 24.0]],
+                            [[28.0, 40.0], [28.0, 52.0]]]])  # fmt: skip
+    edges = torch.tensor([[0, 1]])
+    stage = _stage("bottomup", {"confmaps": 2, "pafs": 1}, 64)
+    (found,) = predict_bottomup(Draws(stage.model.heads), stage, torch.zeros(1, 1, 64, 64),
+                                edges.numpy(), max_instances=2)  # fmt: skip
+    assert len(found.scores) == 2 and found.n_candidates == 3
+
+
+def test_videos_of_a_cluster_run_add_up_to_one_report(tmp_path, monkeypatch):
+    """A cluster worker (``_predict_reporting``) sends its video's count back rather than a
+    warning of its own: the client adds them up and warns once for the whole run."""
+    import tifffile
+
+    from napari_pose.core.errors import PoseWarning
+    from napari_pose.nn import scaleout
+
+    monkeypatch.setattr(Predictor, "load", classmethod(
+        lambda cls, folder, config=None: _spot_predictor(config)))  # fmt: skip
+    counts = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PoseWarning)
+        for name in ("a.tif", "b.tif"):
+            tifffile.imwrite(tmp_path / name, _spot_frames(), photometric="minisblack")
+            arrays, messages, crowding = scaleout._predict_reporting(
+                str(tmp_path / name), "spots", PredictConfig(device="cpu")
+            )
+            assert len(arrays) == 5 and messages == []
+            counts.append(crowding)
+    counts[0].add(counts[1])
+    with pytest.warns(PoseWarning) as caught:
+        counts[0].warn()
+    assert [str(w.message) for w in caught] == [CROWDED.replace("1 of 3", "2 of 6")]

@@ -30,7 +30,7 @@ from napari_pose.core.pose_arrays import PoseArrays, arrays_to_labels
 from napari_pose.core.stacks import to_uint8
 from napari_pose.nn.augment import warp
 from napari_pose.nn.data import crop_matrices
-from napari_pose.nn.package import ModelPackage, load_package
+from napari_pose.nn.package import ModelPackage, load_package, read_config
 from napari_pose.nn.pipelines import with_centre_cue
 from napari_pose.nn.predict import (
     FramePrediction,
@@ -57,7 +57,9 @@ class PredictConfig:
     Attributes:
         batch_size: Frames per forward pass.
         peak_threshold: Confidence-map peaks below this are not keypoints (nor animals).
-        max_instances: Most animals kept per frame (``None``: the most seen in training).
+        max_instances: Animals a frame may hold: detection keeps the best this many per frame
+            (``None``: the most one frame of the training labels held). Frames where more
+            were found are counted and reported once per run (``Crowding``).
         min_score: Instances scoring below this are dropped.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         workers: On CPU, batches predicted at once, each by a single-threaded worker
@@ -66,7 +68,8 @@ class PredictConfig:
 
     batch_size: int = attrs.field(default=4, validator=attrs.validators.ge(1))
     peak_threshold: float = 0.2
-    max_instances: int | None = None
+    max_instances: int | None = attrs.field(default=None, validator=attrs.validators.optional(
+        attrs.validators.ge(1)))  # fmt: skip
     min_score: float = 0.0
     device: str = "auto"
     workers: int | None = attrs.field(default=None, validator=attrs.validators.optional(
@@ -98,6 +101,7 @@ class Predictor:
 
     @property
     def max_instances(self) -> int:
+        """Animals kept per frame: as configured, else the most in the training labels."""
         return self.config.max_instances or self.package.max_instances
 
     def check_frames(self, frames: np.ndarray, source: str = "input") -> np.ndarray:
@@ -246,8 +250,63 @@ def _filter(prediction: FramePrediction, min_score: float) -> FramePrediction:
     keep = prediction.scores >= min_score
     if keep.all():
         return prediction
-    return FramePrediction(prediction.points[keep], prediction.point_scores[keep],
-                           prediction.scores[keep])  # fmt: skip
+    return attrs.evolve(prediction, points=prediction.points[keep],
+                        point_scores=prediction.point_scores[keep],
+                        scores=prediction.scores[keep])  # fmt: skip
+
+
+def trained_animals(folder: str | Path) -> int:
+    """The most animals one frame of the model's training labels held: the default animals
+    per frame. Read from the package's config alone, so the CLI and the dock can say it
+    before any weights load; a ``PoseFileError`` when ``folder`` is no model package."""
+    return int(read_config(folder).get("max_instances", 1))
+
+
+@attrs.define
+class Crowding:
+    """Frames that held more animals than a run's limit (``FramePrediction.n_candidates``
+    above ``Predictor.max_instances``): detection kept the best and dropped the others without
+    a word. Counted over a whole run, across batches, videos and cluster workers, so the user
+    is told once how often it happened and how to raise the limit.
+
+    Attributes:
+        limit: The run's animals per frame.
+        frames: Frames counted.
+        crowded: Frames where more than ``limit`` animals were found.
+        most: Most animals found in one frame.
+    """
+
+    limit: int = 0
+    frames: int = 0
+    crowded: int = 0
+    most: int = 0
+
+    def count(self, predictions: Sequence[FramePrediction], limit: int) -> None:
+        """Count a batch's frames, predicted with at most ``limit`` animals a frame."""
+        found = np.array([p.n_candidates or 0 for p in predictions], dtype=np.int64)
+        self.limit = limit
+        self.frames += len(found)
+        self.crowded += int((found > limit).sum())
+        self.most = max(self.most, int(found.max(initial=0)))
+
+    def add(self, other: Crowding) -> None:
+        """Count ``other``'s frames too: another video of the same run."""
+        self.limit = max(self.limit, other.limit)
+        self.frames += other.frames
+        self.crowded += other.crowded
+        self.most = max(self.most, other.most)
+
+    def message(self) -> str:
+        """How many frames held too many animals, and how to raise the limit."""
+        return (f"{self.crowded} of {self.frames} frames held more than {self.limit} animals "
+                f"(the model found up to {self.most}) and only the best {self.limit} of each "
+                "were kept; if frames can hold more, raise the animals per frame: --animals N "
+                "(napari-pose predict) or 'animals per frame' in the Predict dock")  # fmt: skip
+
+    def warn(self, stacklevel: int = 2) -> None:
+        """One ``PoseWarning`` with the ``message``, if any frame held too many animals."""
+        if self.crowded:
+            warnings.warn(self.message(), PoseWarning, stacklevel=stacklevel + 1)
 
 
 #: Name of the background decoding thread of ``predict_video``.
@@ -304,6 +363,7 @@ def predict_video(
     frames: Sequence[int] | None = None,
     *,
     prefetch: int = 2,
+    crowding: Crowding | None = None,
 ) -> Generator[tuple[np.ndarray, list[FramePrediction]], None, None]:
     """Predict ``frames`` (default: all) of a video, yielding ``(frame indices, predictions)``
     per batch in order. A decoder thread keeps up to ``prefetch`` batches ready; closing the
@@ -311,7 +371,10 @@ def predict_video(
 
     Frames that cannot be decoded are skipped (``_decode_ahead``) and, once every frame is
     done, reported in one ``PoseWarning`` (how many, which, why); if no frame at all could be
-    decoded, the first error is raised instead, since there is nothing to keep.
+    decoded, the first error is raised instead, since there is nothing to keep. Frames that
+    held more animals than ``predictor.max_instances`` are counted into ``crowding``, for a
+    caller predicting several videos to report once; without it they are reported here, in
+    one ``PoseWarning`` once every frame is done.
     """
     frames = range(len(reader)) if frames is None else frames
     batches: queue.Queue = queue.Queue(maxsize=prefetch)
@@ -332,10 +395,15 @@ def predict_video(
             yield item
 
     n_batches = -(-len(frames) // predictor.config.batch_size)
+    counted = Crowding() if crowding is None else crowding
     try:
-        yield from predictor.predict_batches(decoded(), n_batches)
+        for indices, predictions in predictor.predict_batches(decoded(), n_batches):
+            counted.count(predictions, predictor.max_instances)
+            yield indices, predictions
         if skipped:  # the decoder has finished: the list is complete
             _report_skipped(skipped, len(frames))
+        if crowding is None:
+            counted.warn(stacklevel=3)
     finally:
         stop.set()
         while worker.is_alive():  # unblock a decoder waiting on a full queue

@@ -33,11 +33,15 @@ class FramePrediction:
         points: ``(n, k, 2)`` ``(x, y)`` in frame pixels, NaN where a node was not found.
         point_scores: ``(n, k)`` confidence-map peak values (NaN where not found).
         scores: ``(n,)`` instance scores, best first.
+        n_candidates: Animals found before the best ``max_instances`` were kept (centroid
+            peaks, or bottom-up groups), so a run can tell which frames held more than its
+            limit; ``None`` where nothing was cut (single-instance models look for one).
     """
 
     points: np.ndarray
     point_scores: np.ndarray
     scores: np.ndarray
+    n_candidates: int | None = None
 
     @classmethod
     def empty(cls, n_nodes: int) -> FramePrediction:
@@ -112,11 +116,11 @@ def instances_by_frame(xy: torch.Tensor, values: torch.Tensor, counts: Sequence[
 
 @torch.inference_mode()
 def find_centroids(
-    model: PoseModel, stage: StageConfig, frames: torch.Tensor, max_instances: int,
+    model: PoseModel, stage: StageConfig, frames: torch.Tensor, max_instances: int | None,
     threshold: float = 0.2,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
     """Per frame, the anchors ``(n, 2)`` in frame pixels and their peak values ``(n,)``,
-    at most ``max_instances``, best first."""
+    at most ``max_instances`` (``None``: all, for a caller that counts them), best first."""
     inputs, matrices = frame_inputs(frames, stage)
     maps = run_model(model, inputs)["centroids"]
     b, _, xy, values = local_peaks(maps, model.output_stride, threshold)
@@ -156,8 +160,10 @@ def predict_topdown(
     centroid_model: PoseModel, centroid_stage: StageConfig, model: PoseModel,
     stage: StageConfig, frames: torch.Tensor, max_instances: int, threshold: float = 0.2,
 ) -> list[FramePrediction]:  # fmt: skip
-    """Find anchors, then keypoints in a crop around each."""
-    found = find_centroids(centroid_model, centroid_stage, frames, max_instances, threshold)
+    """Find anchors, then keypoints in a crop around each of the best ``max_instances``."""
+    found = find_centroids(centroid_model, centroid_stage, frames, None, threshold)
+    candidates = [len(xy) for xy, _ in found]
+    found = [(xy[:max_instances], values[:max_instances]) for xy, values in found]
     anchors = torch.cat([xy for xy, _ in found]) if found else torch.empty(0, 2)
     counts = [len(xy) for xy, _ in found]
     frame_index = torch.repeat_interleave(
@@ -165,7 +171,9 @@ def predict_topdown(
         torch.tensor(counts, device=frames.device),
     )
     xy, values = predict_centered(model, stage, frames, frame_index, anchors, threshold)
-    return instances_by_frame(xy, values, counts, threshold)
+    found_instances = instances_by_frame(xy, values, counts, threshold)
+    return [attrs.evolve(prediction, n_candidates=n)
+            for prediction, n in zip(found_instances, candidates, strict=True)]  # fmt: skip
 
 
 @torch.inference_mode()
@@ -189,6 +197,7 @@ def predict_bottomup(
         mine = slice(i * k, (i + 1) * k)
         peaks = list(zip(xy_runs[mine], value_runs[mine], strict=True))
         points, point_scores, scores = group_instances(peaks, pafs[i], edges, stride, grouping)
+        n_candidates = len(scores)
         points, point_scores, scores = (
             points[:max_instances],
             point_scores[:max_instances],
@@ -196,5 +205,5 @@ def predict_bottomup(
         )
         points_t = torch.from_numpy(points)[None]
         points = _to_frame(points_t, matrices[i : i + 1].cpu())[0].numpy()
-        out.append(FramePrediction(points, point_scores, scores))
+        out.append(FramePrediction(points, point_scores, scores, n_candidates))
     return out

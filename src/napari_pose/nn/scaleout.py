@@ -24,17 +24,25 @@ import sleap_io as sio
 from napari_pose.core.errors import PoseWarning, VideoFileError
 from napari_pose.core.pose_arrays import PoseArrays, concat
 from napari_pose.core.video import open_video
-from napari_pose.nn.inference import PredictConfig, Predictor, predict_video, predictions_to_arrays
+from napari_pose.nn.inference import (
+    Crowding,
+    PredictConfig,
+    Predictor,
+    predict_video,
+    predictions_to_arrays,
+)
 
 
 def predict_one(video: sio.Video | str, model_dir: str | Path, config: PredictConfig,
                 frames: Sequence[int] | None = None, threads: int | None = None,
                 progress: Callable[[int, int], None] | None = None,
-                axes: str | None = None) -> PoseArrays:  # fmt: skip
+                axes: str | None = None, crowding: Crowding | None = None) -> PoseArrays:  # fmt: skip
     """Predict one video (its ``frames`` that exist, ``frames_in_video``; default all) with the
     package at ``model_dir``. Rows have video index 0 and no video objects: the caller knows
     the videos. ``progress(done, total)`` is called after each batch. ``axes`` replaces a TIFF
-    stack's recorded axes (``open_video``), which decides the planes that are frames."""
+    stack's recorded axes (``open_video``), which decides the planes that are frames. Frames
+    that held more animals than the limit are counted into ``crowding`` when given, else
+    reported in a ``PoseWarning`` (``predict_video``)."""
     import torch
 
     if threads is not None:
@@ -43,7 +51,7 @@ def predict_one(video: sio.Video | str, model_dir: str | Path, config: PredictCo
     results = []
     with open_video(video, grayscale=predictor.channels == 1, axes=axes) as reader:
         wanted = frames_in_video(frames, len(reader), reader.path)
-        for indices, predictions in predict_video(predictor, reader, wanted):
+        for indices, predictions in predict_video(predictor, reader, wanted, crowding=crowding):
             results += [(0, int(i), p) for i, p in zip(indices, predictions, strict=True)]
             if progress is not None:
                 progress(len(results), len(wanted))
@@ -77,13 +85,16 @@ def frames_in_video(frames: Sequence[int] | None, n_frames: int, path: Path) -> 
     return inside.tolist()
 
 
-def _predict_reporting(*args, **kwargs) -> tuple[PoseArrays, list[str]]:
-    """``predict_one`` on a cluster worker, returning its ``PoseWarning``s: a worker's own
-    warnings go to its log, which the user never sees."""
+def _predict_reporting(*args, **kwargs) -> tuple[PoseArrays, list[str], Crowding]:
+    """``predict_one`` on a cluster worker, returning its ``PoseWarning``s (a worker's own
+    warnings go to its log, which the user never sees) and its count of frames that held more
+    animals than the limit, which the client adds up into one warning for the whole run."""
+    crowding = Crowding()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PoseWarning)
-        arrays = predict_one(*args, **kwargs)
-    return arrays, [str(w.message) for w in caught if issubclass(w.category, PoseWarning)]
+        arrays = predict_one(*args, **{**kwargs, "crowding": crowding})
+    messages = [str(w.message) for w in caught if issubclass(w.category, PoseWarning)]
+    return arrays, messages, crowding
 
 
 def predict_videos(
@@ -102,7 +113,8 @@ def predict_videos(
     ``scheduler``: address of an existing dask scheduler; otherwise a ``LocalCluster`` of
     ``workers`` processes (default: one per core, at most one per video) is started and
     closed. ``progress(done, total)`` is called as videos finish. ``axes`` replaces the
-    recorded axes of every video, which must then all be TIFF stacks (``open_video``).
+    recorded axes of every video, which must then all be TIFF stacks (``open_video``). Frames
+    that held more animals than the limit are reported in one ``PoseWarning`` for all videos.
     """
     from dask.distributed import Client, LocalCluster, as_completed
 
@@ -136,11 +148,13 @@ def predict_videos(
             for i, video in enumerate(videos)
         }
         parts: dict[int, PoseArrays] = {}
+        crowding = Crowding()
         for done, future in enumerate(as_completed(futures), start=1):
             index = futures[future]
-            part, messages = future.result()
+            part, messages, crowded = future.result()
             for message in messages:
                 warnings.warn(message, PoseWarning, stacklevel=2)
+            crowding.add(crowded)
             parts[index] = attrs.evolve(part, videos=videos,
                                         video=np.full(len(part), index, np.int32))  # fmt: skip
             if progress is not None:
@@ -149,4 +163,5 @@ def predict_videos(
         client.close()
         if cluster is not None:
             cluster.close()
+    crowding.warn()
     return concat([parts[i] for i in range(len(videos))])

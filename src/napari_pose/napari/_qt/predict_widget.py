@@ -42,7 +42,7 @@ from magicgui.widgets import (
 from magicgui.widgets.bases import CategoricalWidget
 from napari.layers import Image, Points
 from napari.qt.threading import GeneratorWorker, thread_worker
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_warning
 
 from napari_pose.core.io import save_labels
 from napari_pose.core.labelling import PointTable, next_instance_id
@@ -70,12 +70,14 @@ from napari_pose.napari.session import ProjectSession, projects
 from napari_pose.napari.styles import symbols
 from napari_pose.napari.sync import attach
 from napari_pose.nn.inference import (
+    Crowding,
     PredictConfig,
     Predictor,
     in_project,
     predict_video,
     predictions_to_arrays,
     skeleton_mismatch,
+    trained_animals,
 )
 from napari_pose.nn.package import SKELETON_FILE
 from napari_pose.nn.predict import FramePrediction
@@ -95,9 +97,11 @@ Batch = tuple[Predictor, np.ndarray, list[FramePrediction]]
 
 @thread_worker
 def _run_prediction(load: Callable[[], Predictor], frames: PlaneFrames, indices: list[int],
-                    name: str, stop: threading.Event,
+                    name: str, stop: threading.Event, crowding: Crowding,
                     ) -> Generator[Batch, None, str | None]:  # fmt: skip
-    """Predict ``indices`` of the image ``name`` batch by batch until done or ``stop`` is set.
+    """Predict ``indices`` of the image ``name`` batch by batch until done or ``stop`` is set,
+    counting frames that held more animals than the limit into ``crowding`` (for the dock to
+    report: a warning raised in this thread could be lost, as ``warnings`` state is global).
 
     Problems the user can fix (a bad model folder, frames the model cannot take, an absent
     device) are ``ValueError``s or ``OSError``s and are returned as one plain message rather
@@ -106,7 +110,7 @@ def _run_prediction(load: Callable[[], Predictor], frames: PlaneFrames, indices:
     try:
         predictor = load()
         predictor.check_frames(frames[indices[0]][None], source=repr(name))  # say which image
-        with closing(predict_video(predictor, frames, indices)) as batches:
+        with closing(predict_video(predictor, frames, indices, crowding=crowding)) as batches:
             for done, predictions in batches:
                 yield predictor, done, predictions
                 if stop.is_set():
@@ -220,6 +224,9 @@ class _Run:
         model: The model folder.
         frames: Frame (plane) indices to predict.
         plane_axes: Letters of the image's plane axes (``"T"`` for a video): tracking follows T.
+        animals: Animals per frame detection kept, known when the model has loaded: the most
+            tracks too.
+        crowding: Frames predicted so far that held more animals than that.
         layer: The predictions Points layer, made or found when the model has loaded.
         kept: Predictions the layer held before this run; the frames redone are replaced.
         results: ``(frame, prediction)`` of every frame predicted so far.
@@ -230,6 +237,8 @@ class _Run:
     model: Path
     frames: list[int]
     plane_axes: str
+    animals: int = 0
+    crowding: Crowding = attrs.Factory(Crowding)
     layer: Points | None = None
     kept: PoseArrays | None = None
     results: list[tuple[int, FramePrediction]] = attrs.Factory(list)
@@ -250,8 +259,12 @@ class PredictWidget(ScrollingDock):
         self.last = SpinBox(label="to frame", value=99, min=0, max=10**9, visible=False)
         self.batch_size = SpinBox(label="batch size", value=4, min=1, max=1024)
         self.device = ComboBox(label="device", choices=DEVICE_CHOICES)
+        self.animals = SpinBox(label="animals per frame", value=0, min=0, max=1000,
+                               tooltip="most animals a frame may hold: detection keeps the best "
+                               "this many per frame, and tracking makes at most this many "
+                               "tracks. 0: the most one frame of the training labels held")  # fmt: skip
+        self.trained_animals = Label(label="", value="", visible=False)
         self.track_box = CheckBox(label="track identities", value=False)
-        self.max_tracks = SpinBox(label="animals (0: any)", value=0, min=0, max=1000)
         self.plane_axes = LineEdit(label="stack axes", visible=False,
                                    tooltip="one letter per axis before y, x: T time, Z depth. "
                                    "Tracking follows T, each depth on its own")  # fmt: skip
@@ -268,8 +281,8 @@ class PredictWidget(ScrollingDock):
         self.maps_button = PushButton(label="", text="Show confidence maps")
         body = self.body
         body.extend([self.model, self.image, self.frames, self.first, self.last, self.batch_size,
-                     self.device, self.track_box, self.max_tracks, self.plane_axes,
-                     self.start_button,
+                     self.device, self.animals, self.trained_animals, self.track_box,
+                     self.plane_axes, self.start_button,
                      self.cancel_button, self.progress, self.status, self.save_path,
                      self.save_button, self.merge_button, self.maps_button])  # fmt: skip
         self.worker: GeneratorWorker | None = None  # the running prediction
@@ -279,6 +292,7 @@ class PredictWidget(ScrollingDock):
         self._stop = threading.Event()
         self._cache: tuple[tuple, Predictor] | None = None  # the last model loaded, by key
         self.frames.changed.connect(self._show_range)
+        self.model.changed.connect(self._show_trained_animals)
         self.image.changed.connect(self._show_plane_axes)
         self._show_plane_axes(self.image.value)
         self.start_button.clicked.connect(self.start)
@@ -302,9 +316,21 @@ class PredictWidget(ScrollingDock):
         if stack:
             self.plane_axes.value = default_plane_axes(image)
 
+    def _show_trained_animals(self) -> None:
+        """Say what 0 animals per frame stands for with the chosen model: the most animals one
+        frame of its training labels held (nothing while the folder is no model)."""
+        folder = _chosen(self.model)
+        try:
+            animals = None if folder is None else trained_animals(folder)
+        except (ValueError, OSError):  # PoseFileError: not a model folder (yet)
+            animals = None
+        self.trained_animals.visible = animals is not None
+        self.trained_animals.value = f"0: as in the training labels, up to {animals} per frame"
+
     # ------------------------------------------------------------------ the model
     def _config(self) -> PredictConfig:
-        return PredictConfig(batch_size=int(self.batch_size.value), device=self.device.value)
+        return PredictConfig(batch_size=int(self.batch_size.value), device=self.device.value,
+                             max_instances=int(self.animals.value) or None)  # fmt: skip
 
     def _key(self, folder: Path, config: PredictConfig) -> tuple:
         return folder.resolve(), config.device, _folder_stamp(folder)
@@ -408,7 +434,7 @@ class PredictWidget(ScrollingDock):
         self.progress.value, self.status.value = 0, "starting"
         self.start_button.enabled, self.cancel_button.enabled = False, True
         self.worker = _run_prediction(load, PlaneFrames(image, plane_shape(image)), frames,
-                                      image.name, self._stop)  # fmt: skip
+                                      image.name, self._stop, self._run.crowding)  # fmt: skip
         self.worker.yielded.connect(self._add_batch)
         self.worker.returned.connect(self._returned)
         self.worker.finished.connect(self._finished)
@@ -425,6 +451,7 @@ class PredictWidget(ScrollingDock):
         assert run is not None  # set by start() before its worker yields
         if run.layer is None:
             self._cache = (self._key(run.model, predictor.config), predictor)
+            run.animals = predictor.max_instances
             run.layer, run.kept = self._predictions_layer(run, predictor.skeleton)
         run.results.extend(zip(indices.tolist(), predictions, strict=True))
         self.progress.value = round(100 * len(run.results) / len(run.frames))
@@ -444,10 +471,12 @@ class PredictWidget(ScrollingDock):
         if run.layer is not None:
             self._draw(run)
             if self.track_box.value:
-                self._track(run.layer, run.plane_axes)
+                self._track(run.layer, run.plane_axes, run.animals)
             if self._stop.is_set():
                 done = f"{len(run.results)} of {len(run.frames)} frames"
                 self.status.value = f"cancelled after {done}"
+            if run.crowding.crowded:
+                show_warning(run.crowding.message())
         self.start_button.enabled, self.cancel_button.enabled = True, False
 
     # ------------------------------------------------------------------ the predictions layer
@@ -523,12 +552,13 @@ class PredictWidget(ScrollingDock):
         layer.refresh()
         sync.refresh(layer)
 
-    def _track(self, layer: Points, plane_axes: str) -> None:
+    def _track(self, layer: Points, plane_axes: str, animals: int) -> None:
         """Give the layer's predictions identities (``nn.tracking``), once a run has ended:
         tracking is sequential over frames, so it runs on everything predicted at once. In a
-        stack each depth is tracked along the time axis (``track_planes``)."""
+        stack each depth is tracked along the time axis (``track_planes``). At most
+        ``animals`` tracks (per depth): the animals per frame detection kept."""
         binding: PoseBinding = layer.metadata[POSE_KEY]
-        config = TrackerConfig(max_tracks=int(self.max_tracks.value) or None)
+        config = TrackerConfig(max_tracks=animals)
         planes = {binding.video: (binding.plane_shape, plane_axes)}
         binding.arrays = track_planes(binding.arrays, planes, config)
         binding.labels.tracks = list(binding.arrays.tracks)  # saving indexes the labels' tracks
