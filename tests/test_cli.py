@@ -423,6 +423,7 @@ def recorded_runs(tmp_path, monkeypatch):
 
     def predict_one(video, model, config, frames=None, **kwargs):
         limits["detection"] = config.max_instances
+        limits["flip_tta"] = config.flip_tta
         found = FramePrediction(np.ones((1, 1, 2), np.float32), np.ones((1, 1), np.float32),
                                 np.ones(1, np.float32))  # fmt: skip
         return predictions_to_arrays(sio.Skeleton(["head"]), [], [(0, 0, found)])
@@ -452,7 +453,7 @@ def test_one_number_of_animals_limits_detection_and_tracking(recorded_runs, caps
     command, limits = recorded_runs
     assert main([*command, *options]) == 0
     n = int(said.split()[0])
-    assert limits == {"detection": n, "tracks": n}
+    assert limits == {"detection": n, "tracks": n, "flip_tta": False}
     assert capsys.readouterr().out.startswith(f"animals per frame: {said}\n")
 
 
@@ -470,3 +471,22 @@ def test_two_numbers_of_animals_are_refused(recorded_runs, tmp_path, capsys):
         "error: --max-tracks 2 and --animals 1 disagree: give the number of animals once, "
         "with --animals\n"
     )
+
+
+def test_flip_tta_and_refinement_reach_prediction_and_tracks(recorded_runs, tmp_path, capsys,
+                                                             monkeypatch):  # fmt: skip
+    """``--flip-tta`` reaches the predictor; ``--refine`` refines the tracked poses, and asks
+    for ``--tracker`` (it works along tracks) before anything is predicted."""
+    import napari_pose.nn.refine
+
+    command, limits = recorded_runs
+    refined = []
+    monkeypatch.setattr(napari_pose.nn.refine, "refine_tracks",
+                        lambda arrays: refined.append(len(arrays)) or arrays)  # fmt: skip
+    assert main([*command, "--flip-tta", "--refine"]) == 0
+    assert limits["flip_tta"] and refined == [1]
+    capsys.readouterr()
+    no_tracker = [arg for arg in command if arg != "--tracker"]
+    assert main([*no_tracker, "--refine", "-o", str(tmp_path / "q.slp")]) == 2
+    assert capsys.readouterr().err == "error: --refine works along tracks: add --tracker\n"
+    assert refined == [1] and not (tmp_path / "q.slp").exists()

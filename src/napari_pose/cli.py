@@ -278,7 +278,9 @@ def _predict(args: argparse.Namespace) -> int:
     _check_writable(args.output)
     animals = _animals_per_frame(args)
     config = PredictConfig(batch_size=args.batch_size, peak_threshold=args.peak_threshold,
-                           max_instances=animals, device=args.device)  # fmt: skip
+                           max_instances=animals, flip_tta=args.flip_tta, device=args.device)  # fmt: skip
+    if args.refine and not args.tracker:
+        raise ValueError("--refine works along tracks: add --tracker")
     frames = parse_frames(args.frames) if args.frames else None
     project = _merge_target(args) if args.merge else None
     # Merged predictions are saved with the project's own videos, which record stacks' axes.
@@ -303,7 +305,8 @@ def _predict(args: argparse.Namespace) -> int:
     if args.tracker:
         from napari_pose.nn.tracking import track_planes
 
-        arrays = track_planes(arrays, planes, _tracker_config(args, animals))
+        arrays = _refined(track_planes(arrays, planes, _tracker_config(args, animals)), args,
+                          planes)  # fmt: skip
     if not len(arrays):
         from napari_pose.core.errors import PoseWarning
 
@@ -401,6 +404,21 @@ def _add_tracker_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--similarity", choices=["oks", "centroid", "iou"], default="oks")
     parser.add_argument("--window", type=int, default=5, help="frames a track stays matchable")
     parser.add_argument("--kalman", action="store_true", help="constant-velocity prediction")
+    parser.add_argument("--refine", action="store_true", help="after tracking, drop nodes that "
+                        "jump away for 1-2 frames and fill gaps of up to 3 frames along each "
+                        "track")  # fmt: skip
+
+
+def _refined(arrays, args: argparse.Namespace, planes: dict):
+    """``arrays`` refined along their tracks (``nn.refine``) when ``--refine`` asks for it. A
+    stack's frames are planes of several depths, not consecutive times: refused there."""
+    if not args.refine:
+        return arrays
+    if planes:
+        raise ValueError("--refine works along the frames of videos, not on TIFF stacks")
+    from napari_pose.nn.refine import refine_tracks
+
+    return refine_tracks(arrays)
 
 
 def _track(args: argparse.Namespace) -> int:
@@ -427,7 +445,7 @@ def _track(args: argparse.Namespace) -> int:
         from napari_pose.core.errors import PoseWarning
 
         warnings.warn(f"{args.input}: no predicted instances to track", PoseWarning, stacklevel=2)
-    tracked = track_planes(arrays, planes, _tracker_config(args, animals))
+    tracked = _refined(track_planes(arrays, planes, _tracker_config(args, animals)), args, planes)
     out = arrays_to_labels(tracked)
     out.suggestions = list(labels.suggestions)
     save_labels(out, args.output)
@@ -562,6 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--axes", help="axes of TIFF inputs, e.g. TZYX (default: from the "
                          "file's metadata)")  # fmt: skip
     predict.add_argument("--tracker", action="store_true", help="track the predictions")
+    predict.add_argument("--flip-tta", action="store_true", help="also predict each frame "
+                         "mirrored and average (test-time augmentation; twice the model time)")  # fmt: skip
     predict.add_argument("--merge", action="store_true", help="write the one .slp input with "
                          "the predictions in (older ones on those frames replaced)")  # fmt: skip
     _add_tracker_flags(predict)

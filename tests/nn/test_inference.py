@@ -31,6 +31,7 @@ from napari_pose.nn.models import UNetConfig
 from napari_pose.nn.pipelines import default_stages
 from napari_pose.nn.scaleout import predict_one, predict_videos
 from napari_pose.nn.train import TrainConfig, train
+from napari_pose.nn.tta import FlipAveraged
 
 TINY = UNetConfig(filters=8, filters_rate=1.5, max_stride=16, output_stride=2)
 
@@ -69,6 +70,20 @@ def test_predictor_finds_the_animal_in_unseen_frames(trained):
     assert len(predictions) == 16 and all(len(p.scores) == 1 for p in predictions)
     assert np.nanmedian(_errors(predictions, data.points[48:64, 0])) < 3.0
     assert all(0 < p.scores[0] <= 1.5 for p in predictions)
+
+
+def test_flip_test_time_augmentation_averages_the_mirrored_frame(trained):
+    """``flip_tta`` changes what the model says (it sees each frame mirrored too, left and
+    right nodes swapped back by the package's flip pairs) and keeps the animal found."""
+    folder, data = trained
+    plain = Predictor.load(folder / "model", PredictConfig(device="cpu"))
+    flipped = Predictor.load(folder / "model", PredictConfig(device="cpu", flip_tta=True))
+    assert plain.package.config["flip_pairs"]  # the synthetic skeleton has a left/right pair
+    assert all(isinstance(m, FlipAveraged) for m in flipped.package.models.values())
+    before, after = plain.predict(data.frames[48:64]), flipped.predict(data.frames[48:64])
+    assert not np.allclose(np.stack([p.points[0] for p in before]),
+                           np.stack([p.points[0] for p in after]))  # fmt: skip
+    assert np.nanmedian(_errors(after, data.points[48:64, 0])) < 3.0
 
 
 def test_predictor_refuses_frames_with_the_wrong_channels(trained):

@@ -43,6 +43,7 @@ from napari_pose.nn.predict import (
     run_model,
 )
 from napari_pose.nn.train import resolve_device
+from napari_pose.nn.tta import mirror_of, with_flip_tta
 
 #: Name prefix of ``Predictor.predict_batches``'s worker threads.
 INFERENCE_THREAD = "napari-pose inference"
@@ -61,6 +62,9 @@ class PredictConfig:
             (``None``: the most one frame of the training labels held). Frames where more
             were found are counted and reported once per run (``Crowding``).
         min_score: Instances scoring below this are dropped.
+        flip_tta: Average each model's maps over the frame and its mirror image (flip
+            test-time augmentation, ``nn.tta``; twice the model cost; pose models only when
+            they trained with flips).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         workers: On CPU, batches predicted at once, each by a single-threaded worker
             (``None``: one per PyTorch thread, i.e. per core). Ignored on GPUs.
@@ -71,6 +75,7 @@ class PredictConfig:
     max_instances: int | None = attrs.field(default=None, validator=attrs.validators.optional(
         attrs.validators.ge(1)))  # fmt: skip
     min_score: float = 0.0
+    flip_tta: bool = False
     device: str = "auto"
     workers: int | None = attrs.field(default=None, validator=attrs.validators.optional(
         attrs.validators.ge(1)))  # fmt: skip
@@ -80,8 +85,13 @@ class Predictor:
     """A model package ready to predict frames (``uint8``, ``(B, H, W)`` or ``(B, H, W, C)``)."""
 
     def __init__(self, package: ModelPackage, config: PredictConfig | None = None) -> None:
-        self.package = package
         self.config = config or PredictConfig()
+        if self.config.flip_tta:
+            mirror = mirror_of(package.skeleton.node_names, package.config.get("flip_pairs", []))
+            package = attrs.evolve(
+                package, models=with_flip_tta(package.models, package.stages, mirror)
+            )
+        self.package = package
         self.device = next(iter(package.models.values())).parameters().__next__().device
 
     @classmethod

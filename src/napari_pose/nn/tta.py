@@ -112,13 +112,32 @@ class FlipAveraged(PoseModel):
 
 def with_flip_tta(models: Mapping[str, PoseModel], stages: Mapping[str, StageConfig],
                   mirror: torch.Tensor | np.ndarray | Sequence[int]) -> dict[str, PoseModel]:  # fmt: skip
-    """A loaded package's ``models`` (by stage kind) with flip test-time augmentation on the
-    stages that support it (``FLIPPABLE_STAGES``); bottom-up models are returned as they are.
+    """A loaded package's ``models`` (by stage kind) with flip test-time augmentation where it
+    is right; the others are returned as they are.
 
-    ``stages`` are the package's stage configs, whose ``kind`` decides; ``mirror`` is the
-    skeleton's node pairing (``FlipAveraged``).
+    A pose model sees left and right by the animal's chirality: one trained without flips
+    calls the left wing of a mirrored fly its right wing, so averaging over a mirror image
+    would blend each wing with the other's (measured on clip.slp: OKS mAP 0.40 -> 0.04).
+    Pose models are wrapped only when their stage trained with flips (``augment.flip``, left
+    and right swapped by the same ``mirror``); centroid models always (one map, no sides);
+    bottom-up models never (``FlipAveraged``). ``stages`` are the package's stage configs;
+    ``mirror`` is its node pairing (``mirror_of``).
     """
-    return {
-        kind: FlipAveraged(model, mirror) if stages[kind].kind in FLIPPABLE_STAGES else model
-        for kind, model in models.items()
-    }
+    out: dict[str, PoseModel] = {}
+    for kind, model in models.items():
+        stage = stages[kind]
+        flippable = stage.kind in FLIPPABLE_STAGES and (
+            stage.kind == "centroid" or stage.augment.flip
+        )
+        out[kind] = FlipAveraged(model, mirror) if flippable else model
+    return out
+
+
+def mirror_of(node_names: Sequence[str], flip_pairs: Sequence[Sequence[str]]) -> np.ndarray:
+    """``mirror[j]``: the node ``j`` becomes under a flip, from a package's recorded
+    ``flip_pairs`` (node names; ``config.yaml``)."""
+    mirror = np.arange(len(node_names))
+    index = {name: i for i, name in enumerate(node_names)}
+    for a, b in flip_pairs:
+        mirror[index[a]], mirror[index[b]] = index[b], index[a]
+    return mirror
