@@ -1,7 +1,7 @@
 """Accuracy benchmark (issue 12): train and score a recipe on three splits, in one run.
 
     .venv/bin/python benchmarks/bench_accuracy.py [--data ../shared/data] [--minutes 15]
-        [--splits a,b,c] [--recipes baseline,flip-tta,...] [--out /tmp/bench_accuracy]
+        [--epochs N] [--splits a,b,c] [--recipes baseline,flip-tta,...] [--out DIR]
         [--json results.json] [--reuse]
 
 Splits (labels never seen in training are scored):
@@ -131,10 +131,11 @@ def _stages(labels, recipe: Recipe, config):
     return stages
 
 
-def train_recipe(labels, recipe: Recipe, minutes: float, out: Path,
+def train_recipe(labels, recipe: Recipe, minutes: float, epochs: int | None, out: Path,
                  reuse: bool) -> tuple[float, str]:  # fmt: skip
-    """Train ``recipe``'s model into ``out`` (or reuse a complete one there); returns the
-    training minutes and the validation summary."""
+    """Train ``recipe``'s model into ``out`` (or reuse a complete one there) for ``minutes``,
+    or for ``epochs`` per stage when given (a budget that a busy machine does not shrink);
+    returns the training minutes and the validation summary."""
     from napari_pose.nn import package
     from napari_pose.nn.train import TrainConfig, summarise, train
 
@@ -142,7 +143,8 @@ def train_recipe(labels, recipe: Recipe, minutes: float, out: Path,
         recorded = package.read_config(out)["training"]
         metrics = json.loads((out / "metrics.json").read_text())
         return float(recorded["elapsed_s"]) / 60, summarise(metrics)
-    config = TrainConfig(time_limit=minutes, device="cpu", **recipe.train)
+    budget = {"time_limit": minutes} if epochs is None else {"time_limit": None, "epochs": epochs}
+    config = TrainConfig(device="cpu", **budget, **recipe.train)
     stages = _stages(labels, recipe, config)
     start = time.monotonic()
     final: dict[str, Any] = {}
@@ -152,7 +154,7 @@ def train_recipe(labels, recipe: Recipe, minutes: float, out: Path,
     return (time.monotonic() - start) / 60, summarise(final) if final else "no validation"
 
 
-def run_split(split: Split, data: Path, minutes: float, out: Path,
+def run_split(split: Split, data: Path, minutes: float, epochs: int | None, out: Path,
               recipes: list[Recipe], reuse: bool) -> list[dict[str, Any]]:  # fmt: skip
     """Train each distinct training of ``recipes`` on the split's training frames and score
     every recipe on its test frames."""
@@ -187,8 +189,10 @@ def run_split(split: Split, data: Path, minutes: float, out: Path,
         key = recipe.training_key
         if key not in trained:
             model = out / f"{split.name}-{key}"
-            print(f"  training {key} ({minutes} min)", flush=True)
-            trained[key] = (model, *train_recipe(train_labels, recipe, minutes, model, reuse))
+            budget = f"{minutes} min" if epochs is None else f"{epochs} epochs a stage"
+            print(f"  training {key} ({budget})", flush=True)
+            trained[key] = (model, *train_recipe(train_labels, recipe, minutes, epochs, model,
+                                                 reuse))  # fmt: skip
         model, train_minutes, validation = trained[key]
         start = time.monotonic()
         config = PredictConfig(device="cpu", **recipe.predict)
@@ -244,6 +248,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--minutes", type=float, default=15.0)
+    parser.add_argument("--epochs", type=int, help="train this many epochs a stage instead of "
+                        "--minutes: comparable figures while other work shares the cores")  # fmt: skip
     parser.add_argument("--splits", default="a,b,c", help="comma-separated, of a, b, c")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_accuracy"))
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
@@ -270,7 +276,8 @@ def main() -> None:
     for name in args.splits.split(","):
         split = SPLITS[name.strip()]
         print(f"split {split.name} ({split.describe}): {', '.join(names)}", flush=True)
-        results += run_split(split, args.data, args.minutes, args.out, recipes, args.reuse)
+        results += run_split(split, args.data, args.minutes, args.epochs, args.out, recipes,
+                             args.reuse)  # fmt: skip
         if args.json is not None:  # after each split: a long run keeps what it measured
             args.json.write_text(json.dumps(json_ready(results), indent=1))
     print(
