@@ -23,10 +23,12 @@ with automatic mixed precision.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ import numpy as np
 import sleap_io as sio
 import torch
 
-from napari_pose.nn import package
+from napari_pose.nn import package, pseudo
 from napari_pose.nn.data import (
     LabelledFrames,
     anchor_points,
@@ -83,6 +85,17 @@ _EVAL_PER_VAL = 0.5
 _MIN_STEPS = 40
 #: Frames per forward pass when validating whole frames.
 _VAL_BATCH = 4
+#: Share of round two's time (``TrainConfig.pseudo_labels``) that choosing, decoding and
+#: predicting unlabelled frames may take; round two trains on what was found in the rest, and
+#: pseudo-labels only help once trained on. On 2 busy CPU cores clip.mp4 is pseudo-labelled at
+#: about 1 frame/s (top-down, both ways up), so 30% of a 4.5-minute round two poses about 80.
+_PSEUDO_TIME_SHARE = 0.3
+#: Most pseudo-labelled frames per training frame: decoded frames stay in memory (clip.mp4: 1 MB
+#: each), and the user's labels stay at least a fifth of what round two trains on.
+_PSEUDO_PER_FRAME = 4
+#: Frames of the first pass over the unlabelled frames under a time limit: it times decoding and
+#: predicting, and each later pass takes as many frames as fit the time left at that rate.
+_PSEUDO_FIRST_PASS = 2 * _VAL_BATCH
 
 
 @attrs.frozen
@@ -111,6 +124,15 @@ class TrainConfig:
         seed: Seed of the split, initialisation and augmentation.
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:1`` or ``mps``.
         frames: Only frames with indices in this range are used (``None``: all).
+        pseudo_labels: Share of the time limit kept for a second round that trains on labels
+            and pseudo-labels (``0``: off; see ``pseudo`` for the rules and docs/training.md).
+            Round one trains every stage as usual in the rest of the time; then unlabelled
+            frames of the labelled videos (none near the validation window) are posed by the
+            pipeline, as they are and turned by 180 degrees, and what both agree on is kept;
+            round two goes on from round one's best weights on labels and pseudo-labels, and
+            its weights replace round one's only where they validate better, on the same
+            validation frames. Without a time limit round one gets ``epochs`` and round two
+            ``epochs * pseudo_labels / (1 - pseudo_labels)`` (at least one).
     """
 
     pipeline: str | None = None
@@ -127,6 +149,18 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     frames: range | None = None
+    pseudo_labels: float = attrs.field(default=0.0)
+
+    @pseudo_labels.validator
+    def _check_pseudo_labels(self, attribute: attrs.Attribute, value: float) -> None:
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"pseudo_labels is a share of the time in [0, 1), got {value}")
+
+    @property
+    def round_two_epochs(self) -> int:
+        """Most epochs of round two (``pseudo_labels``'s share of all epochs, at least one)."""
+        share = self.pseudo_labels
+        return max(1, round(self.epochs * share / (1.0 - share)))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for YAML (``frames`` as ``"start-stop"`` inclusive)."""
@@ -263,6 +297,14 @@ class _Clock:
     def cancelled(self) -> bool:
         return self._stop is not None and self._stop.is_set()
 
+    def until(self, deadline: float | None) -> _Clock:
+        """This clock ending at ``deadline`` (a round of the run) where that is sooner; its
+        start, budget and stop event stay the run's, so progress and cancel are the run's."""
+        clock = copy.copy(self)
+        if deadline is not None and self.deadline is not None:
+            clock.deadline = min(deadline, self.deadline)
+        return clock
+
     def share(self, part: float) -> float | None:
         """The deadline ``part`` of the time left from now (``None`` without a time limit)."""
         if self.deadline is None:
@@ -270,14 +312,17 @@ class _Clock:
         now = time.monotonic()
         return now + part * max(self.deadline - now, 0.0)
 
-    def fraction(self, kinds: Sequence[str], index: int, done: int, total: int) -> float:
+    def fraction(self, kinds: Sequence[str], index: int, done: int, total: int,
+                 span: tuple[float, float] = (0.0, 1.0)) -> float:  # fmt: skip
         """Overall progress: by time under a time limit, else by steps (``done`` of
-        ``total`` in stage ``index``), each stage weighted by its share of a time budget."""
+        ``total`` in stage ``index``), each stage weighted by its share of a time budget,
+        within ``span`` (the part of the run a round of it is)."""
         if self.seconds is not None:
             return min(1.0, self.elapsed() / self.seconds) if self.seconds else 1.0
         weights = [_TIME_SHARE.get(kind, 1.0) for kind in kinds]
         part = min(1.0, done / max(total, 1))
-        return (sum(weights[:index]) + weights[index] * part) / sum(weights)
+        low, high = span
+        return low + (high - low) * (sum(weights[:index]) + weights[index] * part) / sum(weights)
 
 
 class _StageRun:
@@ -300,6 +345,10 @@ class _StageRun:
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
         self.epoch = 0
+        # Round of the run (2: trained on pseudo-labels too) and the epochs it may train:
+        # after ``first_epoch``, up to ``last_epoch``.
+        self.round = 1
+        self.first_epoch, self.last_epoch = 0, config.epochs
         self.best_val = math.inf
         self.stale = 0
         self.done = False
@@ -315,6 +364,7 @@ class _StageRun:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
+            "round": self.round,
             "best_val": self.best_val,
             "stale": self.stale,
             "done": self.done,
@@ -328,11 +378,22 @@ class _StageRun:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
+        self.round = int(state.get("round", 1))
         self.best_val = float(state["best_val"])
         self.stale = int(state["stale"])
         self.done = bool(state["done"])
         self.val_frames = state.get("val_frames")  # absent from checkpoints before issue 11
         self.val_seconds = float(state.get("val_seconds", 0.0))
+
+    def begin_round_two(self, epochs: int) -> None:
+        """Go on for up to ``epochs`` more epochs from the loaded best weights, on labels and
+        pseudo-labels: the optimiser (its moments, the learning rate its schedule reached) goes
+        on too, since the data are more of the same and restarting at the first learning rate
+        would spend round two's short time climbing back to round one's minimum. Early
+        stopping starts afresh, and ``best_val`` stays round one's: round two's weights are
+        only saved where they validate better."""
+        self.round, self.done, self.stale = 2, False, 0
+        self.first_epoch, self.last_epoch = self.epoch, self.epoch + epochs
 
     def step(self, batch_images: torch.Tensor, targets: dict[str, torch.Tensor]) -> float:
         self.model.train()
@@ -486,6 +547,307 @@ def predict_pipeline(runs: dict[str, PoseModel], stages: dict[str, StageConfig],
         runs["single_instance"], stages["single_instance"], f), batches)  # fmt: skip
 
 
+@attrs.define(eq=False)
+class _Session:
+    """What the phases of one run share: its settings, what it validates on, where it writes
+    (package folder, ``config.yaml`` record, training log) and its clock."""
+
+    out: Path
+    config: TrainConfig
+    device: torch.device
+    resume: bool
+    stages: dict[str, StageConfig]
+    kinds: tuple[str, ...]
+    data: LabelledFrames
+    val_data: LabelledFrames
+    window: str
+    record: dict[str, Any]
+    log: list[dict[str, Any]]
+    spent: float
+    clock: _Clock
+
+    def open_run(self, kind: str, index: int) -> _StageRun:
+        """Stage ``kind``'s training state: new, or its checkpoint when resuming. A stage
+        checkpointed in round two has finished round one (which a resumed run then skips)."""
+        run = _StageRun(self.stages[kind], self.config, self.device, index)
+        ckpt = package.checkpoint_path(self.out, kind)
+        if self.resume and ckpt.exists():
+            run.restore(package.load_torch(ckpt, self.device))
+            run.done = run.done or run.round == 2
+        return run
+
+    def checkpoint(self, run: _StageRun, kind: str) -> None:
+        """Save ``run`` to resume from, and the time spent so far (a resumed run's limit)."""
+        package.save_torch(run.state(), package.checkpoint_path(self.out, kind))
+        self.write_record()
+
+    def write_record(self) -> None:
+        self.record["training"]["elapsed_s"] = round(self.spent + self.clock.elapsed(), 1)
+        package.write_config(self.out, self.record)
+
+    def load_best(self, run: _StageRun, kind: str) -> None:
+        path = package.weights_path(self.out, kind)
+        if path.exists():
+            run.model.load_state_dict(package.load_torch(path, self.device))
+        run.model.eval()
+
+    def cancelled(self) -> Progress:
+        elapsed = self.clock.elapsed()
+        return Progress("cancelled", elapsed=elapsed,
+                        message=f"cancelled after {elapsed:.0f} s; what was trained is kept "
+                                "and training can be resumed")  # fmt: skip
+
+
+def _train_round(session: _Session, runs: dict[str, _StageRun],
+                 train_sets: Mapping[str, LabelledFrames], clock: _Clock, *, number: int,
+                 evaluate_after: bool, span: tuple[float, float],
+                 ) -> Generator[Progress, None, bool]:  # fmt: skip
+    """Train every stage in turn until ``clock``'s deadline: round ``number`` of the run, on
+    ``train_sets`` (by stage kind), in ``span`` of its progress. Time for the final evaluation
+    is kept free when it follows (``evaluate_after``). Returns ``False`` when cancelled (the
+    ``cancelled`` progress was yielded)."""
+    config, kinds, val_data = session.config, session.kinds, session.val_data
+    max_instances, edges, out = session.data.max_instances, session.data.edges, session.out
+    name = {1: "", 2: " (round two)"}[number]
+    for index, kind in enumerate(kinds):
+        stage = session.stages[kind]
+        if kind not in runs:
+            runs[kind] = session.open_run(kind, index)
+        run = runs[kind]
+        if run.done:
+            session.load_best(run, kind)
+            continue
+        shares = [_TIME_SHARE.get(k, 1.0) for k in kinds[index:]]
+        until = clock.share(shares[0] / sum(shares))
+        if until is not None and until <= time.monotonic():
+            break  # no time left to start this stage: the package says it is incomplete
+        if until is not None and run.val_frames is None:
+            _plan_validation(run, val_data, max_instances, config.batch_size,
+                             _VAL_SHARE * (until - time.monotonic()), clock.cancelled)  # fmt: skip
+        train_data = train_sets[kind]
+        examples = stage_examples(train_data, stage)
+        steps = config.steps_per_epoch or max(
+            _MIN_STEPS, math.ceil(len(examples) / config.batch_size)
+        )
+        epochs = (run.last_epoch - run.first_epoch) * steps
+        step_time = None
+        while run.epoch < run.last_epoch and not run.done:
+            epoch = run.epoch + 1
+            order_rng = np.random.default_rng([config.seed, index, epoch])
+            generator = torch.Generator().manual_seed(
+                config.seed * 1_000_003 + index * 10_007 + epoch
+            )
+            picks = order_rng.permutation(np.resize(order_rng.permutation(len(examples)),
+                                                    steps * config.batch_size))  # fmt: skip
+            # Time kept free after the steps: this stage's validation, and in the last stage
+            # also the pipeline's evaluation.
+            reserve = run.val_seconds
+            if evaluate_after and index == len(kinds) - 1:
+                reserve += _EVAL_PER_VAL * sum(r.val_seconds for r in runs.values())
+            done_before = (epoch - 1 - run.first_epoch) * steps
+            trained, out_of_time = 0, False
+            for step in range(1, steps + 1):
+                if clock.cancelled():
+                    break
+                began = time.monotonic()
+                if until is not None and step_time is not None:  # will the next step fit?
+                    out_of_time = began + step_time + reserve > until
+                if out_of_time:
+                    break
+                chosen = examples[picks[(step - 1) * config.batch_size : step * config.batch_size]]
+                batch = stage_batch(train_data, stage, chosen, augment=True, generator=generator)
+                loss = run.step(batch.images, _targets(stage, batch, edges, session.device))
+                step_time, trained = time.monotonic() - began, step
+                fraction = clock.fraction(kinds, index, done_before + step, epochs, span)
+                yield Progress(kind, epoch, step, steps, loss, fraction, clock.elapsed(),
+                               message=f"{kind}{name}: epoch {epoch} step {step}/{steps} "
+                                       f"loss {loss:.2e}")  # fmt: skip
+            if trained == 0 and not clock.cancelled():  # out of time before this epoch began
+                run.done = True
+                session.checkpoint(run, kind)
+                break
+            if trained:  # a cancelled epoch's steps are kept: a resumed run goes on after them
+                run.epoch = epoch
+            if clock.cancelled():
+                session.checkpoint(run, kind)
+                break
+            began = time.monotonic()
+            scored = (val_data if run.val_frames is None
+                      else val_data.subset(np.arange(run.val_frames)))  # fmt: skip
+            val_loss, metrics, n = validate_stage(run, scored, max_instances,
+                                                  config.batch_size, clock.cancelled)  # fmt: skip
+            if clock.cancelled():
+                session.checkpoint(run, kind)
+                break
+            run.val_frames, run.val_seconds = n, time.monotonic() - began
+            run.scheduler.step(val_loss)
+            improved = val_loss < run.best_val  # in round two: than round one's best too
+            if improved:
+                run.best_val, run.stale = val_loss, 0
+                package.save_torch(run.model.state_dict(), package.weights_path(out, kind))
+            else:
+                run.stale += 1
+            session.log.append({
+                "stage": kind,
+                **({"round": number} if config.pseudo_labels else {}),
+                "epoch": epoch,
+                "elapsed_s": round(session.spent + clock.elapsed(), 2),
+                "train_loss": loss,
+                "val_loss": val_loss,
+                "learning_rate": run.optimizer.param_groups[0]["lr"],
+                "val_frames": n,
+                **{k: v for k, v in metrics.items() if not isinstance(v, list)},
+            })  # fmt: skip
+            package.write_log(out, session.log)
+            run.done = out_of_time or run.stale >= config.patience or epoch >= run.last_epoch
+            session.checkpoint(run, kind)
+            fraction = clock.fraction(kinds, index, done_before + steps, epochs, span)
+            yield Progress(kind, epoch, steps, steps, loss, fraction, clock.elapsed(),
+                           validation={"val_loss": val_loss, **metrics, "window": session.window},
+                           message=f"{kind}{name}: epoch {epoch} val loss {val_loss:.2e}, "
+                                   f"{_error_text(metrics)}")  # fmt: skip
+        if clock.cancelled():
+            yield session.cancelled()
+            return False
+        session.load_best(run, kind)
+    return True
+
+
+def _pseudo_label(session: _Session, runs: Mapping[str, _StageRun], labels: sio.Labels,
+                  train_data: LabelledFrames, until: float | None,
+                  ) -> Generator[Progress, None, pseudo.PseudoLabels]:  # fmt: skip
+    """Pose unlabelled frames with round one's pipeline, both ways up, and keep what agrees
+    (``pseudo``), until ``until`` or a cancel (checked before every frame and batch).
+
+    Frames go in passes, each evenly spread over the frames not yet seen and read in frame
+    order: under a time limit the first pass (a few frames) times decoding and predicting, and
+    each later pass takes as many frames as fit the time left at the last pass's rate, so the
+    frames found are spread over the videos whenever the time runs out. At most
+    ``_PSEUDO_PER_FRAME`` per training frame.
+    """
+    config, data, clock = session.config, session.data, session.clock
+    models = {kind: run.model for kind, run in runs.items()}
+    labelled = pseudo.labelled_keys(labels, config.frames)
+    videos = np.unique(data.keys[:, 0])
+    left = pseudo.candidate_frames(
+        pseudo.video_lengths(data.videos, videos), videos, labelled, session.val_data.keys,
+        pseudo.labelling_stride(labelled), config.frames,
+    )  # fmt: skip
+    cap = min(len(left), _PSEUDO_PER_FRAME * len(train_data))
+    anchor = next((s.anchor for s in session.stages.values() if s.anchor is not None), None)
+    needed = pseudo.min_nodes(train_data.points, pseudo.MIN_NODES)
+    span = (1.0 - config.pseudo_labels,) * 2
+
+    def predict(images: list[np.ndarray]) -> list[FramePrediction]:
+        frames = pseudo.frames_to_predict(data, images)
+        return predict_pipeline(models, session.stages, frames, session.device,
+                                data.max_instances)  # fmt: skip
+
+    def late(per_frame: float) -> bool:
+        return clock.cancelled() or (until is not None and time.monotonic() + per_frame > until)
+
+    def pass_size(per_frame: float | None) -> int:
+        """Frames of the next pass: all allowed without a time limit, a few to time first,
+        then as many as fit the time left."""
+        count = cap - len(keys)
+        if until is None:
+            return count
+        if per_frame is None:
+            return min(count, _PSEUDO_FIRST_PASS)
+        return min(count, int((until - time.monotonic()) / per_frame))
+
+    keys: list[np.ndarray] = []
+    images: list[np.ndarray] = []
+    agreements: list[pseudo.Agreement] = []
+    per_frame: float | None = None
+    while len(keys) < cap and not late(per_frame or 0.0):
+        count = pass_size(per_frame)
+        if count < min(_VAL_BATCH, cap - len(keys)):
+            break  # too little time for a batch: round two gets it
+        chosen = pseudo.spread(len(left), count)
+        picks, left = left[chosen], np.delete(left, chosen, axis=0)
+        yield Progress("pseudo-labelling", fraction=clock.fraction(session.kinds, 0, 0, 1, span),
+                       elapsed=clock.elapsed(),
+                       message=f"pseudo-labelling {len(picks)} unlabelled frames "
+                               f"({len(keys)} done, {len(left)} more unlabelled)")  # fmt: skip
+        began, before = time.monotonic(), len(keys)
+        report = before + max(len(picks) // 10, _VAL_BATCH)
+        with contextlib.closing(pseudo.read_frames(data.videos, picks, data.channels)) as reader:
+            for start in range(0, len(picks), _VAL_BATCH):
+                batch = picks[start : start + _VAL_BATCH]
+                chunk = []
+                for _ in batch:
+                    if late(per_frame or 0.0):
+                        break
+                    chunk.append(next(reader))
+                if chunk and not clock.cancelled():
+                    both = pseudo.predict_both_ways(chunk, predict)
+                    agreements += [pseudo.agree(first, second, min_nodes=needed, anchor=anchor,
+                                                max_instances=data.max_instances,
+                                                agree_px=pseudo.AGREE_PX,
+                                                min_score=pseudo.MIN_SCORE)
+                                   for first, second in both]  # fmt: skip
+                    keys += list(batch[: len(chunk)])
+                    images += chunk
+                if len(keys) >= report:  # about ten lines a pass (the CLI prints each)
+                    report += max(len(picks) // 10, _VAL_BATCH)
+                    kept = sum(len(a.points) > 0 for a in agreements)
+                    yield Progress("pseudo-labelling", elapsed=clock.elapsed(),
+                                   fraction=clock.fraction(session.kinds, 0, 0, 1, span),
+                                   message=f"pseudo-labelling: {len(keys)} frames posed, "
+                                           f"{kept} kept")  # fmt: skip
+                if len(chunk) < len(batch):
+                    break  # out of time, or cancelled
+        if len(keys) - before < len(picks):
+            break
+        per_frame = (time.monotonic() - began) / len(picks)
+    if not keys and not clock.cancelled():
+        why = "no time was left for them" if cap else "every frame is labelled or near validation"
+        yield Progress("pseudo-labelling", fraction=clock.fraction(session.kinds, 0, 0, 1, span),
+                       elapsed=clock.elapsed(),
+                       message=f"no unlabelled frames were pseudo-labelled: {why}")  # fmt: skip
+    return pseudo.collect(data, np.asarray(keys, np.int64).reshape(-1, 2), images, agreements)
+
+
+def _round_two(session: _Session, runs: dict[str, _StageRun], labels: sio.Labels,
+               train_data: LabelledFrames) -> Generator[Progress, None, bool]:  # fmt: skip
+    """Pseudo-label in ``_PSEUDO_TIME_SHARE`` of the time left, then train every stage again on
+    labels and pseudo-labels in the rest. Returns ``False`` when cancelled."""
+    clock, config, record = session.clock, session.config, session.record
+    found = yield from _pseudo_label(session, runs, labels, train_data,
+                                     clock.share(_PSEUDO_TIME_SHARE))  # fmt: skip
+    if clock.cancelled():
+        yield session.cancelled()
+        return False
+    n_complete = int(found.complete.sum())
+    whole = [kind for kind in session.kinds if not session.stages[kind].crops]
+    record["training"].update({
+        "round": 2,
+        "n_pseudo_predicted": found.looked_at,
+        "n_pseudo_frames": len(found.frames),
+        "n_pseudo_instances": found.n_instances,
+        "n_pseudo_complete_frames": n_complete,
+    })  # fmt: skip
+    session.write_record()
+    message = (f"kept {len(found.frames)} of {found.looked_at} pseudo-labelled frames, "
+               f"{found.n_instances} instances")  # fmt: skip
+    if whole:
+        message += f"; {n_complete} with every animal for the {' and '.join(whole)} stage"
+    fraction = clock.fraction(session.kinds, 0, 0, 1, (1.0 - config.pseudo_labels,) * 2)
+    yield Progress("pseudo-labelling", fraction=fraction, elapsed=clock.elapsed(), message=message)
+    for run in runs.values():
+        run.begin_round_two(config.round_two_epochs)
+    train_sets = {kind: pseudo.training_frames(train_data, found, session.stages[kind].crops)
+                  for kind in session.kinds}  # fmt: skip
+    yield Progress("pseudo-labelling", fraction=fraction, elapsed=clock.elapsed(),
+                   message=f"round two: training on {len(train_data)} labelled and "
+                           f"{len(found.frames)} pseudo-labelled frames from round one's "
+                           "weights, kept only where they validate better")  # fmt: skip
+    return (yield from _train_round(session, runs, train_sets, clock, number=2,
+                                    evaluate_after=True,
+                                    span=(1.0 - config.pseudo_labels, 1.0)))  # fmt: skip
+
+
 def train(
     labels: sio.Labels,
     out_dir: str | Path,
@@ -497,6 +859,11 @@ def train(
     labels_path: str | Path | None = None,
 ) -> Iterator[Progress]:
     """Train every stage of a pipeline on ``labels``' user instances into ``out_dir``.
+
+    With ``config.pseudo_labels``, a second round trains on pseudo-labels of the unlabelled
+    frames too (``_round_two``). A resumed run whose second round had begun starts that round
+    again from the best weights so far (round one's, or round two's where they validated
+    better): the pseudo-labels are not stored, so they are found again in the time left.
 
     Args:
         labels: The project (any number of videos); only user instances are trained on.
@@ -590,129 +957,24 @@ def train(
     }
     package.write_skeleton(out, data.skeleton)
     package.write_config(out, record)
-    log: list[dict[str, Any]] = package.read_log(out) if resume else []
-
-    def checkpoint(run: _StageRun, kind: str) -> None:
-        """Save ``run`` to resume from, and the time spent so far (a resumed run's limit)."""
-        package.save_torch(run.state(), package.checkpoint_path(out, kind))
-        record["training"]["elapsed_s"] = round(spent + clock.elapsed(), 1)
-        package.write_config(out, record)
-
-    def cancelled_progress() -> Progress:
-        return Progress("cancelled", elapsed=clock.elapsed(),
-                        message=f"cancelled after {clock.elapsed():.0f} s; what was trained "
-                                "is kept and training can be resumed")  # fmt: skip
-
-    runs: dict[str, _StageRun] = {}
     kinds = PIPELINES[pipeline]
-    edges = data.edges
-    for index, kind in enumerate(kinds):
-        stage = stages[kind]
-        run = _StageRun(stage, config, device, index)
-        ckpt = package.checkpoint_path(out, kind)
-        if resume and ckpt.exists():
-            run.restore(package.load_torch(ckpt, device))
-        runs[kind] = run
-        if run.done:
-            run.model.load_state_dict(package.load_torch(package.weights_path(out, kind), device))
-            continue
-        shares = [_TIME_SHARE.get(k, 1.0) for k in kinds[index:]]
-        until = clock.share(shares[0] / sum(shares))
-        if until is not None and until <= time.monotonic():
-            break  # no time left to start this stage: the package says it is incomplete
-        if until is not None and run.val_frames is None:
-            _plan_validation(run, val_data, data.max_instances, config.batch_size,
-                             _VAL_SHARE * (until - time.monotonic()), clock.cancelled)  # fmt: skip
-        examples = stage_examples(train_data, stage)
-        steps = config.steps_per_epoch or max(
-            _MIN_STEPS, math.ceil(len(examples) / config.batch_size)
-        )
-        step_time = None
-        while run.epoch < config.epochs and not run.done:
-            epoch = run.epoch + 1
-            order_rng = np.random.default_rng([config.seed, index, epoch])
-            generator = torch.Generator().manual_seed(
-                config.seed * 1_000_003 + index * 10_007 + epoch
-            )
-            picks = order_rng.permutation(np.resize(order_rng.permutation(len(examples)),
-                                                    steps * config.batch_size))  # fmt: skip
-            # Time kept free after the steps: this stage's validation, and in the last stage
-            # also the pipeline's evaluation.
-            reserve = run.val_seconds
-            if index == len(kinds) - 1:
-                reserve += _EVAL_PER_VAL * sum(r.val_seconds for r in runs.values())
-            trained, out_of_time = 0, False
-            for step in range(1, steps + 1):
-                if clock.cancelled():
-                    break
-                began = time.monotonic()
-                if until is not None and step_time is not None:  # will the next step fit?
-                    out_of_time = began + step_time + reserve > until
-                if out_of_time:
-                    break
-                chosen = examples[picks[(step - 1) * config.batch_size : step * config.batch_size]]
-                batch = stage_batch(train_data, stage, chosen, augment=True, generator=generator)
-                loss = run.step(batch.images, _targets(stage, batch, edges, device))
-                step_time, trained = time.monotonic() - began, step
-                fraction = clock.fraction(kinds, index, (epoch - 1) * steps + step,
-                                          config.epochs * steps)  # fmt: skip
-                yield Progress(kind, epoch, step, steps, loss, fraction, clock.elapsed(),
-                               message=f"{kind}: epoch {epoch} step {step}/{steps} loss {loss:.2e}")  # fmt: skip
-            if trained == 0 and not clock.cancelled():  # out of time before this epoch began
-                run.done = True
-                checkpoint(run, kind)
-                break
-            if trained:  # a cancelled epoch's steps are kept: a resumed run goes on after them
-                run.epoch = epoch
-            if clock.cancelled():
-                checkpoint(run, kind)
-                break
-            began = time.monotonic()
-            scored = (val_data if run.val_frames is None
-                      else val_data.subset(np.arange(run.val_frames)))  # fmt: skip
-            val_loss, metrics, n = validate_stage(run, scored, data.max_instances,
-                                                  config.batch_size, clock.cancelled)  # fmt: skip
-            if clock.cancelled():
-                checkpoint(run, kind)
-                break
-            run.val_frames, run.val_seconds = n, time.monotonic() - began
-            run.scheduler.step(val_loss)
-            improved = val_loss < run.best_val
-            if improved:
-                run.best_val, run.stale = val_loss, 0
-                package.save_torch(run.model.state_dict(), package.weights_path(out, kind))
-            else:
-                run.stale += 1
-            log.append({
-                "stage": kind,
-                "epoch": epoch,
-                "elapsed_s": round(spent + clock.elapsed(), 2),
-                "train_loss": loss,
-                "val_loss": val_loss,
-                "learning_rate": run.optimizer.param_groups[0]["lr"],
-                "val_frames": n,
-                **{k: v for k, v in metrics.items() if not isinstance(v, list)},
-            })  # fmt: skip
-            package.write_log(out, log)
-            run.done = out_of_time or run.stale >= config.patience or epoch >= config.epochs
-            checkpoint(run, kind)
-            fraction = clock.fraction(kinds, index, epoch * steps, config.epochs * steps)
-            yield Progress(kind, epoch, steps, steps, loss, fraction, clock.elapsed(),
-                           validation={"val_loss": val_loss, **metrics, "window": window},
-                           message=f"{kind}: epoch {epoch} val loss {val_loss:.2e}, "
-                                   f"{_error_text(metrics)}")  # fmt: skip
-        if clock.cancelled():
-            yield cancelled_progress()
-            return
-        if package.weights_path(out, kind).exists():
-            run.model.load_state_dict(package.load_torch(package.weights_path(out, kind), device))
-        run.model.eval()
-
+    session = _Session(out, config, device, resume, stages, kinds, data, val_data, window,
+                       record, package.read_log(out) if resume else [], spent, clock)  # fmt: skip
+    runs: dict[str, _StageRun] = {}
+    share = config.pseudo_labels
+    round_one = clock.until(clock.share(1.0 - share)) if share else clock
+    finished = yield from _train_round(session, runs, dict.fromkeys(kinds, train_data), round_one,
+                                       number=1, evaluate_after=not share,
+                                       span=(0.0, 1.0 - share))  # fmt: skip
+    if not finished:
+        return
     missing = [kind for kind in kinds if not package.weights_path(out, kind).exists()]
     if missing:
         yield Progress("incomplete", elapsed=clock.elapsed(),
                        message=f"out of time before the {missing[0]} stage was trained: give "
                                "training more time, or resume it with a time limit")  # fmt: skip
+        return
+    if share and not (yield from _round_two(session, runs, labels, train_data)):
         return
     yield Progress("evaluating", fraction=clock.fraction(kinds, len(kinds) - 1, 1, 1),
                    elapsed=clock.elapsed(),
@@ -721,15 +983,14 @@ def train(
     batches = _bounded(_frame_batches(val_data), clock.deadline, clock.cancelled)
     predictions = predict_pipeline(models, stages, val_data, device, data.max_instances, batches)
     if clock.cancelled():
-        yield cancelled_progress()
+        yield session.cancelled()
         return
     metrics = _metrics(val_data.points[: len(predictions)], predictions)
     metrics["n_val_frames"] = len(predictions)
     metrics["window"] = window
     package.write_metrics(out, json_ready(metrics))
     record["complete"] = True
-    record["training"]["elapsed_s"] = round(spent + clock.elapsed(), 1)
-    package.write_config(out, record)
+    session.write_record()
     yield Progress("done", fraction=1.0, elapsed=clock.elapsed(), validation=metrics,
                    message=f"done: {summarise(metrics)}")  # fmt: skip
 
