@@ -16,9 +16,10 @@ import torch
 from napari_pose.core.io import load_labels, save_labels
 from napari_pose.core.synthetic import make_synthetic, to_labels, write_video
 from napari_pose.nn import package, pseudo
-from napari_pose.nn.data import LabelledFrames, load_frames
+from napari_pose.nn.augment import AugmentConfig
+from napari_pose.nn.data import LabelledFrames, load_frames, make_batch
 from napari_pose.nn.models import UNetConfig
-from napari_pose.nn.pipelines import default_stages
+from napari_pose.nn.pipelines import default_stages, stage_loss
 from napari_pose.nn.predict import FramePrediction
 from napari_pose.nn.train import TrainConfig, _StageRun, train, validate_stage
 
@@ -299,3 +300,40 @@ def test_pseudo_labels_must_leave_round_one_time():
     with pytest.raises(ValueError, match="pseudo_labels"):
         TrainConfig(pseudo_labels=1.0)
     assert TrainConfig().to_dict()["pseudo_labels"] == 0.0
+
+
+def test_nodes_pseudo_labels_leave_out_are_left_out_of_the_loss():
+    """A node two predictions disagreed on is unknown, not hidden: training it as absent would
+    teach the model to miss the hard nodes pseudo-labels are for. Its maps weigh nothing in the
+    loss, also after a flip moves it to its partner's column; known nodes weigh as before."""
+    skeleton = sio.Skeleton(["head", "wingL", "wingR"])
+    points = np.array([[[20.0, 20.0], [np.nan, np.nan], [26.0, 24.0]]], np.float32)
+    kept = pseudo.Agreement(points, complete=True)
+    template = LabelledFrames(skeleton, [], np.zeros((0, 2), np.int64), [], [])
+    found = pseudo.collect(template, np.array([[0, 5]]), [np.zeros((48, 48, 1), np.uint8)],
+                           [kept])  # fmt: skip
+    assert found.frames.unknown[0].tolist() == [[False, True, False]]
+    labelled = LabelledFrames(skeleton, [], np.array([[0, 1]]), [np.zeros((48, 48, 1), np.uint8)],
+                              [points.copy()])  # fmt: skip
+    both = pseudo.training_frames(labelled, found, crops=True)
+    assert [u.tolist() for u in both.unknown] == [[[False] * 3], [[False, True, False]]]
+
+    examples = np.array([[0, 0], [1, 0]])
+    batch = make_batch(both, examples, size=(32, 32), scale=1.0, crop=True)
+    assert batch.known.tolist() == [[1, 1, 1], [1, 0, 1]]
+    flips = AugmentConfig(rotation=0, scale=(1, 1), translate=0, flip=True, brightness=0,
+                          contrast=0, noise=0)  # fmt: skip
+    for seed in range(8):  # a flipped example's unknown wingL sits in wingR's column
+        flipped = make_batch(both, examples[1:], size=(32, 32), scale=1.0, crop=True,
+                             augment=flips, generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        unknown = 2 if np.isfinite(flipped.points[0, 0, 1]).all() else 1
+        assert flipped.known[0, unknown] == 0 and flipped.known[0].sum() == 2
+
+    target = torch.rand(2, 3, 8, 8)
+    wrong = target.clone()
+    wrong[1, 1] += 5.0  # only the unknown node's map is off
+    assert stage_loss({"confmaps": wrong}, {"confmaps": target}, batch.known) == 0
+    assert stage_loss({"confmaps": wrong}, {"confmaps": target}) > 0
+    ones = torch.ones(2, 3)
+    assert torch.isclose(stage_loss({"confmaps": wrong}, {"confmaps": target}, ones),
+                         stage_loss({"confmaps": wrong}, {"confmaps": target}))  # fmt: skip

@@ -56,7 +56,11 @@ class LabelledFrames:
         keys: ``(n_frames, 2)`` (video index, frame index) of each labelled frame.
         images: One ``(H, W, C)`` uint8 image per frame (sizes may differ between videos).
         points: One ``(n_instances, k, 2)`` float32 array per frame, ``(x, y)`` in frame pixels,
-            NaN where a node is missing or not visible (occluded nodes are not trained on).
+            NaN where a node is missing or not visible (the model learns to draw nothing there).
+        unknown: ``None`` (every node is known), or one ``(n_instances, k)`` bool array per
+            frame: nodes whose place nobody knows (pseudo-labels leave out the nodes two
+            predictions disagree on). They are left out of the loss, neither present nor
+            absent: training them as not visible would teach the model to miss them.
     """
 
     skeleton: sio.Skeleton
@@ -64,6 +68,7 @@ class LabelledFrames:
     keys: np.ndarray
     images: list[np.ndarray]
     points: list[np.ndarray]
+    unknown: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -117,6 +122,7 @@ class LabelledFrames:
             keys=self.keys[frames],
             images=[self.images[i] for i in frames],
             points=[self.points[i] for i in frames],
+            unknown=None if self.unknown is None else [self.unknown[i] for i in frames],
         )
 
 
@@ -259,12 +265,16 @@ class Batch:
         anchors: ``(B, n, 2)`` each instance's anchor (the centroid model's target) in input
             pixels, NaN-padded like ``points``.
         matrices: ``(B, 3, 3)`` frame-to-input transforms (their inverses map predictions back).
+        known: ``None`` (all known), or ``(B, k)`` 1.0 where the node's maps are trained and
+            0.0 where an instance in the example does not know the node
+            (``LabelledFrames.unknown``).
     """
 
     images: torch.Tensor
     points: torch.Tensor
     anchors: torch.Tensor
     matrices: torch.Tensor
+    known: torch.Tensor | None = None
 
 
 def _pad_instances(arrays: list[np.ndarray], tail: tuple[int, ...]) -> torch.Tensor:
@@ -320,12 +330,15 @@ def make_batch(
         matrices = scale_matrices(len(frames), scale)
     points = _pad_instances(own, (data.n_nodes, 2))
     anchors_t = _pad_instances(anchors, (2,))
+    known = _known(data, examples, crop)
     if augment is not None:
         mirror = torch.from_numpy(data.mirror)
         can_flip = bool((mirror != torch.arange(len(mirror))).any())
         extra, flipped = random_affine(len(frames), size, augment, generator, can_flip)
         matrices = extra @ matrices
         points = swap_symmetric(points, flipped, mirror)
+        if known is not None:  # a flipped example's node columns are swapped, as its points
+            known = torch.where(flipped[:, None], known[:, mirror], known)
     images_t = _warp_grouped(images, matrices, size)
     points = transform_points(points, matrices)
     anchors_t = transform_points(anchors_t, matrices)
@@ -336,7 +349,20 @@ def make_batch(
         images_t, points = pasted.images, pasted.points
     if augment is not None:
         images_t = adjust_intensity(images_t, augment, generator)
-    return Batch(images_t, points, anchors_t, matrices)
+    return Batch(images_t, points, anchors_t, matrices, known)
+
+
+def _known(data: LabelledFrames, examples: np.ndarray, crop: bool) -> torch.Tensor | None:
+    """``(B, k)`` which nodes each example trains (``Batch.known``): a crop's own instance's
+    known nodes; on a whole frame, the nodes every instance knows (a node's map shows all
+    instances at once). ``None`` when ``data`` knows every node."""
+    if data.unknown is None:
+        return None
+    if crop:
+        unknown = np.stack([data.unknown[f][j] for f, j in examples])
+    else:
+        unknown = np.stack([data.unknown[i].any(axis=0) for i in examples])
+    return torch.from_numpy(~unknown).float()
 
 
 def _donor_candidates(data: LabelledFrames, examples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -272,7 +272,20 @@ def stage_targets(stage: StageConfig, batch: Batch, edges: np.ndarray) -> dict[s
     return targets
 
 
-def stage_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean squared error of every head, summed over heads (SLEAP's loss)."""
-    losses = [F.mse_loss(outputs[name].float(), target) for name, target in targets.items()]
+def stage_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+               known: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Mean squared error of every head, summed over heads (SLEAP's loss).
+
+    ``known`` ``(B, k)`` (``Batch.known``) leaves the node maps of unknown nodes out of the
+    ``confmaps`` head's mean; ``None`` keeps them all (the plain mean).
+    """
+    losses = []
+    for name, target in targets.items():
+        output = outputs[name].float()
+        if name == "confmaps" and known is not None:
+            weight = known.to(output.device)[:, :, None, None].expand_as(output)
+            squared = (output - target) ** 2 * weight
+            losses.append(squared.sum() / weight.sum().clamp_min(1.0))
+        else:
+            losses.append(F.mse_loss(output, target))
     return torch.stack(losses).sum()

@@ -238,6 +238,8 @@ def collect(template: LabelledFrames, keys: np.ndarray, images: Sequence[np.ndar
         keys=np.asarray(keys, np.int64).reshape(-1, 2)[where],
         images=[images[i] for i in where],
         points=[agreements[i].points for i in where],
+        # Nodes left out are unknown, not hidden: the loss skips them (``Batch.known``).
+        unknown=[np.isnan(agreements[i].points).any(axis=-1) for i in where],
     )
     complete = np.array([agreements[i].complete for i in where], dtype=np.bool_)
     return PseudoLabels(frames, complete, len(agreements))
@@ -260,4 +262,12 @@ def training_frames(labelled: LabelledFrames, pseudo: PseudoLabels,
         keys=np.concatenate([labelled.keys, extra.keys]),
         images=[*labelled.images, *extra.images],
         points=[*labelled.points, *extra.points],
+        unknown=[*_unknown(labelled), *_unknown(extra)],
     )
+
+
+def _unknown(frames: LabelledFrames) -> list[np.ndarray]:
+    """``frames.unknown``, with all-known arrays where it is ``None`` (user labels)."""
+    if frames.unknown is not None:
+        return frames.unknown
+    return [np.zeros(points.shape[:2], np.bool_) for points in frames.points]

@@ -395,11 +395,12 @@ class _StageRun:
         self.round, self.done, self.stale = 2, False, 0
         self.first_epoch, self.last_epoch = self.epoch, self.epoch + epochs
 
-    def step(self, batch_images: torch.Tensor, targets: dict[str, torch.Tensor]) -> float:
+    def step(self, batch_images: torch.Tensor, targets: dict[str, torch.Tensor],
+             known: torch.Tensor | None = None) -> float:  # fmt: skip
         self.model.train()
         images = batch_images.to(self.device).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", enabled=self.device.type == "cuda"):
-            loss = stage_loss(self.model(images), targets)
+            loss = stage_loss(self.model(images), targets, known)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -656,7 +657,8 @@ def _train_round(session: _Session, runs: dict[str, _StageRun],
                     break
                 chosen = examples[picks[(step - 1) * config.batch_size : step * config.batch_size]]
                 batch = stage_batch(train_data, stage, chosen, augment=True, generator=generator)
-                loss = run.step(batch.images, _targets(stage, batch, edges, session.device))
+                loss = run.step(batch.images, _targets(stage, batch, edges, session.device),
+                                batch.known)  # fmt: skip
                 step_time, trained = time.monotonic() - began, step
                 fraction = clock.fraction(kinds, index, done_before + step, epochs, span)
                 yield Progress(kind, epoch, step, steps, loss, fraction, clock.elapsed(),
