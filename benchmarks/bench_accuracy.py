@@ -87,13 +87,14 @@ class Recipe:
     name: str
     train: dict[str, Any] = attrs.field(factory=dict)  # TrainConfig fields
     pose_stage: dict[str, Any] = attrs.field(factory=dict)  # fields of the pose model's stage
+    model: dict[str, Any] = attrs.field(factory=dict)  # ModelConfig fields of that stage
     augment: dict[str, Any] = attrs.field(factory=dict)  # AugmentConfig fields of that stage
     predict: dict[str, Any] = attrs.field(factory=dict)  # PredictConfig fields
     refine: bool = False  # refine poses along tracks (nn.refine) after tracking
 
     @property
     def training_key(self) -> str:
-        parts = [f"{k}={v}" for group in (self.train, self.pose_stage, self.augment)
+        parts = [f"{k}={v}" for group in (self.train, self.pose_stage, self.model, self.augment)
                  for k, v in sorted(group.items())]  # fmt: skip
         return "-".join(parts).replace("/", "_") or "defaults"
 
@@ -108,6 +109,7 @@ RECIPES = {recipe.name: recipe for recipe in (
     Recipe("encounter", augment={"encounter": 0.5}),
     Recipe("pseudo", train={"pseudo_labels": 0.3}),
     Recipe("medium", train={"preset": "medium"}),
+    Recipe("lite0", model={"encoder": "efficientnet_lite0"}),
     Recipe("sigma-1.5", pose_stage={"sigma": 1.5}),
     Recipe("sigma-3.5", pose_stage={"sigma": 3.5}),
 )}  # fmt: skip
@@ -116,7 +118,7 @@ RECIPES = {recipe.name: recipe for recipe in (
 def _stages(labels, recipe: Recipe, config):
     """The default stages of ``labels`` with ``recipe``'s pose-stage changes (``None``: the
     defaults untouched, chosen inside ``train`` as users get them)."""
-    if not recipe.pose_stage and not recipe.augment:
+    if not recipe.pose_stage and not recipe.model and not recipe.augment:
         return None
     from napari_pose.nn.data import load_frames
     from napari_pose.nn.pipelines import default_pipeline, default_stages
@@ -127,6 +129,7 @@ def _stages(labels, recipe: Recipe, config):
     pose = "centered_instance" if pipeline == "topdown" else next(iter(stages))
     stage = stages[pose]
     stages[pose] = attrs.evolve(stage, **recipe.pose_stage,
+                                model=attrs.evolve(stage.model, **recipe.model),
                                 augment=attrs.evolve(stage.augment, **recipe.augment))  # fmt: skip
     return stages
 

@@ -160,7 +160,7 @@ def load_package(folder: str | Path, device: torch.device | str = "cpu") -> Mode
     for kind in PIPELINES[config["pipeline"]]:
         stage = StageConfig.from_dict(config["stages"][kind])
         path = weights_path(folder, kind)
-        model = build_model(stage.model)
+        model = build_model(stage.model, pretrained=False)  # its own weights follow
         try:
             model.load_state_dict(load_torch(path, device))
         except RuntimeError as error:  # shapes or names do not match the config
