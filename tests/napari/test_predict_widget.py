@@ -478,6 +478,38 @@ def test_one_animals_box_limits_detection_and_tracking(make_napari_viewer, qtbot
     assert widget.trained_animals.native.isHidden()
 
 
+def test_mirrored_frames_and_refinement_are_the_users_choice(make_napari_viewer, qtbot, setup,
+                                                            monkeypatch):  # fmt: skip
+    """*average with mirrored frames* reaches the model (a new load: it wraps the networks)
+    and *refine along tracks* refines the tracked poses; both off by default."""
+    from napari_pose.napari._qt import predict_widget as _predict_widget
+    from napari_pose.nn.tta import FlipAveraged
+
+    seen: list[tuple[str, object]] = []
+    predict_video, refine_tracks = _predict_widget.predict_video, _predict_widget.refine_tracks
+
+    def recorded_video(predictor, *args, **kwargs):
+        flipped = all(isinstance(m, FlipAveraged) for m in predictor.package.models.values())
+        seen.append(("flip", flipped))
+        return predict_video(predictor, *args, **kwargs)
+
+    def recorded_refine(arrays):
+        seen.append(("refine", len(arrays)))
+        return refine_tracks(arrays)
+
+    monkeypatch.setattr(_predict_widget, "predict_video", recorded_video)
+    monkeypatch.setattr(_predict_widget, "refine_tracks", recorded_refine)
+    viewer, widget = _dock(make_napari_viewer, setup.video)
+    assert not widget.flip_tta.value and not widget.refine_box.value
+    widget.model.value = setup.model
+    widget.track_box.value = True
+    _run(qtbot, widget)
+    widget.flip_tta.value = widget.refine_box.value = True
+    _run(qtbot, widget)
+    assert seen[0] == ("flip", False) and seen[1] == ("flip", True)
+    assert [kind for kind, _ in seen] == ["flip", "flip", "refine"] and seen[2][1] > 0
+
+
 def test_frames_with_more_animals_than_the_box_allows_are_a_warning(
         make_napari_viewer, qtbot, setup, monkeypatch):  # fmt: skip
     from napari_pose.napari._qt import predict_widget as _predict_widget

@@ -81,6 +81,7 @@ from napari_pose.nn.inference import (
 )
 from napari_pose.nn.package import SKELETON_FILE
 from napari_pose.nn.predict import FramePrediction
+from napari_pose.nn.refine import refine_tracks
 from napari_pose.nn.tracking import TrackerConfig, track_planes
 
 FRAME_CHOICES = ["current frame", "range", "all", "suggested", "labelled"]
@@ -264,7 +265,13 @@ class PredictWidget(ScrollingDock):
                                "this many per frame, and tracking makes at most this many "
                                "tracks. 0: the most one frame of the training labels held")  # fmt: skip
         self.trained_animals = Label(label="", value="", visible=False)
+        self.flip_tta = CheckBox(label="average with mirrored frames", value=False,
+                                 tooltip="predict each frame also mirrored left/right and "
+                                 "average (flip test-time augmentation): twice the model time")  # fmt: skip
         self.track_box = CheckBox(label="track identities", value=False)
+        self.refine_box = CheckBox(label="refine along tracks", value=False,
+                                   tooltip="after tracking, drop nodes that jump away for 1-2 "
+                                   "frames and fill gaps of up to 3 frames (videos)")  # fmt: skip
         self.plane_axes = LineEdit(label="stack axes", visible=False,
                                    tooltip="one letter per axis before y, x: T time, Z depth. "
                                    "Tracking follows T, each depth on its own")  # fmt: skip
@@ -281,8 +288,8 @@ class PredictWidget(ScrollingDock):
         self.maps_button = PushButton(label="", text="Show confidence maps")
         body = self.body
         body.extend([self.model, self.image, self.frames, self.first, self.last, self.batch_size,
-                     self.device, self.animals, self.trained_animals, self.track_box,
-                     self.plane_axes, self.start_button,
+                     self.device, self.animals, self.trained_animals, self.flip_tta,
+                     self.track_box, self.refine_box, self.plane_axes, self.start_button,
                      self.cancel_button, self.progress, self.status, self.save_path,
                      self.save_button, self.merge_button, self.maps_button])  # fmt: skip
         self.worker: GeneratorWorker | None = None  # the running prediction
@@ -330,10 +337,12 @@ class PredictWidget(ScrollingDock):
     # ------------------------------------------------------------------ the model
     def _config(self) -> PredictConfig:
         return PredictConfig(batch_size=int(self.batch_size.value), device=self.device.value,
-                             max_instances=int(self.animals.value) or None)  # fmt: skip
+                             max_instances=int(self.animals.value) or None,
+                             flip_tta=bool(self.flip_tta.value))  # fmt: skip
 
     def _key(self, folder: Path, config: PredictConfig) -> tuple:
-        return folder.resolve(), config.device, _folder_stamp(folder)
+        """What a loaded model depends on (flip averaging wraps its networks)."""
+        return folder.resolve(), config.device, config.flip_tta, _folder_stamp(folder)
 
     def _cached(self, folder: Path, config: PredictConfig) -> Predictor | None:
         """The model already loaded from ``folder``, set up for ``config``, if any.
@@ -561,6 +570,8 @@ class PredictWidget(ScrollingDock):
         config = TrackerConfig(max_tracks=animals)
         planes = {binding.video: (binding.plane_shape, plane_axes)}
         binding.arrays = track_planes(binding.arrays, planes, config)
+        if self.refine_box.value and len(binding.plane_shape) <= 1:  # a stack's planes: no
+            binding.arrays = refine_tracks(binding.arrays)
         binding.labels.tracks = list(binding.arrays.tracks)  # saving indexes the labels' tracks
         self._show(layer, binding)
         n_tracks = len(binding.arrays.tracks)
