@@ -25,7 +25,6 @@ from napari_pose.core.skeleton import (
     reorder_nodes,
     save_skeleton,
     set_symmetry,
-    symmetries_from_names,
     with_node,
 )
 
@@ -395,16 +394,3 @@ def test_saved_json_references_resolve_as_in_sleaps_own_files(data_dir, tmp_path
     assert edges == fly.edge_names
     symmetric = {frozenset((s[1], t[1])) for s, t, kind in links if kind == ("type", 2)}
     assert symmetric == symmetry_set(fly)
-
-
-def test_left_right_pairs_are_read_from_node_names():
-    """Flip augmentation needs left/right pairs; users rarely declare them, names say them."""
-    fly = ["head", "thorax", "wingL", "wingR", "forelegL4", "forelegR4", "eyeL", "eyeR"]
-    assert [(fly[a], fly[b]) for a, b in symmetries_from_names(fly)] == [
-        ("wingL", "wingR"), ("forelegL4", "forelegR4"), ("eyeL", "eyeR")]  # fmt: skip
-    mouse = ["snout", "leftear", "rightear", "tailbase"]
-    assert symmetries_from_names(mouse) == [(1, 2)]
-    other = ["L_eye", "R_eye", "LeftPaw", "RightPaw", "Leg", "Reg", "LEDs", "REDs", "left_right"]
-    assert [(other[a], other[b]) for a, b in symmetries_from_names(other)] == [
-        ("L_eye", "R_eye"), ("LeftPaw", "RightPaw")]  # fmt: skip
-    assert symmetries_from_names(["wingL", "tail"]) == []  # no partner, no pair

@@ -24,7 +24,6 @@ cover them for both holders.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,7 +51,6 @@ __all__ = [
     "reorder_nodes",
     "save_skeleton",
     "set_symmetry",
-    "symmetries_from_names",
     "with_node",
 ]
 
@@ -154,34 +152,6 @@ def remove_symmetry(skeleton: sio.Skeleton, a: str, b: str) -> None:
     if len(kept) == len(skeleton.symmetries):
         raise ValueError(f"{a!r} and {b!r} are not a symmetric pair")
     skeleton.symmetries = kept
-
-
-#: Left/right words in node names: ``left``/``right`` in any case (``left_ear``, ``leftear``,
-#: ``LeftPaw``), or a lone capital ``L``/``R``: not after a capital nor before a letter
-#: (``wingL``, ``forelegL4``, ``L_eye``; not the ``L`` of ``Leg`` or ``LED``).
-_SIDE_WORDS = re.compile(r"(left|right|Left|Right|LEFT|RIGHT|(?<![A-Z])[LR](?![A-Za-z]))")
-_OTHER_SIDE = {"left": "right", "right": "left", "Left": "Right", "Right": "Left",
-               "LEFT": "RIGHT", "RIGHT": "LEFT", "L": "R", "R": "L"}  # fmt: skip
-
-
-def symmetries_from_names(names: list[str]) -> list[tuple[int, int]]:
-    """Left/right node pairs that the names say: ``wingL``/``wingR``, ``leftear``/``rightear``.
-
-    Users rarely declare symmetries, and without them training cannot mirror examples (a flip
-    must swap each left node with its right partner). A pair is two names that differ only in
-    one left/right word; a name whose mirror is ambiguous (two side words) is left alone.
-    """
-    index = {name: i for i, name in enumerate(names)}
-    pairs = set()
-    for i, name in enumerate(names):
-        sides = list(_SIDE_WORDS.finditer(name))
-        if len(sides) != 1:
-            continue
-        side = sides[0]
-        mirror = name[: side.start()] + _OTHER_SIDE[side.group()] + name[side.end() :]
-        if mirror in index and index[mirror] != i:
-            pairs.add(tuple(sorted((i, index[mirror]))))
-    return sorted(pairs)
 
 
 # --------------------------------------------------------------------------------------------
