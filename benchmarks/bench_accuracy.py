@@ -104,7 +104,7 @@ RECIPES = {recipe.name: recipe for recipe in (
     Recipe("baseline"),
     Recipe("flip-tta", predict={"flip_tta": True}),
     Recipe("refine", refine=True),
-    Recipe("threshold-0.1", predict={"peak_threshold": 0.1}),
+    Recipe("threshold-0.2", predict={"peak_threshold": 0.2}),  # the default before issue 12
     Recipe("no-flips", augment={"flip": False}),
     Recipe("encounter", augment={"encounter": 0.5}),
     Recipe("pseudo", train={"pseudo_labels": 0.3}),

@@ -569,7 +569,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("-o", "--output", type=Path, required=True, help="predictions .slp")
     predict.add_argument("--frames", help="frame indices, e.g. 1300-1499 or 0-99999:10")
     predict.add_argument("--batch-size", type=int, default=4)
-    predict.add_argument("--peak-threshold", type=float, default=0.2)
+    predict.add_argument(
+        "--peak-threshold",
+        type=float,
+        default=0.1,
+        help="node peaks below this are not found (default 0.1)",
+    )
     _add_animals_flag(predict, "animals a frame may hold: detection keeps at most N per frame "
                       "and --tracker makes at most N tracks (default: the most in the model's "
                       "training labels)")  # fmt: skip
