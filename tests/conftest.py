@@ -37,6 +37,19 @@ def data_dir() -> Path:
     return found
 
 
+@pytest.fixture(autouse=True)
+def _shared_data_untouched():
+    """Fail a test that leaves a file in the shared data: an edit of a project opened from
+    there is autosaved beside it, and the next test to open it finds a 'recovered' copy
+    (tests that edit must open a copy). Only where the data is, and only new files."""
+    found = _find_data_dir()
+    before = set(found.rglob("*")) if found is not None else set()
+    yield
+    if found is not None:
+        added = sorted(str(path.relative_to(found)) for path in set(found.rglob("*")) - before)
+        assert not added, f"the test left files in the shared data: {added}"
+
+
 @pytest.fixture(scope="session")
 def sleap_dir(data_dir: Path) -> Path:
     return data_dir / "sleap"

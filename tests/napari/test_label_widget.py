@@ -112,10 +112,12 @@ def test_label_zstack_planes(make_napari_viewer, qtbot, tmp_path):
     assert arrays.xy[0, 0].tolist() == [20.0, 10.0]
 
 
-def test_skeleton_edits_follow_into_every_instance(make_napari_viewer, qtbot, data_dir, tmp_path):
-    """Rename, reorder, delete (with confirmation) and edges on clip.slp's 13-node project."""
+def test_skeleton_edits_follow_into_every_instance(make_napari_viewer, qtbot, data_dir, tmp_path,
+                                                   clip_copy):  # fmt: skip
+    """Rename, reorder, delete (with confirmation) and edges on clip.slp's 13-node project (a
+    copy: edits are autosaved beside the file)."""
     viewer = make_napari_viewer()
-    viewer.open(str(data_dir / "sleap/tracks/clip.slp"), plugin="napari-pose")
+    viewer.open(str(clip_copy), plugin="napari-pose")
     _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Skeleton")
     _, labels_widget = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
     layer = widget.layer.value
@@ -229,7 +231,8 @@ def test_autosave_restore_and_close_guard(make_napari_viewer, qtbot, sample_proj
     assert recovery_for(sample_project) is None  # saving removed the autosave
 
 
-def test_start_from_skeleton_file_and_double_click_prediction(make_napari_viewer, qtbot, data_dir):
+def test_start_from_skeleton_file_and_double_click_prediction(make_napari_viewer, qtbot, data_dir,
+                                                              clip_copy):  # fmt: skip
     """A skeleton from a DLC config; a double click turns a prediction into a user instance."""
     viewer = make_napari_viewer()
     viewer.open(str(data_dir / "sleap/tracks/clip.mp4"), plugin="napari-pose")
@@ -239,7 +242,7 @@ def test_start_from_skeleton_file_and_double_click_prediction(make_napari_viewer
     assert widget.labeller.node_names == ["snout", "leftear", "rightear", "tailbase"]
 
     viewer2 = make_napari_viewer()
-    viewer2.open(str(data_dir / "sleap/tracks/clip.slp"), plugin="napari-pose")
+    viewer2.open(str(clip_copy), plugin="napari-pose")  # a copy: the double click is an edit
     _, widget2 = viewer2.window.add_plugin_dock_widget("napari-pose", "Label poses")
     labeller = widget2.labeller
     viewer2.dims.set_current_step(0, 10)

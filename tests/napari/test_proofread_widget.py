@@ -232,11 +232,13 @@ def test_close_guard_asks_about_unsaved_proofreading_without_the_label_dock(
 
 
 def test_a_and_b_start_apart_and_a_track_is_never_swapped_or_merged_with_itself(
-    make_napari_viewer, qtbot, sleap_dir
+    make_napari_viewer, qtbot, sleap_dir, tmp_path
 ):
+    for name in ("clip.slp", "clip.mp4"):  # a copy: a swap would be autosaved beside the file
+        (tmp_path / name).write_bytes((sleap_dir / "tracks" / name).read_bytes())
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Proofread")  # docked first
-    viewer.open(str(sleap_dir / "tracks" / "clip.slp"), plugin="napari-pose")
+    viewer.open(str(tmp_path / "clip.slp"), plugin="napari-pose")
     assert (widget.track_a.current_choice, widget.track_b.current_choice) == ("female", "male")
     before = labels_to_arrays(project(viewer))
 

@@ -24,9 +24,11 @@ def _by_type(viewer, kind):
     return [layer for layer in viewer.layers if type(layer).__name__ == kind]
 
 
-def test_open_clip_project(make_napari_viewer, data_dir):
+def test_open_clip_project(make_napari_viewer, data_dir, tmp_path):
+    for name in ("clip.slp", "clip.mp4"):  # a copy: the point moved below is autosaved beside it
+        (tmp_path / name).write_bytes((data_dir / "sleap/tracks" / name).read_bytes())
     viewer = make_napari_viewer()
-    viewer.open(str(data_dir / "sleap/tracks/clip.slp"), plugin="napari-pose")
+    viewer.open(str(tmp_path / "clip.slp"), plugin="napari-pose")
     (image,) = _by_type(viewer, "Image")
     assert image.data.shape == (1500, 1024, 1024) and not image.rgb
     (points,) = _by_type(viewer, "Points")
