@@ -26,9 +26,11 @@ The random draws come from the ``generator`` passed in (seeded, so training runs
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
+import numpy as np
 import torch
 from kornia.geometry.transform import get_affine_matrix2d, warp_affine
 
@@ -115,6 +117,15 @@ def warp(images: torch.Tensor, matrices: torch.Tensor, size: tuple[int, int]) ->
     Pixels that come from outside the source frame are 0.
     """
     return warp_affine(images, matrices[:, :2, :], size, mode="bilinear", align_corners=True)
+
+
+def mirror_permutation(n_nodes: int, pairs: Iterable[Sequence[int]]) -> np.ndarray:
+    """``mirror[j]``: the node ``j`` becomes under a left/right flip, from the symmetric
+    ``pairs`` of node indices (a node without a partner stays itself)."""
+    mirror = np.arange(n_nodes)
+    for a, b in pairs:
+        mirror[a], mirror[b] = b, a
+    return mirror
 
 
 def swap_symmetric(points: torch.Tensor, flipped: torch.Tensor,

@@ -36,6 +36,7 @@ from napari_pose.nn.augment import (
     adjust_intensity,
     animal_size,
     encounter_matrices,
+    mirror_permutation,
     random_affine,
     skeleton_mask,
     swap_symmetric,
@@ -104,10 +105,7 @@ class LabelledFrames:
     @property
     def mirror(self) -> np.ndarray:
         """``mirror[j]``: the node ``j`` becomes under a left/right flip (itself if unpaired)."""
-        mirror = np.arange(self.n_nodes)
-        for a, b in self.symmetric_pairs:
-            mirror[a], mirror[b] = b, a
-        return mirror
+        return mirror_permutation(self.n_nodes, self.symmetric_pairs)
 
     def instances(self) -> np.ndarray:
         """``(n, 2)`` (frame position, instance position) of every instance, frame by frame."""

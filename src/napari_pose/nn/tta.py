@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_pose.nn.augment import mirror_permutation
 from napari_pose.nn.models import PoseModel
 from napari_pose.nn.pipelines import StageConfig
 
@@ -136,8 +137,5 @@ def with_flip_tta(models: Mapping[str, PoseModel], stages: Mapping[str, StageCon
 def mirror_of(node_names: Sequence[str], flip_pairs: Sequence[Sequence[str]]) -> np.ndarray:
     """``mirror[j]``: the node ``j`` becomes under a flip, from a package's recorded
     ``flip_pairs`` (node names; ``config.yaml``)."""
-    mirror = np.arange(len(node_names))
     index = {name: i for i, name in enumerate(node_names)}
-    for a, b in flip_pairs:
-        mirror[index[a]], mirror[index[b]] = index[b], index[a]
-    return mirror
+    return mirror_permutation(len(node_names), ([index[a], index[b]] for a, b in flip_pairs))
