@@ -19,6 +19,12 @@ skeleton, turned and placed by its own affine, blended over the crop before the 
 change. The target stays the centred animal alone; its nodes the donor covers become NaN (see
 ``data.paste_encounters``).
 
+*Crops towards a neighbour* (``AugmentConfig.towards_neighbour``, centred-instance crops
+only): where two animals touch, the centroid model's peak often lands between them, so the
+crop the pose model gets is off its animal's centre, towards the other. With this probability
+a training crop is centred part of the way to the nearest other animal (under half, so its
+own animal stays nearest the centre); the target stays its own animal.
+
 The random draws come from the ``generator`` passed in (seeded, so training runs repeat);
 ``None`` draws from torch's global generator.
 """
@@ -51,6 +57,11 @@ class AugmentConfig:
         encounter: Probability that a centred-instance crop gets a second animal pasted
             against the centred one (0: never, the default until benchmarks choose one; whole
             frames are never changed).
+        towards_neighbour: Probability that a centred-instance crop is centred a random 10-45%
+            of the way from its animal towards the nearest other animal of the frame (the
+            targets stay its own animal's): where two animals touch, the centroid model's
+            peak often lands between them, and the crop model must still pose the animal
+            nearest the centre (0: never).
     """
 
     rotation: float = 180.0
@@ -63,6 +74,9 @@ class AugmentConfig:
     encounter: float = attrs.field(
         default=0.0, converter=float, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)]
     )
+    towards_neighbour: float = attrs.field(
+        default=0.0, converter=float, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)]
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for YAML."""
@@ -73,7 +87,7 @@ class AugmentConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AugmentConfig:
         """Inverse of ``to_dict``; fields missing from older ``config.yaml`` files (such as
-        ``encounter``) take their defaults."""
+        ``encounter`` or ``towards_neighbour``) take their defaults."""
         return cls(**data)
 
 

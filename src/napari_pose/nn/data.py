@@ -315,17 +315,21 @@ def make_batch(
     centred on that instance's anchor, and holds only that instance's keypoints (the other
     animals in view are background to the centred-instance model). ``anchor`` is the anchor
     node (``None``: bounding-box centre). With ``augment`` (and a seeded ``generator``) each
-    example gets a random warp and intensity change on top, and a crop, with probability
-    ``augment.encounter``, a second animal pasted against the centred one
-    (``paste_encounters``) before the intensity change.
+    example gets a random warp and intensity change on top; a crop, with probability
+    ``augment.towards_neighbour``, a centre moved towards the nearest other animal
+    (``_towards_neighbours``), and with probability ``augment.encounter`` a second animal
+    pasted against the centred one (``paste_encounters``) before the intensity change.
     """
     frames = examples[:, 0] if crop else examples
     images = [data.images[i] for i in frames]
     own = [data.points[f][[j]] for f, j in examples] if crop else [data.points[i] for i in frames]
     anchors = [anchor_points(p, anchor) for p in own]
     if crop:
-        centres = torch.from_numpy(np.concatenate(anchors)).float()
-        matrices = crop_matrices(centres, scale, size[0])
+        centres = np.concatenate(anchors)
+        if augment is not None and augment.towards_neighbour > 0:
+            centres = centres + _towards_neighbours(data, examples, centres, anchor,
+                                                    augment.towards_neighbour, generator)  # fmt: skip
+        matrices = crop_matrices(torch.from_numpy(centres).float(), scale, size[0])
     else:
         matrices = scale_matrices(len(frames), scale)
     points = _pad_instances(own, (data.n_nodes, 2))
@@ -350,6 +354,27 @@ def make_batch(
     if augment is not None:
         images_t = adjust_intensity(images_t, augment, generator)
     return Batch(images_t, points, anchors_t, matrices, known)
+
+
+def _towards_neighbours(data: LabelledFrames, examples: np.ndarray, centres: np.ndarray,
+                        anchor: int | None, probability: float,
+                        generator: torch.Generator | None) -> np.ndarray:  # fmt: skip
+    """``(B, 2)`` shifts of crop ``centres`` (of ``examples`` ``(frame, instance)``): with
+    ``probability``, a random 10-45% of the way to the nearest other animal of the frame
+    (``AugmentConfig.towards_neighbour``); zero for the rest and where the frame holds no
+    other animal. Under half the way, the crop's own animal stays the one nearest its centre.
+    """
+    chosen = (torch.rand(len(examples), generator=generator) < probability).numpy()
+    fraction = (0.10 + 0.35 * torch.rand(len(examples), generator=generator)).numpy()
+    shifts = np.zeros_like(centres)
+    for row in np.flatnonzero(chosen):
+        frame, own = examples[row]
+        others = np.delete(anchor_points(data.points[frame], anchor), own, axis=0)
+        offsets = others[np.isfinite(others).all(axis=-1)] - centres[row]
+        if len(offsets):
+            nearest = offsets[np.einsum("ij,ij->i", offsets, offsets).argmin()]
+            shifts[row] = fraction[row] * nearest
+    return shifts
 
 
 def _known(data: LabelledFrames, examples: np.ndarray, crop: bool) -> torch.Tensor | None:

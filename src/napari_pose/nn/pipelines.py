@@ -63,6 +63,9 @@ class StageConfig:
             When two animals touch, the crop shows both; convolutions see position only
             through the zero padding of their deepest layers, and this channel says at every
             level which one is meant (clip.slp frames 1300-1499: see docs/benchmarks.md).
+        hard_keypoints: Weight of online hard keypoint mining in the training loss: the
+            error of the worst half of each example's node maps added to the mean (0: off;
+            ``stage_loss``).
     """
 
     kind: str = attrs.field(validator=attrs.validators.in_(STAGE_KINDS))
@@ -74,6 +77,8 @@ class StageConfig:
     paf_width: float = attrs.field(default=4.0, converter=float)
     augment: AugmentConfig = attrs.field(factory=AugmentConfig)
     centre_cue: bool = False
+    hard_keypoints: float = attrs.field(default=0.0, converter=float,
+                                        validator=attrs.validators.ge(0.0))  # fmt: skip
 
     @property
     def image_channels(self) -> int:
@@ -102,6 +107,7 @@ class StageConfig:
             "paf_width": self.paf_width,
             "augment": self.augment.to_dict(),
             "centre_cue": self.centre_cue,
+            "hard_keypoints": self.hard_keypoints,
         }
 
     @classmethod
@@ -273,11 +279,13 @@ def stage_targets(stage: StageConfig, batch: Batch, edges: np.ndarray) -> dict[s
 
 
 def stage_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
-               known: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+               known: torch.Tensor | None = None, hard_keypoints: float = 0.0) -> torch.Tensor:  # fmt: skip
     """Mean squared error of every head, summed over heads (SLEAP's loss).
 
     ``known`` ``(B, k)`` (``Batch.known``) leaves the node maps of unknown nodes out of the
     ``confmaps`` head's mean; ``None`` keeps them all (the plain mean).
+    ``hard_keypoints`` (``StageConfig.hard_keypoints``) adds that weight times the mean
+    error of the worst half of each example's known node maps (``_hard_keypoint_loss``).
     """
     losses = []
     for name, target in targets.items():
@@ -288,4 +296,21 @@ def stage_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor
             losses.append(squared.sum() / weight.sum().clamp_min(1.0))
         else:
             losses.append(F.mse_loss(output, target))
+        if name == "confmaps" and hard_keypoints > 0:
+            losses.append(hard_keypoints * _hard_keypoint_loss(output, target, known))
     return torch.stack(losses).sum()
+
+
+def _hard_keypoint_loss(output: torch.Tensor, target: torch.Tensor,
+                        known: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+    """Online hard keypoint mining (SLEAP's and mmpose's OHKM): the mean squared error of the
+    worst half (at least one) of each example's node maps, unknown nodes left out.
+
+    A node map is mostly background, so the plain mean is dominated by the nodes a model
+    already finds; this term keeps pushing the ones it misses (a fly's leg tips, a head
+    beside another fly's)."""
+    per_node = ((output - target) ** 2).mean(dim=(2, 3))  # (B, k)
+    if known is not None:  # unknown nodes sort last and count as zero
+        per_node = torch.where(known.to(per_node.device) > 0, per_node, -1.0)
+    worst = per_node.topk(max(1, per_node.shape[1] // 2), dim=1).values
+    return worst.clamp_min(0.0).mean()

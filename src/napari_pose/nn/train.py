@@ -400,7 +400,7 @@ class _StageRun:
         self.model.train()
         images = batch_images.to(self.device).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", enabled=self.device.type == "cuda"):
-            loss = stage_loss(self.model(images), targets, known)
+            loss = stage_loss(self.model(images), targets, known, self.stage.hard_keypoints)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
