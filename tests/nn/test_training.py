@@ -406,3 +406,18 @@ def test_frame_ranges_and_devices_are_parsed_with_clear_errors():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_centroid_time_splits_a_top_down_run_between_its_stages():
+    from napari_pose.nn.train import _Clock
+
+    config = TrainConfig(centroid_time=0.4)
+    assert config.time_shares == {"centroid": 0.4, "centered_instance": pytest.approx(0.6)}
+    kinds = PIPELINES["topdown"]
+    # Without a time limit progress is by steps, each stage weighted by its share.
+    clock = _Clock(None, None, config.time_shares)
+    assert clock.fraction(kinds, 0, 10, 10) == pytest.approx(0.4)
+    assert clock.fraction(kinds, 1, 5, 10) == pytest.approx(0.7)
+    for share in (0.0, 1.0):
+        with pytest.raises(ValueError):
+            TrainConfig(centroid_time=share)

@@ -68,8 +68,6 @@ from napari_pose.nn.predict import (
     predict_topdown,
 )
 
-#: Share of a time budget given to each stage of a two-stage pipeline.
-_TIME_SHARE = {"centroid": 0.25, "centered_instance": 0.75}
 #: Share of a time budget that decoding labelled frames may take: a project too large to decode
 #: in it is trained on the frames decoded by then (it says so), not late.
 _DECODE_SHARE = 0.25
@@ -109,8 +107,8 @@ class TrainConfig:
         epochs: Most epochs per stage.
         time_limit: Wall time in minutes for the whole run, decoding, validation and the final
             evaluation included (``None``: no limit; a resumed run gets what its earlier
-            sessions left); a two-stage pipeline gives 25% of its training time to the
-            centroid stage and 75% to the centred-instance stage.
+            sessions left); a two-stage pipeline splits its training time between its
+            stages by ``centroid_time``.
         batch_size: Examples per step.
         steps_per_epoch: Steps per epoch (``None``: one pass over the training examples, at
             least 40 steps, so tiny projects still get meaningful epochs).
@@ -121,6 +119,10 @@ class TrainConfig:
         val_fraction: Share of labelled frames held out for validation: one time window of
             consecutive labelled frames (``data.split_frames``), so the figures are those of
             a stretch of recording the model has not seen.
+        centroid_time: Share of a top-down pipeline's training time (and of its epochs'
+            weight in the progress bar) given to the centroid stage; the rest goes to the
+            centred-instance stage. Finding animals on a downscaled frame is the easier task:
+            on clip.slp the centroid model finds every fly at 25%.
         seed: Seed of the split, initialisation and augmentation.
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:1`` or ``mps``.
         frames: Only frames with indices in this range are used (``None``: all).
@@ -146,6 +148,8 @@ class TrainConfig:
     patience: int = 15
     plateau_patience: int = 5
     val_fraction: float = 0.1
+    centroid_time: float = attrs.field(default=0.25, validator=[attrs.validators.gt(0.0),
+                                                                attrs.validators.lt(1.0)])  # fmt: skip
     seed: int = 0
     device: str = "auto"
     frames: range | None = None
@@ -155,6 +159,12 @@ class TrainConfig:
     def _check_pseudo_labels(self, attribute: attrs.Attribute, value: float) -> None:
         if not 0.0 <= value < 1.0:
             raise ValueError(f"pseudo_labels is a share of the time in [0, 1), got {value}")
+
+    @property
+    def time_shares(self) -> dict[str, float]:
+        """Share of the training time of each stage kind of a two-stage pipeline (a stage
+        kind not listed has the run to itself)."""
+        return {"centroid": self.centroid_time, "centered_instance": 1.0 - self.centroid_time}
 
     @property
     def round_two_epochs(self) -> int:
@@ -285,8 +295,10 @@ class _Clock:
     covers all of the run and time one phase loses comes out of the next ones.
     """
 
-    def __init__(self, seconds: float | None, stop: threading.Event | None) -> None:
+    def __init__(self, seconds: float | None, stop: threading.Event | None,
+                 shares: Mapping[str, float]) -> None:  # fmt: skip
         self.start = time.monotonic()
+        self.shares = shares  # each stage kind's share of the time (TrainConfig.time_shares)
         self.seconds = None if seconds is None else max(seconds, 0.0)
         self.deadline = None if self.seconds is None else self.start + self.seconds
         self._stop = stop
@@ -319,7 +331,7 @@ class _Clock:
         within ``span`` (the part of the run a round of it is)."""
         if self.seconds is not None:
             return min(1.0, self.elapsed() / self.seconds) if self.seconds else 1.0
-        weights = [_TIME_SHARE.get(kind, 1.0) for kind in kinds]
+        weights = [self.shares.get(kind, 1.0) for kind in kinds]
         part = min(1.0, done / max(total, 1))
         low, high = span
         return low + (high - low) * (sum(weights[:index]) + weights[index] * part) / sum(weights)
@@ -618,7 +630,7 @@ def _train_round(session: _Session, runs: dict[str, _StageRun],
         if run.done:
             session.load_best(run, kind)
             continue
-        shares = [_TIME_SHARE.get(k, 1.0) for k in kinds[index:]]
+        shares = [clock.shares.get(k, 1.0) for k in kinds[index:]]
         until = clock.share(shares[0] / sum(shares))
         if until is not None and until <= time.monotonic():
             break  # no time left to start this stage: the package says it is incomplete
@@ -895,7 +907,7 @@ def train(
         spent = float(recorded["training"].get("elapsed_s") or 0.0)
         frames_used = recorded["training"].get("n_frames_used")
     limit = None if config.time_limit is None else config.time_limit * 60 - spent
-    clock = _Clock(limit, stop)
+    clock = _Clock(limit, stop, config.time_shares)
 
     yield Progress("loading", message="decoding labelled frames")
     decode_until = clock.share(_DECODE_SHARE)
