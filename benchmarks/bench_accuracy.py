@@ -88,13 +88,15 @@ class Recipe:
     train: dict[str, Any] = attrs.field(factory=dict)  # TrainConfig fields
     pose_stage: dict[str, Any] = attrs.field(factory=dict)  # fields of the pose model's stage
     model: dict[str, Any] = attrs.field(factory=dict)  # ModelConfig fields of that stage
+    backbone: dict[str, Any] = attrs.field(factory=dict)  # UNetConfig fields of that stage
     augment: dict[str, Any] = attrs.field(factory=dict)  # AugmentConfig fields of that stage
     predict: dict[str, Any] = attrs.field(factory=dict)  # PredictConfig fields
     refine: bool = False  # refine poses along tracks (nn.refine) after tracking
 
     @property
     def training_key(self) -> str:
-        parts = [f"{k}={v}" for group in (self.train, self.pose_stage, self.model, self.augment)
+        parts = [f"{k}={v}" for group in (self.train, self.pose_stage, self.model, self.backbone,
+                                      self.augment)
                  for k, v in sorted(group.items())]  # fmt: skip
         return "-".join(parts).replace("/", "_") or "defaults"
 
@@ -112,13 +114,20 @@ RECIPES = {recipe.name: recipe for recipe in (
     Recipe("lite0", model={"encoder": "efficientnet_lite0"}),
     Recipe("sigma-1.5", pose_stage={"sigma": 1.5}),
     Recipe("sigma-3.5", pose_stage={"sigma": 3.5}),
+    Recipe("stride-4", backbone={"output_stride": 4}),
+    Recipe("bottomup", train={"pipeline": "bottomup"}),
+    Recipe("lite0-pseudo", train={"pseudo_labels": 0.3}, model={"encoder": "efficientnet_lite0"}),
+    Recipe("hard-keypoints", pose_stage={"hard_keypoints": 2.0}),
+    Recipe("towards-neighbour", augment={"towards_neighbour": 0.3}),
+    Recipe("rotation-tta", predict={"rotation_tta": 15.0}),
+    Recipe("centroid-time-0.15", train={"centroid_time": 0.15}),  # a time budget only
 )}  # fmt: skip
 
 
 def _stages(labels, recipe: Recipe, config):
     """The default stages of ``labels`` with ``recipe``'s pose-stage changes (``None``: the
     defaults untouched, chosen inside ``train`` as users get them)."""
-    if not recipe.pose_stage and not recipe.model and not recipe.augment:
+    if not (recipe.pose_stage or recipe.model or recipe.backbone or recipe.augment):
         return None
     from napari_pose.nn.data import load_frames
     from napari_pose.nn.pipelines import default_pipeline, default_stages
@@ -129,7 +138,8 @@ def _stages(labels, recipe: Recipe, config):
     pose = "centered_instance" if pipeline == "topdown" else next(iter(stages))
     stage = stages[pose]
     stages[pose] = attrs.evolve(stage, **recipe.pose_stage,
-                                model=attrs.evolve(stage.model, **recipe.model),
+                                model=attrs.evolve(stage.model, **recipe.model, backbone=attrs.evolve(
+                                    stage.model.backbone, **recipe.backbone)),
                                 augment=attrs.evolve(stage.augment, **recipe.augment))  # fmt: skip
     return stages
 
@@ -272,6 +282,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown recipes {unknown}; choose from {sorted(RECIPES)}")
     recipes = [RECIPES[n] for n in names]
+    timed_only = [r.name for r in recipes if "centroid_time" in r.train]
+    if args.epochs is not None and timed_only:
+        parser.error(f"{timed_only} split a time budget: run them with --minutes, not --epochs")
 
     from napari_pose.nn.metrics import json_ready
 
