@@ -43,7 +43,7 @@ from napari_pose.nn.predict import (
     run_model,
 )
 from napari_pose.nn.train import resolve_device
-from napari_pose.nn.tta import mirror_of, with_flip_tta
+from napari_pose.nn.tta import mirror_of, with_flip_tta, with_rotation_tta
 
 #: Name prefix of ``Predictor.predict_batches``'s worker threads.
 INFERENCE_THREAD = "napari-pose inference"
@@ -68,6 +68,12 @@ class PredictConfig:
         flip_tta: Average each model's maps over the frame and its mirror image (flip
             test-time augmentation, ``nn.tta``; twice the model cost; pose models only when
             they trained with flips).
+        rotation_tta: Degrees by which each model also sees the frame turned, either way
+            about its centre, its maps turned back and averaged with the frame's own
+            (rotation test-time augmentation, ``nn.tta``; three times each model's cost,
+            six times with ``flip_tta``, whose average each rotated pass then is; models
+            only when they trained with rotations at least this large). 0: off; otherwise
+            above 0 and below 90.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         workers: On CPU, batches predicted at once, each by a single-threaded worker
             (``None``: one per PyTorch thread, i.e. per core). Ignored on GPUs.
@@ -79,9 +85,15 @@ class PredictConfig:
         attrs.validators.ge(1)))  # fmt: skip
     min_score: float = 0.0
     flip_tta: bool = False
+    rotation_tta: float = attrs.field(default=0.0, converter=float)
     device: str = "auto"
     workers: int | None = attrs.field(default=None, validator=attrs.validators.optional(
         attrs.validators.ge(1)))  # fmt: skip
+
+    @rotation_tta.validator
+    def _check_rotation_tta(self, attribute: attrs.Attribute, value: float) -> None:
+        if value != 0 and not 0 < value < 90:
+            raise ValueError(f"rotation_tta must be 0 (off) or above 0 and below 90, got {value}")
 
 
 class Predictor:
@@ -89,11 +101,14 @@ class Predictor:
 
     def __init__(self, package: ModelPackage, config: PredictConfig | None = None) -> None:
         self.config = config or PredictConfig()
+        models = package.models
         if self.config.flip_tta:
             mirror = mirror_of(package.skeleton.node_names, package.config.get("flip_pairs", []))
-            package = attrs.evolve(
-                package, models=with_flip_tta(package.models, package.stages, mirror)
-            )
+            models = with_flip_tta(models, package.stages, mirror)
+        if self.config.rotation_tta:  # around the flip: each rotated pass is flip-averaged
+            models = with_rotation_tta(models, package.stages, self.config.rotation_tta)
+        if models is not package.models:
+            package = attrs.evolve(package, models=models)
         self.package = package
         self.device = next(iter(package.models.values())).parameters().__next__().device
 
