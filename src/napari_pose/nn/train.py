@@ -37,6 +37,8 @@ import numpy as np
 import sleap_io as sio
 import torch
 
+from napari_pose.core.errors import PoseFileError
+from napari_pose.core.skeleton import load_skeleton
 from napari_pose.nn import package, pseudo
 from napari_pose.nn.data import (
     LabelledFrames,
@@ -50,6 +52,7 @@ from napari_pose.nn.models import PoseModel, build_model
 from napari_pose.nn.pipelines import (
     PIPELINES,
     StageConfig,
+    crop_size,
     default_pipeline,
     default_stages,
     stage_batch,
@@ -578,15 +581,21 @@ class _Session:
     log: list[dict[str, Any]]
     spent: float
     clock: _Clock
+    #: Weights a new stage starts from, by stage kind (``train``'s ``start_from``): a stage
+    #: not listed starts from a random initialisation.
+    start_weights: dict[str, dict[str, torch.Tensor]] = attrs.field(factory=dict)
 
     def open_run(self, kind: str, index: int) -> _StageRun:
-        """Stage ``kind``'s training state: new, or its checkpoint when resuming. A stage
-        checkpointed in round two has finished round one (which a resumed run then skips)."""
+        """Stage ``kind``'s training state: new (from ``start_weights`` where it has them),
+        or its checkpoint when resuming. A stage checkpointed in round two has finished round
+        one (which a resumed run then skips)."""
         run = _StageRun(self.stages[kind], self.config, self.device, index)
         ckpt = package.checkpoint_path(self.out, kind)
         if self.resume and ckpt.exists():
             run.restore(package.load_torch(ckpt, self.device))
             run.done = run.done or run.round == 2
+        elif kind in self.start_weights:
+            run.model.load_state_dict(self.start_weights[kind])
         return run
 
     def checkpoint(self, run: _StageRun, kind: str) -> None:
@@ -862,6 +871,121 @@ def _round_two(session: _Session, runs: dict[str, _StageRun], labels: sio.Labels
                                     span=(1.0 - config.pseudo_labels, 1.0)))  # fmt: skip
 
 
+@attrs.frozen
+class StartModel:
+    """A model package that a run starts from (``train``'s ``start_from``), checked against
+    the labels before anything is decoded or trained.
+
+    Attributes:
+        folder: The package folder (absolute), recorded as ``training.started_from``.
+        pipeline: Its pipeline, which the run keeps.
+        stages: Its stage configs (model, input size, scale, anchor, sigma, augmentation).
+        weights: Its best weights by stage kind (plain state dicts on the CPU).
+    """
+
+    folder: Path
+    pipeline: str
+    stages: dict[str, StageConfig]
+    weights: dict[str, dict[str, torch.Tensor]]
+
+
+def skeleton_difference(model: sio.Skeleton, labels: sio.Skeleton,
+                        edges: bool = False) -> str | None:  # fmt: skip
+    """How a model's skeleton differs from the labels' in what its weights depend on, or
+    ``None``: the node names in order (one output map per node), and with ``edges`` the
+    edges in order (a bottom-up model's part-affinity fields follow them)."""
+    ours, theirs = model.node_names, labels.node_names
+    if ours != theirs:
+        only_model = [name for name in ours if name not in theirs]
+        only_labels = [name for name in theirs if name not in ours]
+        if not only_model and not only_labels:
+            return (f"its nodes are the labels' in another order (model: {', '.join(ours)}; "
+                    f"labels: {', '.join(theirs)})")  # fmt: skip
+        parts = [f"nodes missing in {where}: {', '.join(names)}"
+                 for where, names in (("the labels", only_model), ("the model", only_labels))
+                 if names]  # fmt: skip
+        return f"its nodes differ from the labels' ({'; '.join(parts)})"
+    if edges and model.edge_names != labels.edge_names:
+
+        def names(skeleton: sio.Skeleton) -> str:
+            return ", ".join(f"{a}-{b}" for a, b in skeleton.edge_names) or "none"
+
+        return (f"its edges, which its part-affinity fields follow, differ from the labels' "
+                f"(model: {names(model)}; labels: {names(labels)})")  # fmt: skip
+    return None
+
+
+def open_start_model(folder: str | Path, labels: sio.Labels, out_dir: str | Path,
+                     pipeline: str | None = None,
+                     stages: Mapping[str, StageConfig] | None = None) -> StartModel:  # fmt: skip
+    """Check that ``folder`` is a model package a run on ``labels`` into ``out_dir`` can start
+    from, and read its stage configs and best weights.
+
+    Raises:
+        PoseFileError: Naming the package (or its file) and the cause: not a model folder,
+            the folder the new model is to be written to (writing there would replace the
+            weights it starts from, and the model to go back to), another pipeline than
+            ``pipeline``, a skeleton whose nodes (bottom-up: or edges) differ from the labels',
+            weights missing or not fitting ``stages`` (default: its own).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PoseFileError(folder, "no model folder here to continue training from")
+    if folder.resolve() == Path(out_dir).resolve():
+        raise PoseFileError(folder, "is both the model to continue from and the folder to "
+                                    "write: write the new model to another folder, so that "
+                                    "this one stays as it is to compare with or go back to")  # fmt: skip
+    recorded = package.read_config(folder)
+    kinds = PIPELINES[recorded["pipeline"]]
+    if pipeline is not None and pipeline != recorded["pipeline"]:
+        raise PoseFileError(folder, f"is a {recorded['pipeline']} model: it cannot be "
+                                    f"continued as {pipeline}")  # fmt: skip
+    if not labels.skeletons:
+        raise ValueError("the labels have no skeleton")
+    skeleton = load_skeleton(folder / package.SKELETON_FILE)
+    problem = skeleton_difference(skeleton, labels.skeletons[0], edges="bottomup" in kinds)
+    if problem is not None:
+        raise PoseFileError(folder, f"cannot continue training this model on these labels: "
+                                    f"{problem}")  # fmt: skip
+    try:
+        own = {kind: StageConfig.from_dict(recorded["stages"][kind]) for kind in kinds}
+    except (KeyError, TypeError, ValueError) as error:
+        raise PoseFileError(folder / package.CONFIG_FILE,
+                            f"its stages cannot be read ({error!r})") from error  # fmt: skip
+    chosen = own if stages is None else stages
+    weights = {}
+    for kind in kinds:
+        path = package.weights_path(folder, kind)
+        if kind not in chosen:
+            raise ValueError(f"the stages given have no {kind} stage, which the model in "
+                             f"{folder} has")  # fmt: skip
+        state = package.load_torch(path)
+        try:
+            build_model(chosen[kind].model, pretrained=False).load_state_dict(state)
+        except RuntimeError as error:  # shapes or names differ from the stage's model
+            first = str(error).strip().splitlines()[0]
+            raise PoseFileError(path, f"these weights do not fit the {kind} model to train "
+                                      f"({first})") from error  # fmt: skip
+        weights[kind] = state
+    return StartModel(folder.resolve(), recorded["pipeline"], own, weights)
+
+
+def _crop_note(start: StartModel, stages: Mapping[str, StageConfig],
+               data: LabelledFrames) -> str | None:  # fmt: skip
+    """What the run says when the labels' animals need larger crops than the package's,
+    which it keeps (its weights were trained at that size)."""
+    stage = stages.get("centered_instance")
+    if stage is None:
+        return None
+    needed = crop_size(data, stage.anchor, stage.augment, stage.model.backbone.max_stride)
+    side = stage.input_size[0]
+    if needed <= side:
+        return None
+    return (f"the labelled animals need {needed} px crops; keeping the {side} px crops of "
+            f"{start.folder}, which its weights were trained at (a node outside a crop is "
+            "trained as not there)")  # fmt: skip
+
+
 def train(
     labels: sio.Labels,
     out_dir: str | Path,
@@ -869,6 +993,7 @@ def train(
     *,
     stages: dict[str, StageConfig] | None = None,
     resume: bool = False,
+    start_from: str | Path | None = None,
     stop: threading.Event | None = None,
     labels_path: str | Path | None = None,
 ) -> Iterator[Progress]:
@@ -886,6 +1011,14 @@ def train(
         config: Training settings.
         stages: Stage configs to use instead of ``default_stages`` (e.g. from a YAML file).
         resume: Continue the run recorded in ``out_dir`` (same labels and settings).
+        start_from: A model package to continue training (``open_start_model``): a new run
+            on ``labels`` whose stages start from the package's best weights, with its
+            pipeline and (unless ``stages`` is given) its stage configs, so its crop and
+            input sizes; the optimiser, learning-rate schedule, early stopping and time limit
+            start afresh. The package must have the labels' node names (in order) and may not
+            be ``out_dir``; a problem is raised before anything is decoded or trained.
+            ``config.yaml`` records it as ``training.started_from``. Not with ``resume``
+            (a resumed continued run goes on from its checkpoints).
         stop: Set it to cancel within about a step (also while decoding or validating); what
             was trained is checkpointed, the best weights so far are kept, and the run can be
             resumed.
@@ -897,15 +1030,33 @@ def train(
     """
     config = config or TrainConfig()
     out = Path(out_dir)
+    if start_from is not None and resume:
+        raise ValueError("start_from and resume cannot be combined: resume goes on with the "
+                         "run in the output folder, start_from begins a new run from a model")  # fmt: skip
+    start = None
+    if start_from is not None:  # checked before anything is written, decoded or trained
+        start = open_start_model(start_from, labels, out, config.pipeline, stages)
+        config = attrs.evolve(config, pipeline=start.pipeline)
+        stages = stages or start.stages
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     spent, frames_used = 0.0, None
+    started_from = None if start is None else str(start.folder)
+    start_weights = {} if start is None else start.weights
     if resume:
         recorded = package.read_config(out)
         config = attrs.evolve(config, pipeline=recorded["pipeline"])
         stages = {k: StageConfig.from_dict(v) for k, v in recorded["stages"].items()}
         spent = float(recorded["training"].get("elapsed_s") or 0.0)
         frames_used = recorded["training"].get("n_frames_used")
+        # A continued run's stages that had not begun start from where the run did.
+        started_from = recorded["training"].get("started_from")
+        fresh = [kind for kind in PIPELINES[recorded["pipeline"]]
+                 if not package.checkpoint_path(out, kind).exists()]  # fmt: skip
+        if started_from and fresh:
+            start_weights = {kind: package.load_torch(package.weights_path(Path(started_from),
+                                                                           kind))
+                             for kind in fresh}  # fmt: skip
     limit = None if config.time_limit is None else config.time_limit * 60 - spent
     clock = _Clock(limit, stop, config.time_shares)
 
@@ -935,6 +1086,16 @@ def train(
     if pipeline not in PIPELINES:
         raise ValueError(f"unknown pipeline {pipeline!r}; choose from {sorted(PIPELINES)}")
     stages = stages or default_stages(data, pipeline, config.preset)
+    if start is not None:
+        wrong = [(kind, stage.image_channels) for kind, stage in stages.items()
+                 if stage.image_channels != data.channels]  # fmt: skip
+        if wrong:
+            raise PoseFileError(start.folder, f"its {wrong[0][0]} model reads {wrong[0][1]}-"
+                                              f"channel images, the labels' frames have "
+                                              f"{data.channels}")  # fmt: skip
+        note = _crop_note(start, stages, data)
+        if note is not None:
+            yield Progress("loading", elapsed=clock.elapsed(), message=note)
     train_pos, val_pos = split_frames(data.keys, config.val_fraction, config.seed)
     # Validation frames in a seeded random order: a validation cut short by the time limit
     # scores a leading part of them, which is then a fair sample.
@@ -967,13 +1128,15 @@ def train(
             "val_frames": val_data.keys.tolist(),
             "val_window": window,
             "elapsed_s": round(spent, 1),
+            **({} if started_from is None else {"started_from": started_from}),
         },
     }
     package.write_skeleton(out, data.skeleton)
     package.write_config(out, record)
     kinds = PIPELINES[pipeline]
     session = _Session(out, config, device, resume, stages, kinds, data, val_data, window,
-                       record, package.read_log(out) if resume else [], spent, clock)  # fmt: skip
+                       record, package.read_log(out) if resume else [], spent, clock,
+                       start_weights)  # fmt: skip
     runs: dict[str, _StageRun] = {}
     share = config.pseudo_labels
     round_one = clock.until(clock.share(1.0 - share)) if share else clock
