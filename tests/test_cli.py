@@ -116,6 +116,51 @@ def test_train_command_writes_a_model_package(tmp_path, capsys):
     assert [row["epoch"] for row in read_log(out)] == ["1", "2"]
 
 
+def test_train_command_continues_from_a_model_package(tmp_path, capsys):
+    """``--from A`` without --config: B is trained with A's tiny model (not the default
+    preset), from A's weights, and records where it started."""
+    import torch
+
+    from napari_pose.nn.package import load_torch, read_config, weights_path
+
+    labels, config = _tiny_train_project(tmp_path)
+    a, b = tmp_path / "A", tmp_path / "B"
+    assert main(["train", str(labels), "-o", str(a), "--config", str(config), "--epochs", "1",
+                 "--quiet"]) == 0  # fmt: skip
+    code = main(["train", str(labels), "-o", str(b), "--from", str(a), "--epochs", "1",
+                 "--quiet", "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    assert "done: " in capsys.readouterr().out
+    recorded = read_config(b)
+    assert recorded["complete"] and recorded["training"]["started_from"] == str(a.resolve())
+    assert recorded["stages"] == read_config(a)["stages"]
+    assert recorded["stages"]["single_instance"]["model"]["backbone"]["filters"] == 4
+    # One epoch moved B away from A: a continued run trains, it does not copy.
+    start, end = (load_torch(weights_path(m, "single_instance")) for m in (a, b))
+    assert not all(torch.equal(start[k], end[k]) for k in start)
+
+
+def test_train_command_reports_a_bad_model_to_continue_from(tmp_path, capsys):
+    labels, _ = _tiny_train_project(tmp_path)
+    (tmp_path / "empty").mkdir()
+    for folder, cause in ((tmp_path / "nope", "no model folder here"),
+                          (tmp_path / "empty", "no model config here")):  # fmt: skip
+        assert main(["train", str(labels), "-o", str(tmp_path / "B"), "--from", str(folder),
+                     "--quiet"]) == 2  # fmt: skip
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        assert str(folder) in lines[0] and cause in lines[0]
+        assert "Traceback" not in err
+    assert main(["train", str(labels), "-o", str(tmp_path / "B"), "--from", str(tmp_path),
+                 "--resume", "--quiet"]) == 2  # fmt: skip
+    assert "--from and --resume cannot be combined" in capsys.readouterr().err
+    assert not (tmp_path / "B").exists()
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "--from MODEL_DIR" in capsys.readouterr().out
+
+
 def test_train_command_reports_bad_input(tmp_path, capsys):
     from napari_pose.core.io import save_labels
     from napari_pose.core.synthetic import make_synthetic, to_labels

@@ -4,7 +4,8 @@ Subcommands:
     demo      open napari with the synthetic sample project and the plugin's widgets docked
               (``--screenshot PATH`` renders the whole window to a PNG and exits);
     convert   convert a pose file to another format (.slp, DLC .csv/.h5, .analysis.h5);
-    train     train a model package from user labels (no display needed; progress bar);
+    train     train a model package from user labels (no display needed; progress bar),
+              from scratch or (``--from MODEL_DIR``) continuing a model package;
     predict   run a model package over videos (or the videos of .slp files) into a .slp,
               several videos at once on a dask.distributed cluster, or (``--merge``) into a
               copy of a project;
@@ -164,6 +165,10 @@ def _train(args: argparse.Namespace) -> int:
     from napari_pose.core.io import load_labels
     from napari_pose.nn.train import train
 
+    if args.start_from is not None and args.resume:
+        raise ValueError("--from and --resume cannot be combined: --resume goes on with the "
+                         f"interrupted run in {args.output}, --from starts a new run from "
+                         f"the model in {args.start_from}")  # fmt: skip
     _check_writable(args.output, folder=True)
     config, stages = _train_settings(args)
     labels = load_labels(args.labels)
@@ -176,7 +181,8 @@ def _train(args: argparse.Namespace) -> int:
                 for sig in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
     try:
         for progress in train(labels, args.output, config, stages=stages, resume=args.resume,
-                              stop=stop, labels_path=args.labels):  # fmt: skip
+                              start_from=args.start_from, stop=stop,
+                              labels_path=args.labels):  # fmt: skip
             bar.set_description(progress.stage)
             bar.update(max(0, round(progress.fraction * 1000) - bar.n))
             if progress.loss is not None:
@@ -555,6 +561,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    train.add_argument(
+        "--from",
+        dest="start_from",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="continue training this model package on the labels: its stages start from its "
+        "best weights, with its pipeline and (unless --config gives stages) its model and "
+        "input settings; its nodes must be the labels'",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)
 
