@@ -117,3 +117,66 @@ def test_labels_without_user_instances_give_a_clear_error(make_napari_viewer, qt
 
     assert len(errors) == 1 and "no user-labelled instances" in errors[0]
     assert widget.status.value == "failed"
+
+
+def _tiny_model(labels_path: Path, out: Path) -> Path:
+    """A tiny single-instance package trained for one short epoch on ``labels_path``."""
+    import attrs
+
+    from napari_pose.core.io import load_labels
+    from napari_pose.nn.data import load_frames
+    from napari_pose.nn.models import UNetConfig
+    from napari_pose.nn.pipelines import default_stages
+    from napari_pose.nn.train import TrainConfig, train
+
+    labels = load_labels(labels_path)
+    stages = default_stages(load_frames(labels), "single_instance")
+    tiny = UNetConfig(filters=4, max_stride=16, output_stride=2)
+    stages = {k: attrs.evolve(s, model=attrs.evolve(s.model, backbone=tiny))
+              for k, s in stages.items()}  # fmt: skip
+    config = TrainConfig(pipeline="single_instance", epochs=1, steps_per_epoch=2, batch_size=4)
+    assert list(train(labels, out, config, stages=stages))[-1].stage == "done"
+    return out
+
+
+def test_training_continues_from_a_chosen_model(make_napari_viewer, qtbot, tmp_path,
+                                                monkeypatch):  # fmt: skip
+    """*Continue from model*: the dock's run starts from that package (its tiny model, not
+    the dock's model size) and the new package records it; a model with other nodes is
+    refused in one message before anything is trained."""
+    import shutil
+
+    import sleap_io as sio
+
+    from napari_pose.core.skeleton import save_skeleton
+    from napari_pose.napari._qt import train_widget as _train_widget
+
+    path = _project(tmp_path)
+    start = _tiny_model(path, tmp_path / "A")
+    viewer, widget = _dock(make_napari_viewer, path)
+    assert widget._chosen(widget.start_from) is None  # empty: from scratch
+    widget.start_from.value = start
+    widget.epochs.value = 1
+    widget.device.value = "cpu"
+    widget.output.value = tmp_path / "B"
+    press(qtbot, widget.start_button)
+    qtbot.waitUntil(lambda: idle(widget), timeout=120_000)
+
+    assert widget.status.value.startswith("done"), widget.status.value
+    recorded = package.read_config(tmp_path / "B")
+    assert recorded["complete"] and recorded["training"]["started_from"] == str(start.resolve())
+    assert recorded["stages"] == package.read_config(start)["stages"]
+    assert widget.predict_button.enabled
+
+    errors: list[str] = []
+    monkeypatch.setattr(_train_widget, "show_error", errors.append)
+    other = tmp_path / "other"
+    shutil.copytree(start, other)
+    nodes = package.load_package(start).skeleton.node_names
+    save_skeleton(sio.Skeleton(["snout", *nodes[1:]]), other / "skeleton.json")
+    widget.start_from.value = other
+    widget.output.value = tmp_path / "C"
+    press(qtbot, widget.start_button)
+    qtbot.waitUntil(lambda: idle(widget), timeout=60_000)
+    assert len(errors) == 1 and str(other) in errors[0] and "snout" in errors[0]
+    assert widget.status.value == "failed" and not (tmp_path / "C").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import threading
 from pathlib import Path
 
 import attrs
@@ -17,7 +18,7 @@ from napari_pose.core.skeleton import save_skeleton
 from napari_pose.core.synthetic import make_synthetic, to_labels, write_video
 from napari_pose.nn import package
 from napari_pose.nn.data import load_frames
-from napari_pose.nn.models import UNetConfig
+from napari_pose.nn.models import UNetConfig, build_model
 from napari_pose.nn.pipelines import crop_size, default_stages
 from napari_pose.nn.train import TrainConfig, evaluate_package, train
 
@@ -57,8 +58,6 @@ def _parameters(state: dict, model_names: set[str]) -> dict[str, torch.Tensor]:
 
 def _param_names(folder: Path) -> set[str]:
     model = package.load_package(folder)  # fused for prediction: rebuild the unfused names
-    from napari_pose.nn.models import build_model
-
     built = build_model(model.stages["single_instance"].model, pretrained=False)
     return {name for name, _ in built.named_parameters()}
 
@@ -150,25 +149,61 @@ def test_start_from_and_resume_together_and_the_same_folder_are_errors(package_a
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == before
 
 
-def test_a_larger_animal_keeps_the_packages_crop_size_and_says_so(tmp_path):
-    """Top-down: A was trained on crops smaller than the animals need; B keeps A's crop
-    size (its weights fit it), says so, and trains and evaluates to a complete package."""
-    labels = load_labels(_project(tmp_path, n_animals=2))
+@pytest.fixture(scope="module")
+def topdown_a(tmp_path_factory) -> tuple[Path, Path, int, int]:
+    """A two-animal project and a tiny top-down package A trained on crops 16 px smaller
+    than its animals need: the labels, A, the crop size needed and A's."""
+    folder = tmp_path_factory.mktemp("topdown")
+    path = _project(folder, n_animals=2)
+    labels = load_labels(path)
     data = load_frames(labels)
     stages = _tiny(default_stages(data, "topdown"))
     crop = stages["centered_instance"]
     needed = crop_size(data, crop.anchor, crop.augment, crop.model.backbone.max_stride)
     small = needed - 16
-    stages["centered_instance"] = attrs.evolve(stages["centered_instance"],
-                                               input_size=(small, small))  # fmt: skip
+    stages["centered_instance"] = attrs.evolve(crop, input_size=(small, small))
     config = TrainConfig(pipeline="topdown", epochs=1, steps_per_epoch=2, batch_size=4)
-    assert list(train(labels, tmp_path / "A", config, stages=stages))[-1].stage == "done"
+    assert list(train(labels, folder / "A", config, stages=stages))[-1].stage == "done"
+    return path, folder / "A", needed, small
 
-    events = list(train(labels, tmp_path / "B", attrs.evolve(config, pipeline=None),
-                        start_from=tmp_path / "A"))  # fmt: skip
+
+def test_a_larger_animal_keeps_the_packages_crop_size_and_says_so(topdown_a, tmp_path):
+    """Top-down: A was trained on crops smaller than the animals need; B keeps A's crop
+    size (its weights fit it), says so, and trains and evaluates to a complete package."""
+    path, a, needed, small = topdown_a
+    labels = load_labels(path)
+    config = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=4)
+    events = list(train(labels, tmp_path / "B", config, start_from=a))
     assert events[-1].stage == "done"
     notes = [e.message for e in events if "px crops" in e.message]
     assert notes and f"need {needed} px crops" in notes[0] and f"the {small} px crops" in notes[0]
     recorded = package.read_config(tmp_path / "B")
     assert recorded["stages"]["centered_instance"]["input_size"] == [small, small]
     assert package.load_package(tmp_path / "B").pipeline == "topdown"
+
+
+def test_a_resumed_continued_run_starts_its_unbegun_stages_from_the_package(topdown_a,
+                                                                            tmp_path):  # fmt: skip
+    """Cancelled during the centroid stage, a continued run resumes the centroid from its
+    checkpoint and starts the centred-instance stage from A's weights, not from scratch."""
+    path, a, _, _ = topdown_a
+    labels = load_labels(path)
+    stop = threading.Event()
+    # Two epochs: the centroid's cancelled first epoch counts as trained, and its second
+    # validates and saves its best weights.
+    config = TrainConfig(epochs=2, steps_per_epoch=2, batch_size=4, learning_rate=0.0)
+    for event in train(labels, tmp_path / "B", config, start_from=a, stop=stop):
+        if event.loss is not None:
+            stop.set()
+    assert event.stage == "cancelled"
+    assert not package.checkpoint_path(tmp_path / "B", "centered_instance").exists()
+    events = list(train(labels, tmp_path / "B", config, resume=True))
+    assert events[-1].stage == "done"
+    recorded = package.read_config(tmp_path / "B")
+    assert recorded["training"]["started_from"] == str(a.resolve())
+    names = {name for name, _ in build_model(
+        package.load_package(a).stages["centered_instance"].model,
+        pretrained=False).named_parameters()}  # fmt: skip
+    start, after = (package.load_torch(package.weights_path(m, "centered_instance"))
+                    for m in (a, tmp_path / "B"))  # fmt: skip
+    assert all(torch.equal(start[k], after[k]) for k in names)

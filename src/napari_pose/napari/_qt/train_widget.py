@@ -129,16 +129,19 @@ class LossPlot(QWidget):
 @thread_worker
 def _run_training(source: sio.Labels | Path, out: Path, config: TrainConfig,
                   stop: threading.Event, labels_path: str | None,
+                  start_from: Path | None = None,
                   ) -> Generator[Progress, None, str | None]:  # fmt: skip
     """Train in a worker thread; return the message of an input problem the user can fix.
 
     Problems with the input (nothing labelled, a missing video, an unreadable file, an absent
-    device) are all ``ValueError``s or ``OSError``s and are returned rather than raised, so the
-    user sees one plain message instead of a traceback; anything else is a bug and is raised.
+    device, a model to continue from that does not fit the labels) are all ``ValueError``s or
+    ``OSError``s and are returned rather than raised, so the user sees one plain message
+    instead of a traceback; anything else is a bug and is raised.
     """
     try:
         labels = source if isinstance(source, sio.Labels) else load_labels(source)
-        yield from train(labels, out, config, stop=stop, labels_path=labels_path)
+        yield from train(labels, out, config, start_from=start_from, stop=stop,
+                         labels_path=labels_path)  # fmt: skip
     except (ValueError, OSError) as error:
         return str(error)
     return None
@@ -161,6 +164,13 @@ class TrainWidget(ScrollingDock):
         self.epochs = SpinBox(label="at most epochs", value=200, min=1, max=100_000)
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"])
         self.output = FileEdit(label="output folder", mode=FileDialogMode.EXISTING_DIRECTORY)
+        self.start_from = FileEdit(label="continue from model",
+                                   mode=FileDialogMode.EXISTING_DIRECTORY)  # fmt: skip
+        self.start_from.tooltip = (
+            "A model folder to continue training on the current labels: every stage starts "
+            "from its best weights, with its pipeline, model and input sizes (its nodes must "
+            "be the project's). Empty: train from scratch."
+        )
         self.start_button = PushButton(label="", text="Start")
         self.cancel_button = PushButton(label="", text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
@@ -168,7 +178,7 @@ class TrainWidget(ScrollingDock):
         self.results = Label(label="results", value="")
         self.predict_button = PushButton(label="", text="Predict with this model", enabled=False)
         self.body.extend([self.project, self.labels_file, self.pipeline, self.preset, self.time_limit,
-                     self.epochs, self.device, self.output, self.start_button,
+                     self.epochs, self.device, self.start_from, self.output, self.start_button,
                      self.cancel_button, self.progress, self.status, self.results,
                      self.predict_button])  # fmt: skip
         for text in (self.status, self.results):
@@ -223,7 +233,8 @@ class TrainWidget(ScrollingDock):
         self.progress.value, self.status.value, self.results.value = 0, "starting", ""
         self.start_button.enabled, self.cancel_button.enabled = False, True
         self._out = out
-        self.worker = _run_training(source, out, config, self._stop, labels_path)
+        self.worker = _run_training(source, out, config, self._stop, labels_path,
+                                    self._chosen(self.start_from))  # fmt: skip
         self.worker.yielded.connect(self._show)
         self.worker.returned.connect(self._returned)
         self.worker.finished.connect(self._finished)
