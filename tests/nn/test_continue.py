@@ -66,7 +66,8 @@ def test_every_stage_starts_from_the_packages_best_weights(package_a, tmp_path):
     """With a learning rate of 0 no step moves a parameter: B's weights are its start."""
     path, a = package_a
     labels = load_labels(path)
-    still = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=4, learning_rate=0.0)
+    still = TrainConfig(preset="large", epochs=1, steps_per_epoch=2, batch_size=4,
+                        learning_rate=0.0)  # fmt: skip
     events = list(train(labels, tmp_path / "B", still, start_from=a))
     assert events[-1].stage == "done"
     names = _param_names(a)
@@ -80,6 +81,7 @@ def test_every_stage_starts_from_the_packages_best_weights(package_a, tmp_path):
     assert recorded["training"]["started_from"] == str(a.resolve())
     assert recorded["complete"] and recorded["pipeline"] == own["pipeline"]
     assert recorded["stages"] == own["stages"]  # the package's model and inputs, not a preset's
+    assert recorded["training"]["preset"] == own["training"]["preset"] == "small"
     # A normal, complete package: it loads and predicts.
     metrics = evaluate_package(package.load_package(tmp_path / "B"), load_frames(labels))
     assert metrics["n_gt"] == 40

@@ -881,12 +881,14 @@ class StartModel:
         pipeline: Its pipeline, which the run keeps.
         stages: Its stage configs (model, input size, scale, anchor, sigma, augmentation).
         weights: Its best weights by stage kind (plain state dicts on the CPU).
+        preset: The model size it was trained with (``None`` where it does not say).
     """
 
     folder: Path
     pipeline: str
     stages: dict[str, StageConfig]
     weights: dict[str, dict[str, torch.Tensor]]
+    preset: str | None = None
 
 
 def skeleton_difference(model: sio.Skeleton, labels: sio.Skeleton,
@@ -967,7 +969,9 @@ def open_start_model(folder: str | Path, labels: sio.Labels, out_dir: str | Path
             raise PoseFileError(path, f"these weights do not fit the {kind} model to train "
                                       f"({first})") from error  # fmt: skip
         weights[kind] = state
-    return StartModel(folder.resolve(), recorded["pipeline"], own, weights)
+    preset = (recorded.get("training") or {}).get("preset")
+    return StartModel(folder.resolve(), recorded["pipeline"], own, weights,
+                      preset if isinstance(preset, str) else None)  # fmt: skip
 
 
 def _crop_note(start: StartModel, stages: Mapping[str, StageConfig],
@@ -1037,7 +1041,9 @@ def train(
     if start_from is not None:  # checked before anything is written, decoded or trained
         start = open_start_model(start_from, labels, out, config.pipeline, stages)
         config = attrs.evolve(config, pipeline=start.pipeline)
-        stages = stages or start.stages
+        if stages is None:  # its models, so the preset recorded is the one they were built at
+            stages = start.stages
+            config = attrs.evolve(config, preset=start.preset or config.preset)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     spent, frames_used = 0.0, None
