@@ -421,3 +421,24 @@ def test_centroid_time_splits_a_top_down_run_between_its_stages():
     for share in (0.0, 1.0):
         with pytest.raises(ValueError):
             TrainConfig(centroid_time=share)
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_a_run_cancelled_in_its_last_epoch_resumes_to_a_complete_package(synthetic_project,
+                                                                          tmp_path, epochs):  # fmt: skip
+    """Cancelled after a step of the last epoch, before its validation: the resumed run must
+    still validate that epoch and save best weights, not count it as done unscored."""
+    labels = load_labels(synthetic_project)
+    stages = _tiny_stages(labels, "single_instance")
+    config = TrainConfig(pipeline="single_instance", epochs=epochs, steps_per_epoch=3,
+                         batch_size=4)  # fmt: skip
+    stop = threading.Event()
+    for event in train(labels, tmp_path / "m", config, stages=stages, stop=stop):
+        if event.epoch == epochs and event.step == 1 and event.validation is None:
+            stop.set()
+    assert event.stage == "cancelled"
+    events = list(train(labels, tmp_path / "m", config, resume=True))
+    assert events[-1].stage == "done", events[-1].message
+    assert [r["epoch"] for r in package.read_log(tmp_path / "m")][-1] == str(epochs)
+    assert package.weights_path(tmp_path / "m", "single_instance").exists()
+    assert package.read_config(tmp_path / "m")["complete"]

@@ -689,8 +689,9 @@ def _train_round(session: _Session, runs: dict[str, _StageRun],
                 run.done = True
                 session.checkpoint(run, kind)
                 break
-            if trained:  # a cancelled epoch's steps are kept: a resumed run goes on after them
-                run.epoch = epoch
+            # A cancelled epoch's steps stay in the checkpointed weights, but the epoch counts
+            # only once validated: a resumed run trains it again and scores it, so a cancel in
+            # the last epoch cannot leave a stage without best weights.
             if clock.cancelled():
                 session.checkpoint(run, kind)
                 break
@@ -702,6 +703,7 @@ def _train_round(session: _Session, runs: dict[str, _StageRun],
             if clock.cancelled():
                 session.checkpoint(run, kind)
                 break
+            run.epoch = epoch
             run.val_frames, run.val_seconds = n, time.monotonic() - began
             run.scheduler.step(val_loss)
             improved = val_loss < run.best_val  # in round two: than round one's best too
