@@ -535,3 +535,35 @@ def test_flip_tta_and_refinement_reach_prediction_and_tracks(recorded_runs, tmp_
     assert main([*no_tracker, "--refine", "-o", str(tmp_path / "q.slp")]) == 2
     assert capsys.readouterr().err == "error: --refine works along tracks: add --tracker\n"
     assert refined == [1] and not (tmp_path / "q.slp").exists()
+
+
+def test_check_command_flags_a_planted_mistake_and_writes_a_report(tmp_path, capsys):
+    """``check``: exit 1 and one line per flag with a mistake (JSON report too), 0 when clean,
+    2 with one error line for a missing file."""
+    import json
+
+    from napari_pose.core.io import save_labels
+    from napari_pose.core.synthetic import HEAD, THORAX, make_synthetic, to_labels
+
+    data = make_synthetic(n_frames=30, size=128, n_animals=2, seed=1)
+    labels = to_labels(data, str(tmp_path / "v.mp4"))  # no video: no frame size, no outside
+    save_labels(labels, tmp_path / "clean.slp")
+    assert main(["check", str(tmp_path / "clean.slp")]) == 0
+    assert "0 flagged: the labels look clean" in capsys.readouterr().out
+
+    xy = labels.find(labels.video, 11)[0].instances[1].points["xy"]
+    xy[HEAD] = xy[THORAX] + 5 * (xy[HEAD] - xy[THORAX])
+    save_labels(labels, tmp_path / "bad.slp")
+    report = tmp_path / "report.json"
+    assert main(["check", str(tmp_path / "bad.slp"), "--json", str(report)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("v.mp4 frame 11 instance 1: [edge] head is far from")
+    assert lines[-1] == "1 flagged (1 edge)"
+    written = json.loads(report.read_text())
+    assert written["counts"] == {"swap": 0, "edge": 1, "duplicate": 0, "outside": 0}
+    assert [(f["kind"], f["frame"], f["instance"], f["nodes"]) for f in written["flags"]] == [
+        ("edge", 11, 1, ["head"])
+    ]
+
+    assert main(["check", str(tmp_path / "nope.slp")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nope.slp'}: file not found\n"

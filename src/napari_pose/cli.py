@@ -10,7 +10,9 @@ Subcommands:
               several videos at once on a dask.distributed cluster, or (``--merge``) into a
               copy of a project;
     track     assign identity tracks to predicted instances;
-    evaluate  compare predictions with ground truth (OKS mAP, errors, identity metrics).
+    evaluate  compare predictions with ground truth (OKS mAP, errors, identity metrics);
+    check     flag likely mistakes in user labels (swapped sides, misplaced nodes, animals
+              labelled twice, nodes outside the image); exit status 1 when any is found.
 
 Every command fails the same way (``main``): one ``error:`` line naming the file and the
 cause, exit status 2, no traceback; what is left out of a result is one ``warning:`` line
@@ -527,6 +529,39 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    """Print one line per likely mistake in the user labels, then the counts; 1 when any.
+
+    The exit status lets a script refuse to train on labels that need a look first.
+    """
+    import json
+
+    from napari_pose.core.io import atomic_write, load_labels
+    from napari_pose.core.quality import check_labels, counts
+
+    if args.json is not None:
+        _check_writable(args.json)
+    labels = load_labels(args.labels)
+    if not labels.skeletons:
+        from napari_pose.core.errors import PoseFileError
+
+        raise PoseFileError(args.labels, "the labels have no skeleton")
+    flags = check_labels(labels)
+    names = [Path(str(video.filename)).name for video in labels.videos]
+    for flag in flags:
+        print(f"{names[flag.video]} frame {flag.frame} instance {flag.instance}: "
+              f"[{flag.kind}] {flag.reason}")  # fmt: skip
+    by_kind = counts(flags)
+    detail = ", ".join(f"{n} {kind}" for kind, n in by_kind.items() if n)
+    print(f"{len(flags)} flagged" + (f" ({detail})" if detail else ": the labels look clean"))
+    if args.json is not None:
+        report = {"labels": str(args.labels), "videos": [str(v.filename) for v in labels.videos],
+                  "counts": by_kind, "flags": [flag.to_dict() for flag in flags]}  # fmt: skip
+        text = json.dumps(report, indent=2)
+        atomic_write(args.json, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return 1 if flags else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-pose", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -620,6 +655,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--frames", help="frame indices to score, e.g. 1300-1499")
     evaluate.add_argument("--json", type=Path, help="also write every figure to this file")
     evaluate.set_defaults(run=_evaluate)
+
+    check = sub.add_parser("check", help="flag likely mistakes in user labels")
+    check.add_argument("labels", type=Path, help="labels file (.slp, DLC config.yaml/.csv/.h5)")
+    check.add_argument("--json", type=Path, help="also write the flags and counts to this file")
+    check.set_defaults(run=_check)
     return parser
 
 

@@ -464,3 +464,44 @@ def test_a_failing_autosave_is_shown_once(make_napari_viewer, qtbot, sample_proj
     monkeypatch.setattr(autosave, "save_labels", full_disk)  # a new failure is shown again
     click(viewer, widget.labeller.layer, (34.0, 40.0))
     assert len(shown) == 2
+
+
+def test_check_labels_lists_a_planted_mistake_and_goes_to_it(make_napari_viewer, qtbot,
+                                                              sample_project):  # fmt: skip
+    """An unsaved edit (a head dragged 50 px past the image's right edge) is checked, listed
+    and visited: clicking its item shows its frame and selects its instance's points."""
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer()
+    viewer.open(str(sample_project), plugin="napari-pose")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    layer = widget.labeller.layer
+    press(qtbot, widget.check)
+    assert widget.flags == [] and widget.flag_list.count() == 0
+    assert widget.check_summary.value == "no likely mistakes found"
+
+    features = layer.features
+    row = int(np.flatnonzero((layer.data[:, 0] == 42) & (features["node"] == "head"))[0])
+    instance = int(features["instance"].iloc[row])
+    data = layer.data.copy()
+    data[row, 2] = 256 + 50  # x, in a 256 x 256 frame
+    layer.data = data
+    widget.sections["check"].expand(animate=False)
+    press(qtbot, widget.check)
+    assert widget.flag_list.count() >= 1
+    assert {(f.kind, f.frame, f.instance_id) for f in widget.flags} >= {("outside", 42, instance)}
+    texts = [widget.flag_list.item(i).text() for i in range(widget.flag_list.count())]
+    assert all(text.startswith("frame 42, instance ") for text in texts)  # nothing else
+    assert any("outside the 256 x 256 image" in text for text in texts)
+    first = widget.flag_list.item(0)
+    assert "1 outside" in widget.check_summary.value
+
+    viewer.dims.set_current_step(0, 0)
+    widget.flag_list.scrollToItem(first)
+    qtbot.mouseClick(widget.flag_list.viewport(), Qt.MouseButton.LeftButton,
+                     pos=widget.flag_list.visualItemRect(first).center())  # fmt: skip
+    assert viewer.dims.current_step[0] == 42
+    assert widget.labeller.instance == instance
+    selected = sorted(layer.selected_data)
+    assert selected and set(layer.features["instance"].iloc[selected]) == {instance}
+    assert np.all(layer.data[selected, 0] == 42)

@@ -32,12 +32,17 @@ from magicgui.widgets import (
     PushButton,
     RadioButtons,
     SpinBox,
+    Widget,
 )
 from napari.qt.threading import GeneratorWorker, thread_worker
 from napari.utils.notifications import show_warning
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
 from napari_pose.core import suggestions as sg
 from napari_pose.core.io import load_labels
+from napari_pose.core.pose_arrays import concat
+from napari_pose.core.quality import Flag, check_arrays, counts
 from napari_pose.core.skeleton import TEMPLATES, load_skeleton
 from napari_pose.napari._qt.layout import ScrollingDock, collapsible, fixed_lines
 from napari_pose.napari._qt.services import save_session
@@ -119,12 +124,20 @@ class LabelWidget(ScrollingDock):
         self.suggest = PushButton(label="", text="Suggest frames to label")
         self.progress = ProgressBar(label="", value=0, visible=False)
         self.suggested = ComboBox(label="suggested", choices=self._suggestion_choices)
+        self.check = PushButton(label="", text="Check labels")
+        self.check_summary = Label(label="", value="")
+        self.flag_list = QListWidget()
+        self.flag_list.setWordWrap(True)
+        self.flag_list.setToolTip("likely mistakes, most suspicious first: click one to go there")
+        self.flags: list[Flag] = []
         self.shortcuts = Label(label="keys", value="\n".join(
             f"{key}: {text}" for key, (_, text) in SHORTCUTS.items()))  # fmt: skip
         start = Container(widgets=[self.image, self.template, self.skeleton_file, self.start])
         tracks = Container(widgets=[self.track, self.new_track, self.set_track_button])
         suggest = Container(widgets=[self.method, self.n_suggestions, self.suggest, self.progress])
         display = Container(widgets=[self.color_by, self.names])
+        check: Container[Widget] = Container(widgets=[self.check, self.check_summary])
+        check.native.layout().addWidget(self.flag_list)
         action_buttons = list(self.buttons.values())
         rows = [Container(layout="horizontal", widgets=action_buttons[i : i + 2], labels=False)
                 for i in range(0, len(action_buttons), 2)]  # fmt: skip
@@ -137,6 +150,7 @@ class LabelWidget(ScrollingDock):
             "start": collapsible(body, "Start labelling an image", start),
             "tracks": collapsible(body, "Tracks", tracks),
             "suggest": collapsible(body, "Suggest frames to label", suggest),
+            "check": collapsible(body, "Check labels", check),
             "display": collapsible(body, "Display", display),
             "keys": collapsible(body, "Keys", Container(widgets=[self.shortcuts])),
         }
@@ -155,6 +169,9 @@ class LabelWidget(ScrollingDock):
         self.names.changed.connect(self._show_names)
         self.suggest.clicked.connect(self.start_suggestions)
         self.suggested.changed.connect(self._go_to_suggestion)
+        self.check.clicked.connect(lambda: self.check_labels())
+        self.flag_list.itemActivated.connect(self._go_to_flag)
+        self.flag_list.itemClicked.connect(self._go_to_flag)
         self._projects = projects(viewer)
         viewer.layers.events.inserted.connect(self._reset_choices)
         viewer.layers.events.removed.connect(self._reset_choices)
@@ -330,6 +347,61 @@ class LabelWidget(ScrollingDock):
     def _go_to_suggestion(self, frame: int | None) -> None:
         if self.labeller is not None and frame is not None:
             go_to_frame(self._viewer, self.labeller.layer, frame)
+
+    def check_labels(self) -> list[Flag]:
+        """List likely mistakes in the bound project's user labels (``core.quality``).
+
+        The project is read from its layers as they are now, unsaved edits included, every
+        video and every frame (a windowed layer's other frames too). Frame sizes come from the
+        image layers, so a node outside the image is caught for stacks and videos alike.
+        """
+        session = self.session
+        if session is None:
+            show_warning("no labels to check: open a project or start labelling an image")
+            return []
+        layers = session.user_layers()
+        bindings = [layer.metadata[POSE_KEY] for layer in layers]
+        parts = [binding.merged(layer.data, layer.features)
+                 for binding, layer in zip(bindings, layers)]  # fmt: skip
+        sizes = {}
+        for binding, layer in zip(bindings, layers):
+            image = self._image_of(layer)
+            if image is not None:
+                n_lead = len(binding.plane_shape)
+                height, width = image.data.shape[n_lead : n_lead + 2]
+                sizes[binding.video] = (int(height), int(width))
+        self.flags = check_arrays(concat(parts), sizes) if parts else []
+        self.flag_list.clear()
+        for flag in self.flags:
+            text = f"frame {flag.frame}, instance {flag.instance}: {flag.reason}"
+            if len(session.labels.videos) > 1:
+                text = f"video {flag.video}, {text}"
+            item = QListWidgetItem(text)
+            item.setData(Qt.ItemDataRole.UserRole, len(self.flag_list))
+            self.flag_list.addItem(item)
+        found = ", ".join(f"{n} {kind}" for kind, n in counts(self.flags).items() if n)
+        self.check_summary.value = (f"{len(self.flags)} to look at ({found})" if self.flags
+                                    else "no likely mistakes found")  # fmt: skip
+        return self.flags
+
+    def _go_to_flag(self, item: QListWidgetItem) -> None:
+        """Show the flagged frame and make the flagged instance current, its points selected."""
+        session = self.session
+        index = item.data(Qt.ItemDataRole.UserRole)
+        if session is None or index is None or index >= len(self.flags):
+            return
+        flag = self.flags[index]
+        layer = next((l for l in session.user_layers()
+                      if l.metadata[POSE_KEY].video == flag.video), None)  # fmt: skip
+        if layer is None:
+            return  # the video's layer was removed since the check
+        go_to_frame(self._viewer, layer, flag.frame)
+        if self.labeller is not None and self.labeller.layer is layer:
+            self.labeller.select(flag.instance_id)
+            plane = self.labeller.plane()
+            on_plane = np.all(np.round(layer.data[:, : len(plane)]) == plane, axis=1)
+            rows = on_plane & (layer.features["instance"].to_numpy() == flag.instance_id)
+            layer.selected_data = set(np.flatnonzero(rows).tolist())
 
     def restore_autosave(self) -> None:
         """Replace the project's layers by the newer autosave; saving then writes the file."""
