@@ -144,3 +144,18 @@ def test_clip_is_checked_quickly_with_few_flags(sleap_dir):
     print(f"clip.slp: {len(flags)} flags in {elapsed:.3f} s: {counts(flags)}")
     assert elapsed < 1.0
     assert len(flags) <= 10  # good human labels: a flood would mean wrong thresholds
+
+
+def test_clip_with_the_fly_template_pairs_gives_few_swaps(sleap_dir):
+    """clip.slp's skeleton declares no left/right pairs; with the fly template's five pairs the
+    side check runs on real labels too, where touching foreleg tips or folded wings must not
+    read as swaps."""
+    labels = load_labels(sleap_dir / "tracks" / "clip.slp")
+    for a, b in [("wingL", "wingR"), ("forelegL4", "forelegR4"), ("midlegL4", "midlegR4"),
+                 ("hindlegL4", "hindlegR4"), ("eyeL", "eyeR")]:  # fmt: skip
+        labels.skeleton.add_symmetry(a, b)
+    flags = check_labels(labels, {0: (1024, 1024)})
+    print(f"clip.slp with pairs: {len(flags)} flags: {counts(flags)}")
+    for flag in flags:
+        print(f"  frame {flag.frame} instance {flag.instance}: {flag.reason}")
+    assert counts(flags)["swap"] <= 3 and len(flags) <= 10

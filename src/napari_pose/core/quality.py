@@ -58,10 +58,13 @@ _MIN_ANGLE_SPREAD = 8.0
 # Statistics need this many instances with the nodes placed; fewer and a check stays silent.
 MIN_INSTANCES = 10
 # A symmetric pair's side is only judged when this fraction of the project agrees on it, and
-# only on instances where the pair is this far (sine of the angle) off the body axis: a pair
-# lying along the axis has no side to speak of.
+# only on instances where the line between the pair is this far (sine of the angle) off the
+# body axis: a pair lying along the axis has no side to speak of.
 SIDE_AGREEMENT = 0.8
 SIDE_MIN_SINE = 0.25
+# Nor where the two are close together (under this fraction of their usual distance): a
+# grooming fly's foreleg tips touch, and the direction between touching points is noise.
+SIDE_MIN_APART = 0.25
 # Two instances of a frame are one animal labelled twice when the median distance between
 # their common nodes is under this fraction of the usual animal size (or a few pixels).
 DUPLICATE_FRACTION = 0.1
@@ -281,7 +284,11 @@ def _swaps(arrays: PoseArrays, axis: np.ndarray) -> list[_Found]:
         across = arrays.xy[:, j] - arrays.xy[:, i]
         with np.errstate(invalid="ignore", divide="ignore"):
             sine = np.cross(across, axis) / (np.hypot(across[:, 0], across[:, 1]) * axis_length)
-        judged = np.abs(sine) >= SIDE_MIN_SINE  # False where NaN
+        apart = np.hypot(across[:, 0], across[:, 1])
+        with _quiet_nan():
+            usual_apart = np.nanmedian(apart) if np.isfinite(apart).any() else np.nan
+        with np.errstate(invalid="ignore"):  # False where NaN
+            judged = (np.abs(sine) >= SIDE_MIN_SINE) & (apart >= SIDE_MIN_APART * usual_apart)
         if judged.sum() < MIN_INSTANCES:
             continue
         usual = np.sign(np.median(sine[judged]))
