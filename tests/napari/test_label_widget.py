@@ -487,7 +487,9 @@ def test_check_labels_lists_a_planted_mistake_and_goes_to_it(make_napari_viewer,
     data[row, 2] = 256 + 50  # x, in a 256 x 256 frame
     layer.data = data
     widget.sections["check"].expand(animate=False)
+    width = widget.native.width()
     press(qtbot, widget.check)
+    assert widget.native.width() == width  # long reasons wrap
     assert widget.flag_list.count() >= 1
     assert {(f.kind, f.frame, f.instance_id) for f in widget.flags} >= {("outside", 42, instance)}
     texts = [widget.flag_list.item(i).text() for i in range(widget.flag_list.count())]

@@ -37,7 +37,7 @@ from magicgui.widgets import (
 from napari.qt.threading import GeneratorWorker, thread_worker
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QListWidget, QListWidgetItem
+from qtpy.QtWidgets import QListView, QListWidget, QListWidgetItem, QSizePolicy
 
 from napari_pose.core import suggestions as sg
 from napari_pose.core.io import load_labels
@@ -127,7 +127,11 @@ class LabelWidget(ScrollingDock):
         self.check = PushButton(label="", text="Check labels")
         self.check_summary = Label(label="", value="")
         self.flag_list = QListWidget()
+        # Long reasons wrap to the dock's width instead of widening it (and the window).
         self.flag_list.setWordWrap(True)
+        self.flag_list.setResizeMode(QListView.ResizeMode.Adjust)
+        self.flag_list.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.flag_list.setMinimumHeight(self.flag_list.fontMetrics().lineSpacing() * 8)
         self.flag_list.setToolTip("likely mistakes, most suspicious first: click one to go there")
         self.flags: list[Flag] = []
         self.shortcuts = Label(label="keys", value="\n".join(
@@ -155,6 +159,7 @@ class LabelWidget(ScrollingDock):
             "keys": collapsible(body, "Keys", Container(widgets=[self.shortcuts])),
         }
         fixed_lines(self.status, 4)
+        fixed_lines(self.check_summary, 2)
 
         self.layer.changed.connect(self._bind)
         self.start.clicked.connect(self._start_on_image)
@@ -243,6 +248,9 @@ class LabelWidget(ScrollingDock):
         if self.session is not None:
             self.session.changed.disconnect(self._refresh)
         self.labeller, self.session = None, None
+        self.flags = []  # they were of the project unbound
+        self.flag_list.clear()
+        self.check_summary.value = ""
         self._refresh()
 
     def _start_on_image(self) -> None:
