@@ -162,8 +162,7 @@ def check_arrays(
     user = arrays.select(~arrays.predicted).sorted()
     if not len(user):
         return []
-    xy = user.xy  # (n, k, 2), NaN where not placed
-    axis = _body_axis(user)
+    axis, size = _body_axis(user), _animal_size(user.xy)
     position = _position_in_frame(user)
     swaps = _swaps(user, axis)
     # A swapped pair's edges point the wrong way too: the swap says it once, better.
@@ -172,8 +171,8 @@ def check_arrays(
     found = [
         *swaps,
         *edges,
-        *_duplicates(user, _animal_size(xy)),
-        *_outside(user, frame_sizes or {}, _animal_size(xy)),
+        *_duplicates(user, size),
+        *_outside(user, frame_sizes or {}, size),
     ]
     flags = [
         Flag(kind=kind, video=int(user.video[row]), frame=int(user.frame[row]),
