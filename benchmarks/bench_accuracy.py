@@ -115,6 +115,7 @@ RECIPES = {recipe.name: recipe for recipe in (
     Recipe("sigma-1.5", pose_stage={"sigma": 1.5}),
     Recipe("sigma-3.5", pose_stage={"sigma": 3.5}),
     Recipe("stride-4", backbone={"output_stride": 4}),
+    Recipe("stride-4-sigma-3.5", pose_stage={"sigma": 3.5}, backbone={"output_stride": 4}),
     Recipe("bottomup", train={"pipeline": "bottomup"}),
     Recipe("lite0-pseudo", train={"pseudo_labels": 0.3}, model={"encoder": "efficientnet_lite0"}),
     Recipe("hard-keypoints", pose_stage={"hard_keypoints": 2.0}),
