@@ -507,3 +507,88 @@ def test_check_labels_lists_a_planted_mistake_and_goes_to_it(make_napari_viewer,
     selected = sorted(layer.selected_data)
     assert selected and set(layer.features["instance"].iloc[selected]) == {instance}
     assert np.all(layer.data[selected, 0] == 42)
+
+
+@pytest.fixture
+def clip_with_gap(tmp_path, monkeypatch, sleap_dir):
+    """A copy of the two-fly clip with frames 1051-1055 unlabelled (the flies walk there); the
+    shared clip.slp, which labels every frame, is their ground truth."""
+    import shutil
+
+    monkeypatch.setenv("NAPARI_POSE_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    shutil.copyfile(sleap_dir / "tracks/clip.mp4", folder / "clip.mp4")
+    labels = sio.load_slp(sleap_dir / "tracks/clip.slp", open_videos=False)
+    labels.labeled_frames = [lf for lf in labels.labeled_frames
+                             if not 1051 <= lf.frame_idx <= 1055]  # fmt: skip
+    labels.videos[0].replace_filename(str(folder / "clip.mp4"), open=False)
+    sio.save_slp(labels, folder / "clip.slp")
+    return folder / "clip.slp"
+
+
+def test_propagate_accept_edit_and_save(make_napari_viewer, qtbot, tmp_path, sleap_dir,
+                                        clip_with_gap):  # fmt: skip
+    """Issue 13 item 7: a propagated, accepted and edited instance saves as a user instance."""
+    truth = labels_to_arrays(sio.load_slp(sleap_dir / "tracks/clip.slp", open_videos=False))
+    viewer = make_napari_viewer()
+    viewer.open(str(clip_with_gap), plugin="napari-pose")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    labeller = widget.labeller
+    layer = labeller.layer
+    assert labeller._predictions_layer() is None  # clip.slp holds no predictions
+    viewer.dims.set_current_step(0, 1050)
+    n_user = len(layer.data)
+    assert widget.propagate_frames.value == 5
+    press(qtbot, widget.propagate_buttons[1])
+    predictions = labeller._predictions_layer()
+    assert predictions is not None
+    assert len(layer.data) == n_user  # user labels untouched
+    proposed = predictions.metadata["napari_pose"].arrays
+    # One proposal per fly on each unlabelled frame, none on labelled ones.
+    assert sorted(proposed.frame.tolist()) == sorted([1051, 1052, 1053, 1054, 1055] * 2)
+    assert proposed.predicted.all()
+    names = [t.name for t in proposed.tracks]
+    for frame in range(1051, 1056):
+        on, true = proposed.select(proposed.frame == frame), truth.select(truth.frame == frame)
+        assert sorted(names[t] for t in on.track) == ["female", "male"]
+        for row in range(len(on)):
+            match = true.select(true.track == on.track[row])
+            seen = on.visible[row] & match.visible[0]
+            error = np.linalg.norm(on.xy[row][seen] - match.xy[0][seen], axis=-1)
+            assert np.median(error) < 3.0
+            scores = on.point_score[row][on.visible[row]]
+            assert np.all((scores >= 0) & (scores <= 1))
+
+    # Accept the male's proposal on frame 1052 with the 'use prediction' key, then move its head.
+    viewer.dims.set_current_step(0, 1052)
+    on = proposed.select((proposed.frame == 1052) & (proposed.track == names.index("male")))
+    head = on.xy[0, 0]
+    viewer.cursor.position = (1052, head[1], head[0])
+    press_key(layer, "u")
+    accepted = labeller.instance
+    mine = layer.features["instance"].to_numpy() == accepted
+    assert mine.sum() > 0 and np.all(layer.data[mine, 0] == 1052)
+    assert set(layer.features["track"][mine]) == {"male"}
+    labeller.set_node("head")
+    click(viewer, layer, (head[1] + 4.0, head[0] - 3.0))
+
+    out = tmp_path / "propagated.slp"
+    widget.save_labels(out)
+    saved = labels_to_arrays(sio.load_slp(out, open_videos=False))
+    user = saved.select((saved.frame == 1052) & ~saved.predicted)
+    assert len(user) == 1 and saved.tracks[user.track[0]].name == "male"
+    np.testing.assert_allclose(user.xy[0, 0], [head[0] - 3.0, head[1] + 4.0])
+    assert user.from_predicted[0] >= 0
+    assert len(saved.select((saved.frame == 1052) & saved.predicted)) == 2
+
+    # Propagating again (the 'k' key) redoes the proposals, except the male's on frame 1052,
+    # which now has a user instance: its old proposal (the accepted one) stays as it was.
+    viewer.dims.set_current_step(0, 1050)
+    before = predictions.metadata["napari_pose"].arrays
+    press_key(layer, "k")
+    again = predictions.metadata["napari_pose"].arrays
+    assert len(again) == 10 and not np.isin(again.instance_id, before.instance_id).all()
+    kept = again.select((again.frame == 1052) & (again.track == names.index("male")))
+    assert len(kept) == 1 and np.isin(kept.instance_id, before.instance_id).all()
+    np.testing.assert_allclose(kept.xy[0, 0], head)

@@ -19,18 +19,24 @@ import numpy as np
 import psygnal
 
 from napari_pose.core import labelling as lab
+from napari_pose.core.pose_arrays import PoseArrays, concat
+from napari_pose.core.propagate import propagate_points
 from napari_pose.core.skeleton import relayout
 from napari_pose.napari.convert import (
     POSE_KEY,
     TRACKS_KEY,
+    WINDOW_THRESHOLD,
     PoseBinding,
     TracksBinding,
     arrays_to_points,
+    edges_layer,
+    points_layer,
+    track_colors,
     tracks_layer,
     video_name,
     window_around,
 )
-from napari_pose.napari.session import ProjectSession
+from napari_pose.napari.session import ProjectSession, session_of
 from napari_pose.napari.styles import node_colors, symbols
 from napari_pose.napari.sync import attach, pose_points_layers
 
@@ -44,6 +50,8 @@ SHORTCUTS: dict[str, tuple[str, str]] = {
     "o": ("toggle_occluded", "toggle occluded (current node)"),
     "x": ("delete_instance", "delete current instance"),
     "c": ("copy_previous_frame", "copy previous labelled frame here"),
+    "k": ("propagate_forward", "propagate this frame's instances K frames forward (proposals)"),
+    "Shift-K": ("propagate_backward", "propagate this frame's instances K frames back"),
     "u": ("use_prediction", "turn the nearest prediction into a user instance"),
     ".": ("next_labelled_frame", "next labelled frame"),
     ",": ("previous_labelled_frame", "previous labelled frame"),
@@ -60,6 +68,7 @@ class Labeller:
         instance: Id of the instance being labelled.
         node: Code (skeleton order) of the node the next click places.
         mode: ``"label"`` (clicks place nodes) or ``"move"`` (drag points).
+        propagate_frames: How many frames ``propagate`` carries the instances (the ``k`` key).
         changed: Emitted after every edit or change of instance/node/mode (for the widget).
     """
 
@@ -74,6 +83,7 @@ class Labeller:
         self.on_edit = on_edit
         self.mode: Mode = "label"
         self.node = 0
+        self.propagate_frames = 5
         self.instance = self._fresh_id()
         self._sync = attach(viewer)
         self._shown_plane = self.plane()
@@ -244,6 +254,84 @@ class Labeller:
         self.select(new_id)
         return True
 
+    def propagate(self, n_frames: int | None = None, direction: int = 1) -> int:
+        """Carry this frame's user instances ``n_frames`` frames forward (``direction=1``) or
+        back (``-1``) as predicted instances: proposals to accept (``u``, double click) or fix.
+
+        Each point follows the image motion (``core.propagate``); a point the tracker loses is
+        left out, an occluded one stays occluded where it was. Proposals keep their instance's
+        track. A frame that holds a user instance of that track (or, for an untracked instance,
+        any user instance; for a tracked one, an untracked user instance that may be it) gets
+        no proposal for it: user labels are never touched. A proposal replaces the frame's
+        predictions of its track (untracked: the untracked ones), so propagating again redoes
+        them. Stacks propagate along their first axis (time). Not undone by ``undo``.
+
+        Returns:
+            How many predicted instances were written.
+        """
+        binding = self.binding
+        n_frames = self.propagate_frames if n_frames is None else int(n_frames)
+        image = image_of(self.viewer, self.layer)
+        plane = self.plane()
+        steps = [plane[0] + direction * i for i in range(1, n_frames + 1)]
+        steps = [t for t in steps if 0 <= t < binding.plane_shape[0]]
+        if image is None or not steps:
+            return 0
+        user = binding.merged(self.layer.data, self.layer.features)
+        here = int(np.ravel_multi_index(plane, binding.plane_shape))
+        source = user.select(user.frame == here)
+        if not len(source):
+            return 0
+        planes = [(t, *plane[1:]) for t in steps]
+        frames = [np.asarray(image.data[p]) for p in [plane, *planes]]  # decodes only these
+        start = np.where(source.visible[..., None], source.xy, np.nan)
+        moved, confidence = propagate_points(frames, start)
+        targets = np.array([np.ravel_multi_index(p, binding.plane_shape) for p in planes])
+        proposals = _proposals(source, moved, confidence, targets, user)
+        layer = self._predictions_layer() or self._add_predictions_layer()
+        target = layer.metadata[POSE_KEY]
+        old = target.merged(layer.data, layer.features)
+        redone = set(zip(proposals.frame.tolist(), proposals.track.tolist()))
+        replaced = np.isin(old.frame, proposals.frame)
+        replaced[replaced] = [key in redone for key in zip(old.frame[replaced].tolist(),
+                                                           old.track[replaced].tolist())]  # fmt: skip
+        first_id = max(self._fresh_id(), int(old.instance_id.max(initial=-1)) + 1)
+        proposals.instance_id[:] = first_id + np.arange(len(proposals))
+        proposals.tracks = list(binding.labels.tracks)
+        target.arrays = concat([old.select(~replaced), proposals]).sorted()
+        _redraw(self.viewer, layer, target)
+        for points in pose_points_layers(self.viewer):  # a track made while labelling is new
+            if points.metadata[POSE_KEY].labels is binding.labels:
+                points.border_color_cycle = track_colors(len(binding.labels.tracks))
+        session = session_of(binding.labels)
+        if session is not None:
+            refresh_tracks_layer(session, binding.video)
+        if self.on_edit is not None:
+            self.on_edit()
+        self.changed.emit()
+        return len(proposals)
+
+    def propagate_forward(self) -> int:
+        return self.propagate(direction=1)
+
+    def propagate_backward(self) -> int:
+        return self.propagate(direction=-1)
+
+    def _add_predictions_layer(self) -> napari.layers.Points:
+        """An empty predictions layer (and its skeleton edges) of this layer's project and
+        video, where this layer lies, as the reader makes one for a file with predictions."""
+        binding, layer = self.binding, self.layer
+        labels = binding.labels
+        empty = PoseArrays.empty(binding.arrays.skeleton, labels.videos, labels.tracks)
+        predictions = PoseBinding(labels, empty, binding.video, True, binding.plane_shape)
+        added = []
+        for data, kwargs, kind in (points_layer(predictions), edges_layer(predictions)):
+            kwargs.update(scale=layer.scale, translate=layer.translate,
+                          axis_labels=layer.axis_labels)  # fmt: skip
+            added.append(getattr(self.viewer, f"add_{kind}")(data, **kwargs))
+        self.viewer.layers.selection.active = layer  # keys and clicks stay on the labels
+        return added[0]
+
     def go_to_plane(self, plane: tuple[int, ...]) -> None:
         go_to_plane(self.viewer, self.layer, plane)
 
@@ -319,6 +407,61 @@ class Labeller:
         if len(selected) == 1 and selected[0] < len(self.layer.features):
             row = self.layer.features.iloc[selected[0]]
             self.select(int(row["instance"]), self.node_names.index(row["node"]))
+
+
+def _proposals(source: PoseArrays, moved: np.ndarray, confidence: np.ndarray,
+               frames: np.ndarray, user: PoseArrays) -> PoseArrays:  # fmt: skip
+    """Predicted instances of ``source`` at ``moved`` (``(K, n, k, 2)``) on ``frames``, left
+    out where the animal already has a user instance there or every visible point was lost."""
+    n_steps, n = moved.shape[:2]
+    step, row = (a.ravel() for a in np.meshgrid(np.arange(n_steps), np.arange(n), indexing="ij"))
+    frame, track = frames[step], source.track[row]
+    on = user.select(user.video == source.video[0])
+    labelled = {(int(f), int(t)) for f, t in zip(on.frame, on.track)}
+    has_untracked = {f for f, t in labelled if t < 0}
+    has_any = {f for f, _ in labelled}
+    found = np.isfinite(moved[..., 0]).any(axis=-1).ravel()
+    free = np.array([(f not in has_any) if t < 0 else
+                     ((f, t) not in labelled and f not in has_untracked)
+                     for f, t in zip(frame.tolist(), track.tolist())], bool)  # fmt: skip
+    keep = found & free
+    step, row = step[keep], row[keep]
+    out = PoseArrays.empty(source.skeleton, source.videos, source.tracks, len(row))
+    xy = moved[step, row]
+    occluded = ~source.visible[row] & np.isfinite(source.xy[row, :, 0])
+    xy[occluded] = source.xy[row][occluded]  # occluded points stay where they were, occluded
+    out.video[:] = source.video[row]
+    out.frame[:] = frame[keep]
+    out.track[:] = source.track[row]
+    out.predicted[:] = True
+    out.xy[:] = xy
+    out.visible[:] = np.isfinite(moved[step, row, :, 0])
+    out.complete[:] = np.isfinite(xy[..., 0])
+    out.point_score[:] = confidence[step, row]
+    out.score[:] = np.nanmean(out.point_score, axis=1)
+    return out
+
+
+def _redraw(viewer: napari.Viewer, layer: napari.layers.Points, binding: PoseBinding) -> None:
+    """Show ``binding.arrays`` in ``layer`` (a window of frames once it is large), its skeleton
+    edges too, with data events blocked: the caller reports the edit."""
+    sync = attach(viewer)
+    n_points = int(np.isfinite(binding.arrays.xy[..., 0]).sum())
+    if binding.window is None and n_points > WINDOW_THRESHOLD:
+        binding.window = window_around(sync.current_frame(layer))
+    data, features = arrays_to_points(binding.arrays.select(binding.shown_rows()), binding)
+    with layer.events.data.blocker():
+        layer.data = data
+        layer.features = features
+        layer.symbol = symbols(features["visible"].to_numpy(bool))
+    sync.refresh(layer)
+
+
+def image_of(viewer: napari.Viewer, layer: napari.layers.Points) -> napari.layers.Image | None:
+    """The image layer a labels layer annotates: same video name, or the only image."""
+    images = [l for l in viewer.layers if isinstance(l, napari.layers.Image)]
+    named = [l for l in images if layer.name.startswith(l.name + " ")]
+    return (named or images or [None])[0]
 
 
 def go_to_plane(viewer: napari.Viewer, layer: napari.layers.Points, plane: tuple[int, ...]) -> None:

@@ -58,6 +58,7 @@ from napari_pose.napari.labelling import (
     Mode,
     PlaneFrames,
     go_to_frame,
+    image_of,
     user_label_layers,
 )
 from napari_pose.napari.session import ProjectSession, projects
@@ -115,6 +116,12 @@ class LabelWidget(ScrollingDock):
         }  # fmt: skip
         self.buttons = {name: PushButton(label="", text=text) for name, text in buttons.items()}
         self.set_track_button = PushButton(label="", text="Set track of instance")
+        self.propagate_frames = SpinBox(label="propagate", value=5, min=1, max=100,
+                                        tooltip="frames to carry this frame's instances")  # fmt: skip
+        self.propagate_buttons = {
+            1: PushButton(label="", text="Forward (k)"),
+            -1: PushButton(label="", text="Back (Shift+K)"),
+        }
         self.save = PushButton(label="", text="Save labels")
         self.restore = PushButton(label="", text="Restore autosave", visible=False)
         self.color_by = ComboBox(label="colour by", choices=["node", "track", "instance"])
@@ -145,11 +152,15 @@ class LabelWidget(ScrollingDock):
         action_buttons = list(self.buttons.values())
         rows = [Container(layout="horizontal", widgets=action_buttons[i : i + 2], labels=False)
                 for i in range(0, len(action_buttons), 2)]  # fmt: skip
+        propagate: Container[Widget] = Container(layout="horizontal", labels=False, widgets=[
+            Label(value="Propagate"), self.propagate_frames, Label(value="frames"),
+            *self.propagate_buttons.values()])  # fmt: skip
+        propagate.margins = (0, 0, 0, 0)
         for row in rows:
             row.margins = (0, 0, 0, 0)
         body = self.body
-        body.extend([self.layer, self.mode, self.node, self.status, *rows, self.suggested,
-                     self.save, self.restore])  # fmt: skip
+        body.extend([self.layer, self.mode, self.node, self.status, *rows, propagate,
+                     self.suggested, self.save, self.restore])  # fmt: skip
         self.sections = {
             "start": collapsible(body, "Start labelling an image", start),
             "tracks": collapsible(body, "Tracks", tracks),
@@ -168,6 +179,9 @@ class LabelWidget(ScrollingDock):
         for name, button in self.buttons.items():
             button.clicked.connect(lambda *_, name=name: self._act(name))
         self.set_track_button.clicked.connect(self._set_track)
+        self.propagate_frames.changed.connect(self._propagate_frames_picked)
+        for direction, button in self.propagate_buttons.items():
+            button.clicked.connect(lambda *_, d=direction: self.propagate(d))
         self.save.clicked.connect(lambda: self.save_labels())  # not with the button state
         self.restore.clicked.connect(self.restore_autosave)
         self.color_by.changed.connect(self._color_by)
@@ -230,6 +244,7 @@ class LabelWidget(ScrollingDock):
         self.session = session
         session.changed.connect(self._refresh)
         self.labeller = labeller = Labeller(self._viewer, layer, on_edit=session.mark_edited)
+        labeller.propagate_frames = int(self.propagate_frames.value)
         labeller.changed.connect(self._refresh)
         self._viewer.layers.selection.active = layer
         self.node.reset_choices()
@@ -277,6 +292,18 @@ class LabelWidget(ScrollingDock):
         if self.labeller is not None:
             getattr(self.labeller, action)()
 
+    def _propagate_frames_picked(self, value: int) -> None:
+        if self.labeller is not None:
+            self.labeller.propagate_frames = int(value)
+
+    def propagate(self, direction: int = 1) -> int:
+        """Propagate this frame's user instances (``Labeller.propagate``): proposals go to the
+        project's predictions layer. Returns how many were written."""
+        if self.labeller is None:
+            show_warning("no labels layer: open a project or start labelling an image")
+            return 0
+        return self.labeller.propagate(int(self.propagate_frames.value), direction)
+
     def _color_by(self, feature: str) -> None:
         if self.labeller is not None:
             color_points_by(self.labeller.layer, feature)
@@ -305,9 +332,7 @@ class LabelWidget(ScrollingDock):
 
     def _image_of(self, layer: napari.layers.Points) -> napari.layers.Image | None:
         """The image layer a labels layer annotates: same video name, or the only image."""
-        images = [l for l in self._viewer.layers if isinstance(l, napari.layers.Image)]
-        named = [l for l in images if layer.name.startswith(l.name + " ")]
-        return (named or images or [None])[0]
+        return image_of(self._viewer, layer)
 
     def start_suggestions(self) -> GeneratorWorker | None:
         """Compute frame suggestions in a worker thread; progress shows in the dock.
