@@ -567,3 +567,44 @@ def test_check_command_flags_a_planted_mistake_and_writes_a_report(tmp_path, cap
 
     assert main(["check", str(tmp_path / "nope.slp")]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'nope.slp'}: file not found\n"
+
+
+def test_suggest_command_prints_model_frames_with_reasons(project_and_model, tmp_path, capsys):
+    """``suggest -m``: the unlabelled frames (8-11) the tiny model is least sure of, each with
+    its reason, in print and in JSON; the other methods need no model."""
+    import json
+
+    project, model = project_and_model
+    report = tmp_path / "suggest.json"
+    assert main(["suggest", str(project), "-m", str(model), "-n", "2", "--json", str(report),
+                 "--quiet"]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "2 frames suggested (model)" and len(lines) == 3
+    assert all(line.startswith("v.mp4 frame ") and "(score " in line for line in lines[:2])
+    written = json.loads(report.read_text())
+    assert written["method"] == "model" and len(written["suggestions"]) == 2
+    assert all(s["frame"] >= 8 and s["reason"] for s in written["suggestions"])
+
+    assert main(["suggest", str(project), "--method", "strided", "-n", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "v.mp4 frame 8: strided",
+        "v.mp4 frame 11: strided",
+        "2 frames suggested (strided)",
+    ]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "model"], "--method model needs a model package folder"),
+    (["-m", "MODEL", "--method", "random"], "-m is only used by --method model"),
+    (["-m", "NOT_A_MODEL"], "NOT_A_MODEL"),
+    (["--method", "strided", "-n", "0"], "-n must be at least 1"),
+])  # fmt: skip
+def test_suggest_command_reports_bad_input_in_one_line(project_and_model, tmp_path, capsys,
+                                                       extra, message):  # fmt: skip
+    project, model = project_and_model
+    extra = [str(model) if e == "MODEL" else str(tmp_path) + "/x" if e == "NOT_A_MODEL" else e
+             for e in extra]  # fmt: skip
+    assert main(["suggest", str(project), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert message.replace("NOT_A_MODEL", str(tmp_path / "x")) in err

@@ -12,7 +12,9 @@ Subcommands:
     track     assign identity tracks to predicted instances;
     evaluate  compare predictions with ground truth (OKS mAP, errors, identity metrics);
     check     flag likely mistakes in user labels (swapped sides, misplaced nodes, animals
-              labelled twice, nodes outside the image); exit status 1 when any is found.
+              labelled twice, nodes outside the image); exit status 1 when any is found;
+    suggest   frames to label next, each with its reason: those a model is least sure of
+              (``-m MODEL_DIR``), or visually diverse, random or evenly spaced ones.
 
 Every command fails the same way (``main``): one ``error:`` line naming the file and the
 cause, exit status 2, no traceback; what is left out of a result is one ``warning:`` line
@@ -562,6 +564,77 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if flags else 0
 
 
+def _suggest(args: argparse.Namespace) -> int:
+    """Print frames to label next, one line each with its reason, most useful first.
+
+    ``model`` (the default with ``-m``) ranks a sample of each video's unlabelled frames by how
+    unsure the model is (``nn.uncertainty``); ``diverse``, ``random`` and ``strided`` are the
+    Label dock's other methods. Frames with user labels are never suggested.
+    """
+    import json
+
+    from tqdm import tqdm
+
+    from napari_pose.core import suggestions as sg
+    from napari_pose.core.io import atomic_write, load_labels
+    from napari_pose.core.pose_arrays import labels_to_arrays
+    from napari_pose.core.video import open_video
+
+    method = args.method or ("model" if args.model is not None else "diverse")
+    if method == "model" and args.model is None:
+        raise ValueError("--method model needs a model package folder: -m MODEL_DIR")
+    if method != "model" and args.model is not None:
+        raise ValueError(f"-m is only used by --method model, not {method}")
+    if args.n < 1:
+        raise ValueError(f"-n must be at least 1, not {args.n}")
+    if args.json is not None:
+        _check_writable(args.json)
+    predictor = None
+    if args.model is not None:  # a bad folder fails before any video is read
+        from napari_pose.nn.uncertainty import load_predictor
+
+        predictor = load_predictor(args.model)
+    labels = load_labels(args.labels, lazy=False)
+    arrays = labels_to_arrays(labels)
+    report = []
+    for index, video in enumerate(labels.videos):
+        done = arrays.frame[(arrays.video == index) & ~arrays.predicted]
+        name = Path(str(video.filename)).name
+        with open_video(video) as reader:
+            if predictor is not None:
+                from napari_pose.nn.uncertainty import rank_frames
+
+                steps = rank_frames(predictor, reader, n=args.n, exclude=done)
+                with tqdm(unit="frame", disable=args.quiet, desc=name) as bar:
+                    while True:
+                        try:
+                            posed, bar.total = next(steps)
+                            bar.update(posed - bar.n)
+                        except StopIteration as stop:
+                            chosen = stop.value
+                            break
+                found = [(s.frame, s.score, s.reason) for s in chosen]
+            else:
+                if method == "diverse":
+                    frames = sg.diverse_frames(reader, args.n, exclude=done)
+                elif method == "random":
+                    frames = sg.random_frames(reader.n_frames, args.n, exclude=done)
+                else:
+                    frames = sg.strided_frames(reader.n_frames, args.n, exclude=done)
+                found = [(int(f), None, method) for f in frames]
+        for frame, score, reason in found:
+            shown = "" if score is None else f" (score {score:.2f})"
+            print(f"{name} frame {frame}: {reason}{shown}")
+            report.append({"video": str(video.filename), "frame": frame, "score": score,
+                           "reason": reason})  # fmt: skip
+    print(f"{len(report)} frames suggested ({method})")
+    if args.json is not None:
+        text = json.dumps({"labels": str(args.labels), "method": method,
+                           "suggestions": report}, indent=2)  # fmt: skip
+        atomic_write(args.json, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-pose", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -660,6 +733,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("labels", type=Path, help="labels file (.slp, DLC config.yaml/.csv/.h5)")
     check.add_argument("--json", type=Path, help="also write the flags and counts to this file")
     check.set_defaults(run=_check)
+
+    suggest = sub.add_parser("suggest", help="frames to label next, each with its reason")
+    suggest.add_argument("labels", type=Path, help="labels file (.slp, DLC config.yaml/.csv/.h5)")
+    suggest.add_argument("-m", "--model", type=Path, help="model package folder (for "
+                         "--method model: frames the model is least sure of)")  # fmt: skip
+    suggest.add_argument("-n", type=int, default=20, help="frames per video (default 20)")
+    suggest.add_argument("--method", choices=["model", "diverse", "random", "strided"],
+                         help="default: model with -m, else diverse")  # fmt: skip
+    suggest.add_argument("--json", type=Path, help="also write the suggestions to this file")
+    suggest.add_argument("--quiet", action="store_true", help="no progress bar")
+    suggest.set_defaults(run=_suggest)
     return parser
 
 
