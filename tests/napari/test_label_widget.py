@@ -592,3 +592,71 @@ def test_propagate_accept_edit_and_save(make_napari_viewer, qtbot, tmp_path, sle
     kept = again.select((again.frame == 1052) & (again.track == names.index("male")))
     assert len(kept) == 1 and np.isin(kept.instance_id, before.instance_id).all()
     np.testing.assert_allclose(kept.xy[0, 0], head)
+
+
+def _tiny_model(folder):
+    """A tiny single-instance package trained two steps on synthetic bugs (the sample's
+    skeleton): ranking runs through a real model, whatever it learned."""
+    import attrs
+    import torch
+
+    from napari_pose.core.synthetic import make_synthetic, to_labels, write_video
+    from napari_pose.nn.data import load_frames
+    from napari_pose.nn.models import UNetConfig
+    from napari_pose.nn.pipelines import default_stages
+    from napari_pose.nn.train import TrainConfig, train
+
+    data = make_synthetic(n_frames=8, size=64, n_animals=1, seed=1)
+    write_video(data.frames, folder / "v.mp4")
+    labels = to_labels(data, str(folder / "v.mp4"))
+    tiny = UNetConfig(filters=4, max_stride=16, output_stride=2)
+    stages = {k: attrs.evolve(s, model=attrs.evolve(s.model, backbone=tiny))
+              for k, s in default_stages(load_frames(labels), "single_instance").items()}  # fmt: skip
+    config = TrainConfig(pipeline="single_instance", epochs=1, steps_per_epoch=2, batch_size=2,
+                         device="cpu")  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        list(train(labels, folder / "model", config, stages=stages))
+    finally:
+        torch.set_num_threads(threads)
+    return folder / "model"
+
+
+def test_model_suggestions_come_with_their_reasons(make_napari_viewer, qtbot, sample_project,
+                                                   tmp_path):  # fmt: skip
+    viewer = make_napari_viewer()
+    viewer.open(str(sample_project), plugin="napari-pose")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    layer = widget.labeller.layer
+    labels = layer.metadata["napari_pose"].labels
+    for frame in (5, 120):  # every frame is labelled: leave two for the model
+        viewer.dims.set_current_step(0, frame)
+        for inst in set(layer.features["instance"][layer.data[:, 0] == frame]):
+            widget.labeller.select(inst)
+            press(qtbot, widget.buttons["delete_instance"])
+    before = {s.frame_idx for s in labels.suggestions}
+
+    def shown(name: str) -> bool:  # (the viewer is not on screen: ``visible`` is False)
+        return not getattr(widget, name).native.isHidden()
+
+    assert not shown("suggest_model")
+    widget.method.value = "model"
+    assert shown("suggest_model")
+    widget.suggest_model.value = tmp_path  # no model package there
+    assert widget.start_suggestions() is None
+    assert shown("suggest_message")
+    assert widget.suggest_message.value.startswith("not a model package")
+
+    widget.suggest_model.value = _tiny_model(tmp_path)
+    widget.n_suggestions.value = 2
+    worker = widget.start_suggestions()
+    assert worker is not None and not shown("suggest_message")
+    qtbot.waitUntil(lambda: widget.progress.native.isHidden(), timeout=60_000)
+    assert {s.frame_idx for s in labels.suggestions} - before == {5, 120}
+    texts = {value: text for text, value in
+             ((widget.suggested.native.itemText(i), widget.suggested.native.itemData(i))
+              for i in range(widget.suggested.native.count()))}  # fmt: skip
+    for frame in (5, 120):
+        assert texts[frame].startswith(f"frame {frame}: ") and len(texts[frame]) > 12
+    assert "least sure of" in widget.suggest_message.value

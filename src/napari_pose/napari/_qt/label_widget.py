@@ -37,7 +37,7 @@ from magicgui.widgets import (
 from napari.qt.threading import GeneratorWorker, thread_worker
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QListView, QListWidget, QListWidgetItem, QSizePolicy
+from qtpy.QtWidgets import QComboBox, QListView, QListWidget, QListWidgetItem, QSizePolicy
 
 from napari_pose.core import suggestions as sg
 from napari_pose.core.io import load_labels
@@ -126,11 +126,22 @@ class LabelWidget(ScrollingDock):
         self.restore = PushButton(label="", text="Restore autosave", visible=False)
         self.color_by = ComboBox(label="colour by", choices=["node", "track", "instance"])
         self.names = CheckBox(label="node names", value=False)
-        self.method = ComboBox(label="suggest", choices=["diverse", "random", "strided"])
+        self.method = ComboBox(label="suggest", choices=["diverse", "random", "strided", "model"],
+                               tooltip="model: the frames a trained model is least sure of")  # fmt: skip
+        self.suggest_model = FileEdit(label="model folder", mode=FileDialogMode.EXISTING_DIRECTORY,
+                                      visible=False)  # fmt: skip
+        self.suggest_message = Label(label="", value="", visible=False)
+        # Why the model suggested each frame, by (video, frame): shown in the 'suggested' list.
+        self.suggestion_reasons: dict[tuple[int, int], str] = {}
         self.n_suggestions = SpinBox(label="frames", value=20, min=1, max=10_000)
         self.suggest = PushButton(label="", text="Suggest frames to label")
         self.progress = ProgressBar(label="", value=0, visible=False)
         self.suggested = ComboBox(label="suggested", choices=self._suggestion_choices)
+        # Items carry the model's reasons: long ones elide instead of widening the dock.
+        self.suggested.native.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.suggested.native.setMinimumContentsLength(12)
         self.check = PushButton(label="", text="Check labels")
         self.check_summary = Label(label="", value="")
         self.flag_list = QListWidget()
@@ -145,7 +156,9 @@ class LabelWidget(ScrollingDock):
             f"{key}: {text}" for key, (_, text) in SHORTCUTS.items()))  # fmt: skip
         start = Container(widgets=[self.image, self.template, self.skeleton_file, self.start])
         tracks = Container(widgets=[self.track, self.new_track, self.set_track_button])
-        suggest = Container(widgets=[self.method, self.n_suggestions, self.suggest, self.progress])
+        suggest = Container(widgets=[self.method, self.suggest_model, self.n_suggestions,
+                                     self.suggest, self.progress, self.suggest_message])  # fmt: skip
+        self.suggest_message.native.setWordWrap(True)
         display = Container(widgets=[self.color_by, self.names])
         check: Container[Widget] = Container(widgets=[self.check, self.check_summary])
         check.native.layout().addWidget(self.flag_list)
@@ -187,6 +200,7 @@ class LabelWidget(ScrollingDock):
         self.color_by.changed.connect(self._color_by)
         self.names.changed.connect(self._show_names)
         self.suggest.clicked.connect(self.start_suggestions)
+        self.method.changed.connect(self._method_picked)
         self.suggested.changed.connect(self._go_to_suggestion)
         self.check.clicked.connect(lambda: self.check_labels())
         self.flag_list.itemActivated.connect(self._go_to_flag)
@@ -219,7 +233,9 @@ class LabelWidget(ScrollingDock):
         video = self.labeller.binding.labels.videos[self.labeller.binding.video]
         frames = sorted({s.frame_idx for s in self.labeller.binding.labels.suggestions
                          if s.video is video})  # fmt: skip
-        return [(f"frame {f}", f) for f in frames]
+        reasons = self.suggestion_reasons
+        return [(f"frame {f}: {reasons[id(video), f]}" if (id(video), f) in reasons
+                 else f"frame {f}", f) for f in frames]  # fmt: skip
 
     def _reset_choices(self, event=None) -> None:
         self.layer.reset_choices()
@@ -334,11 +350,38 @@ class LabelWidget(ScrollingDock):
         """The image layer a labels layer annotates: same video name, or the only image."""
         return image_of(self._viewer, layer)
 
+    def _method_picked(self, method: str) -> None:
+        self.suggest_model.visible = method == "model"
+        self._say("")
+
+    def _say(self, message: str) -> None:
+        """One line under the suggestion button (a problem the user can fix), or none."""
+        self.suggest_message.value = message
+        self.suggest_message.visible = bool(message)
+
+    def _suggestion_model(self) -> Path | None:
+        """The chosen model folder, checked to be a model package (else said in the dock)."""
+        from napari_pose.core.errors import PoseFileError
+        from napari_pose.nn.inference import trained_animals
+
+        value = self.suggest_model.value
+        folder = value if isinstance(value, Path) and str(value) not in ("", ".") else None
+        if folder is None:
+            self._say("choose a model folder (a model package from Train model)")
+            return None
+        try:
+            trained_animals(folder)  # reads its config only: quick, before any weights load
+        except (PoseFileError, OSError) as error:
+            self._say(f"not a model package: {' '.join(str(error).split())}")
+            return None
+        return folder
+
     def start_suggestions(self) -> GeneratorWorker | None:
         """Compute frame suggestions in a worker thread; progress shows in the dock.
 
         They go to the project they were computed for, even if the dock is bound to another
-        layer by the time they are ready.
+        layer by the time they are ready. ``model`` ranks the unlabelled frames by how unsure
+        the chosen model is (``nn.uncertainty``) and keeps each frame's reason for the list.
         """
         labeller, session = self.labeller, self.session
         if labeller is None or session is None:
@@ -349,9 +392,23 @@ class LabelWidget(ScrollingDock):
         n_frames = int(np.prod(binding.plane_shape))
         done = binding.merged(labeller.layer.data, labeller.layer.features).frame
         k, method = int(self.n_suggestions.value), self.method.value
+        self._say("")
+        folder = self._suggestion_model() if method == "model" else None
+        if method == "model" and folder is None:
+            return None
+        if method in ("diverse", "model") and image is None:
+            self._say("no image layer of this project to read frames from")
+            return None
 
         @thread_worker
         def work():
+            if method == "model":
+                from napari_pose.nn.uncertainty import rank_frames
+
+                chosen = yield from rank_frames(
+                    folder, PlaneFrames(image, binding.plane_shape), n=k, exclude=done
+                )
+                return chosen
             if method == "diverse":
                 frames = yield from sg.iter_diverse_frames(
                     PlaneFrames(image, binding.plane_shape), k, exclude=done
@@ -364,17 +421,29 @@ class LabelWidget(ScrollingDock):
         self.progress.visible = True
         worker.yielded.connect(self._progressed)
         worker.returned.connect(functools.partial(self._suggested, binding, session))
+        worker.errored.connect(self._suggestions_failed)
         worker.start()
         return worker
+
+    def _suggestions_failed(self, error: Exception) -> None:
+        self.progress.visible = False
+        self._say(f"could not suggest frames: {' '.join(str(error).split())}")
 
     def _progressed(self, progress: tuple[int, int]) -> None:
         self.progress.max, self.progress.value = progress[1], progress[0]
 
-    def _suggested(self, binding: PoseBinding, session: ProjectSession, frames: np.ndarray) -> None:
+    def _suggested(self, binding: PoseBinding, session: ProjectSession, found) -> None:
+        """Merge the suggestions (frame indices, or ``Suggestion``s with their reasons)."""
         video = binding.labels.videos[binding.video]
-        sg.merge_suggestions(binding.labels, sg.to_suggestions(frames, video))
+        frames = [getattr(item, "frame", item) for item in found]
+        for item in found:
+            if hasattr(item, "reason"):
+                self.suggestion_reasons[id(video), int(item.frame)] = item.reason
+        added = sg.merge_suggestions(binding.labels, sg.to_suggestions(frames, video))
         self.progress.visible = False
         self.suggested.reset_choices()
+        if frames and hasattr(found[0], "reason"):
+            self._say(f"{len(added)} new of {len(frames)} frames the model is least sure of")
         session.mark_edited()
 
     def _go_to_suggestion(self, frame: int | None) -> None:
