@@ -245,3 +245,13 @@ def test_a_folder_that_is_no_model_is_a_clear_error(tmp_path, damaged_video):
 
     with pytest.raises(PoseFileError):
         un.run_to_end(un.rank_frames(tmp_path, damaged_video, n=3))
+
+
+def test_differences_below_a_signals_floor_do_not_rank():
+    clean = [pose((10, 10)) for _ in range(6)]
+    turned = list(clean)
+    turned[2] = shifted(clean[2], 0.5)  # half a pixel: a label's own error
+    frames = np.arange(0, 60, 10)
+    score, reasons = un.combine(un.signals(frames, clean, turned, 1), 1)
+    np.testing.assert_array_equal(score, score[0])
+    assert "disagrees" not in reasons[2]

@@ -28,7 +28,9 @@ and scores each with four signals, every one a way a wrong pose shows without a 
 **Combining.** The signals have different units and scales (peak values, pixels, animals,
 body lengths), so each is rank-normalised over the candidates: ``(rank - 1) / (n - 1)``
 with ties given their lowest rank, so frames where a signal is 0 (most frames, for the count)
-all get 0 from it, and only the order of frames matters, never the signal's scale. The score
+all get 0 from it, and only the order of frames matters, never the signal's scale. Values
+below a signal's floor (``FLOORS``: a pixel of disagreement, a tenth of a body of jump) are 0
+first, so differences too small to mean anything do not rank. The score
 is the weighted mean of the ranks a frame has (NaN signals left out), with ``WEIGHTS``: equal,
 because no measurement yet says one signal finds worse frames than another. The reason shown
 for a frame names every signal whose rank is at least ``REASON_RANK``, most telling first, or
@@ -64,6 +66,11 @@ from napari_pose.nn.predict import FramePrediction
 
 #: Signal weights of the combined score (see the module notes).
 WEIGHTS = {"confidence": 1.0, "disagreement": 1.0, "count": 1.0, "jump": 1.0}
+#: Values at or below which a signal says nothing (set to 0 before ranking): disagreement
+#: of a pixel is about a label's own error, a jump of a tenth of the animal is ordinary
+#: motion between samples. Without a floor, ranking would put tiny differences on top when
+#: every frame is fine.
+FLOORS = {"confidence": 0.0, "disagreement": 1.0, "count": 0.0, "jump": 0.1}
 #: Instances scoring at least this count as animals for the count signal.
 COUNT_SCORE = 0.2
 #: Signals whose rank is at least this are named in a frame's reason.
@@ -268,7 +275,9 @@ def combine(found: Signals, usual: int, view: str = "turned",
         "jump": found.jump,
     }
     names = list(raw)
-    ranks = np.stack([rank_normalise(raw[name]) for name in names], axis=1)  # (n, s)
+    telling = np.stack([raw[name] > FLOORS[name] for name in names], axis=1)  # NaN: False
+    floored = {name: np.where(raw[name] <= FLOORS[name], 0.0, raw[name]) for name in names}
+    ranks = np.stack([rank_normalise(floored[name]) for name in names], axis=1)  # (n, s)
     w = np.array([weights.get(name, 0.0) for name in names])
     present = ~np.isnan(ranks)
     total = (np.where(present, ranks, 0) * w).sum(1)
@@ -277,7 +286,7 @@ def combine(found: Signals, usual: int, view: str = "turned",
     for i in range(len(score)):
         order = [j for j in np.argsort(-np.nan_to_num(ranks[i], nan=-1.0), kind="stable")
                  if present[i, j] and w[j] > 0]  # fmt: skip
-        named = [j for j in order if ranks[i, j] >= REASON_RANK] or order[:1]
+        named = [j for j in order if ranks[i, j] >= REASON_RANK and telling[i, j]] or order[:1]
         reasons.append("; ".join(_reason(names[j], found, i, usual, view) for j in named))
     return score, reasons
 
