@@ -12,6 +12,7 @@ autosave (``sync`` sees and announces them): undo does not step through them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import napari
@@ -22,7 +23,9 @@ from napari_pose.core import labelling as lab
 from napari_pose.core.pose_arrays import PoseArrays, concat
 from napari_pose.core.propagate import propagate_points
 from napari_pose.core.skeleton import relayout
+from napari_pose.napari import proposals as prop
 from napari_pose.napari.convert import (
+    NO_TRACK,
     POSE_KEY,
     TRACKS_KEY,
     WINDOW_THRESHOLD,
@@ -53,6 +56,7 @@ SHORTCUTS: dict[str, tuple[str, str]] = {
     "k": ("propagate_forward", "propagate this frame's instances K frames forward (proposals)"),
     "Shift-K": ("propagate_backward", "propagate this frame's instances K frames back"),
     "u": ("use_prediction", "turn the nearest prediction into a user instance"),
+    "Shift-U": ("accept_proposals", "turn every prediction on this frame into user instances"),
     ".": ("next_labelled_frame", "next labelled frame"),
     ",": ("previous_labelled_frame", "previous labelled frame"),
     "/": ("next_suggestion", "next suggested frame"),
@@ -69,6 +73,7 @@ class Labeller:
         node: Code (skeleton order) of the node the next click places.
         mode: ``"label"`` (clicks place nodes) or ``"move"`` (drag points).
         propagate_frames: How many frames ``propagate`` carries the instances (the ``k`` key).
+        proposer: The "propose from model" state (``propose_from``; ``napari.proposals``).
         changed: Emitted after every edit or change of instance/node/mode (for the widget).
     """
 
@@ -85,6 +90,8 @@ class Labeller:
         self.node = 0
         self.propagate_frames = 5
         self.instance = self._fresh_id()
+        self.proposer = prop.Proposer()
+        self._closed = False  # a prediction that ends after ``close`` writes nothing
         self._sync = attach(viewer)
         self._shown_plane = self.plane()
         viewer.dims.events.current_step.connect(self._on_step)
@@ -98,6 +105,8 @@ class Labeller:
 
     def close(self) -> None:
         """Detach from the layer and viewer (the widget binds another layer, or is closed)."""
+        self._closed = True
+        self.proposer.set_folder(None)
         layer = self.layer
         for callbacks, callback in ((layer.mouse_drag_callbacks, self._on_mouse),
                                     (layer.mouse_double_click_callbacks, self._on_double_click)):  # fmt: skip
@@ -254,6 +263,30 @@ class Labeller:
         self.select(new_id)
         return True
 
+    def accept_proposals(self) -> int:
+        """Turn every prediction on this frame into a user instance that remembers it (as
+        ``use_prediction`` does one), in one undo step; animals that have a user instance here
+        already are left out (``unclaimed``). The first accepted becomes the current instance.
+
+        Returns:
+            How many instances were accepted.
+        """
+        predictions = self._predictions_layer()
+        if predictions is None:
+            return 0
+        plane = self.plane()
+        source = lab.PointTable(np.asarray(predictions.data), predictions.features)
+        here = source.on_plane(plane)
+        chosen = unclaimed(source.take(np.flatnonzero(here)), self.table(), plane)
+        if not chosen:
+            return 0
+        rows = np.flatnonzero(here & np.isin(source.features["instance"].to_numpy(), chosen))
+        new_id = self._fresh_id()
+        self.apply(lab.copy_instances(source.take(rows), plane, self.table(), plane, new_id,
+                                      from_predicted=True))  # fmt: skip
+        self.select(new_id)
+        return len(chosen)
+
     def propagate(self, n_frames: int | None = None, direction: int = 1) -> int:
         """Carry this frame's user instances ``n_frames`` frames forward (``direction=1``) or
         back (``-1``) as predicted instances: proposals to accept (``u``, double click) or fix.
@@ -316,6 +349,89 @@ class Labeller:
 
     def propagate_backward(self) -> int:
         return self.propagate(direction=-1)
+
+    # ------------------------------------------------------------------ proposals from a model
+    def propose_from(self, folder: str | Path | None) -> None:
+        """Propose the instances of the model package at ``folder`` on every frame stepped to
+        that has neither user instances nor predictions, the frame shown first (``None``:
+        stop). Each frame is posed in a worker thread, one at a time; see ``napari.proposals``
+        for what happens to rapid steps and to results for frames the user left."""
+        self.proposer.set_folder(None if folder is None else Path(folder))
+        self.changed.emit()
+        self.propose_here()
+
+    def needs_proposals(self, plane: tuple[int, ...] | None = None) -> bool:
+        """Whether ``plane`` (default: the one shown) has neither user instances nor
+        predictions."""
+        plane = self.plane() if plane is None else plane
+        layers = [self.layer, self._predictions_layer()]
+        return not any(_holds(layer, plane) for layer in layers if layer is not None)
+
+    def propose_here(self):
+        """Start posing the frame shown, when proposing is on, the model has not posed it yet,
+        it needs proposals and no other prediction runs (the one running, when it ends, starts
+        the frame shown then). Returns the worker, or ``None`` when none was started."""
+        proposer, binding = self.proposer, self.binding
+        if self._closed or not proposer.can_start():
+            return None
+        plane = self.plane()
+        if not all(0 <= p < n for p, n in zip(plane, binding.plane_shape, strict=True)):
+            return None
+        frame = int(np.ravel_multi_index(plane, binding.plane_shape))
+        image = image_of(self.viewer, self.layer)
+        if frame in proposer.tried or image is None or not self.needs_proposals(plane):
+            return None
+        from napari.qt.threading import create_worker
+
+        assert proposer.folder is not None  # ``can_start``
+        generation = proposer.start(frame)
+        worker = create_worker(prop.propose, proposer.predictor, proposer.folder,
+                               PlaneFrames(image, binding.plane_shape), frame,
+                               binding.arrays.skeleton, list(binding.labels.videos), binding.video,
+                               _start_thread=False)  # fmt: skip
+        worker.returned.connect(lambda result: self._proposed(generation, frame, result))
+        worker.start()
+        return worker
+
+    def _proposed(self, generation: int, frame: int, result: tuple) -> None:
+        """A prediction ended (in the UI thread): write it, or say why it failed, then pose
+        the frame shown now if it needs it."""
+        predictor, found, error = result
+        counts = self.proposer.finish(generation, predictor, error)
+        if self._closed:
+            return
+        if counts and found is not None and len(found):
+            self._write_proposals(frame, found)
+        if self.proposer.error is not None:
+            self.changed.emit()  # the dock shows it
+            return
+        self.propose_here()
+
+    def _write_proposals(self, frame: int, found: PoseArrays) -> int:
+        """Add the model's instances on ``frame`` to the predictions layer, as ``propagate``
+        writes proposals, unless the frame got user instances or predictions meanwhile (they
+        are never overwritten). Returns how many were written."""
+        binding = self.binding
+        user = binding.merged(self.layer.data, self.layer.features)
+        layer = self._predictions_layer()
+        if layer is not None:
+            old = layer.metadata[POSE_KEY].merged(layer.data, layer.features)
+            if np.any((old.video == binding.video) & (old.frame == frame)):
+                return 0
+        if np.any((user.video == binding.video) & (user.frame == frame)):
+            return 0
+        layer = layer or self._add_predictions_layer()
+        target = layer.metadata[POSE_KEY]
+        old = target.merged(layer.data, layer.features)
+        found.instance_id[:] = max(self._fresh_id(), int(old.instance_id.max(initial=-1)) + 1
+                                   ) + np.arange(len(found))  # fmt: skip
+        found.tracks = list(binding.labels.tracks)
+        target.arrays = concat([old, found]).sorted()
+        _redraw(self.viewer, layer, target)
+        if self.on_edit is not None:
+            self.on_edit()
+        self.changed.emit()
+        return len(found)
 
     def _add_predictions_layer(self) -> napari.layers.Points:
         """An empty predictions layer (and its skeleton edges) of this layer's project and
@@ -400,6 +516,8 @@ class Labeller:
         if plane != self._shown_plane:
             self._shown_plane = plane
             self.new_instance()
+            if self.proposer.active:
+                self.propose_here()
 
     def _on_selection(self, event=None) -> None:
         """Selecting a point in move mode makes its instance and node current."""
@@ -440,6 +558,54 @@ def _proposals(source: PoseArrays, moved: np.ndarray, confidence: np.ndarray,
     out.point_score[:] = confidence[step, row]
     out.score[:] = np.nanmean(out.point_score, axis=1)
     return out
+
+
+def _holds(layer: napari.layers.Points, plane: tuple[int, ...]) -> bool:
+    """Whether a pose layer has instances on ``plane``, also where its frame window (a large
+    layer holds the frames around the one shown) does not reach."""
+    binding: PoseBinding = layer.metadata[POSE_KEY]
+    frame = int(np.ravel_multi_index(plane, binding.plane_shape))
+    if binding.window is not None and not binding.window[0] <= frame < binding.window[1]:
+        arrays = binding.arrays
+        return bool(np.any((arrays.video == binding.video) & (arrays.frame == frame)))
+    return bool(lab.PointTable(np.asarray(layer.data), layer.features).on_plane(plane).any())
+
+
+#: A user instance whose nodes lie within this fraction of a prediction's size (its bounding
+#: box diagonal; median over the nodes both have) is taken to be the same animal.
+SAME_ANIMAL = 0.25
+
+
+def unclaimed(predicted: lab.PointTable, user: lab.PointTable, plane: tuple[int, ...]) -> list[int]:
+    """Ids of the instances of ``predicted`` (one plane's predictions) of animals that have no
+    user instance on ``plane``: none was made from them (``from_predicted``), none has their
+    track, and none lies on them (``SAME_ANIMAL``), so accepting all never doubles an animal
+    labelled by hand, accepted before, or propagated and accepted."""
+    mine = user.take(np.flatnonzero(user.on_plane(plane)))
+    features = mine.features
+    made_from = set(features["from_predicted"].to_numpy(np.int64, na_value=-1).tolist())
+    tracks = set(features["track"].astype(str)) - {NO_TRACK}
+    codes = features["node"].cat.codes.to_numpy()
+    nodes = [dict(zip(codes[rows].tolist(), mine.data[rows, -2:]))
+             for rows in features.groupby("instance").indices.values()]  # fmt: skip
+    chosen = []
+    predicted_codes = predicted.features["node"].cat.codes.to_numpy()
+    for instance, rows in predicted.features.groupby("instance").indices.items():
+        track = str(predicted.features["track"].iloc[rows[0]])
+        if int(instance) in made_from or track in tracks:
+            continue
+        points = dict(zip(predicted_codes[rows].tolist(), predicted.data[rows, -2:]))
+        xy = np.array(list(points.values()))
+        size = float(np.linalg.norm(xy.max(axis=0) - xy.min(axis=0)))
+        near = False
+        for other in nodes:
+            common = [n for n in points if n in other]
+            if common:
+                gaps = [np.linalg.norm(points[n] - other[n]) for n in common]
+                near = near or float(np.median(gaps)) <= max(SAME_ANIMAL * size, 1.0)
+        if not near:
+            chosen.append(int(instance))
+    return chosen
 
 
 def _redraw(viewer: napari.Viewer, layer: napari.layers.Points, binding: PoseBinding) -> None:

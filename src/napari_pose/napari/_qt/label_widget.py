@@ -112,7 +112,8 @@ class LabelWidget(ScrollingDock):
         buttons = {
             "new_instance": "New instance (n)", "delete_instance": "Delete instance (x)",
             "toggle_occluded": "Occluded (o)", "copy_previous_frame": "Copy previous frame (c)",
-            "use_prediction": "Prediction -> label (u)", "undo": "Undo (Ctrl+Z)",
+            "use_prediction": "Prediction -> label (u)",
+            "accept_proposals": "Accept all predictions (Shift+U)", "undo": "Undo (Ctrl+Z)",
         }  # fmt: skip
         self.buttons = {name: PushButton(label="", text=text) for name, text in buttons.items()}
         self.set_track_button = PushButton(label="", text="Set track of instance")
@@ -122,6 +123,14 @@ class LabelWidget(ScrollingDock):
             1: PushButton(label="", text="Forward (k)"),
             -1: PushButton(label="", text="Back (Shift+K)"),
         }
+        self.propose_model = FileEdit(
+            label="propose from model", mode=FileDialogMode.EXISTING_DIRECTORY,
+            tooltip="a model package: its instances appear on each unlabelled frame you step to, "
+                    "as predictions to accept (Shift+U all, u or double click one); empty: off",
+        )  # fmt: skip
+        self.propose_message = Label(label="", value="", visible=False)
+        self.propose_message.native.setWordWrap(True)
+        self._propose_problem = ""  # why the chosen folder is no model package, or nothing
         self.save = PushButton(label="", text="Save labels")
         self.restore = PushButton(label="", text="Restore autosave", visible=False)
         self.color_by = ComboBox(label="colour by", choices=["node", "track", "instance"])
@@ -159,6 +168,7 @@ class LabelWidget(ScrollingDock):
         suggest = Container(widgets=[self.method, self.suggest_model, self.n_suggestions,
                                      self.suggest, self.progress, self.suggest_message])  # fmt: skip
         self.suggest_message.native.setWordWrap(True)
+        propose_section = Container(widgets=[self.propose_model, self.propose_message])
         display = Container(widgets=[self.color_by, self.names])
         check: Container[Widget] = Container(widgets=[self.check, self.check_summary])
         check.native.layout().addWidget(self.flag_list)
@@ -177,6 +187,7 @@ class LabelWidget(ScrollingDock):
         self.sections = {
             "start": collapsible(body, "Start labelling an image", start),
             "tracks": collapsible(body, "Tracks", tracks),
+            "propose": collapsible(body, "Propose from a model", propose_section),
             "suggest": collapsible(body, "Suggest frames to label", suggest),
             "check": collapsible(body, "Check labels", check),
             "display": collapsible(body, "Display", display),
@@ -193,6 +204,7 @@ class LabelWidget(ScrollingDock):
             button.clicked.connect(lambda *_, name=name: self._act(name))
         self.set_track_button.clicked.connect(self._set_track)
         self.propagate_frames.changed.connect(self._propagate_frames_picked)
+        self.propose_model.changed.connect(self._propose_model_picked)
         for direction, button in self.propagate_buttons.items():
             button.clicked.connect(lambda *_, d=direction: self.propagate(d))
         self.save.clicked.connect(lambda: self.save_labels())  # not with the button state
@@ -262,6 +274,9 @@ class LabelWidget(ScrollingDock):
         self.labeller = labeller = Labeller(self._viewer, layer, on_edit=session.mark_edited)
         labeller.propagate_frames = int(self.propagate_frames.value)
         labeller.changed.connect(self._refresh)
+        folder = self._proposal_model()
+        if folder is not None:
+            labeller.propose_from(folder)
         self._viewer.layers.selection.active = layer
         self.node.reset_choices()
         self.track.reset_choices()
@@ -319,6 +334,31 @@ class LabelWidget(ScrollingDock):
             show_warning("no labels layer: open a project or start labelling an image")
             return 0
         return self.labeller.propagate(int(self.propagate_frames.value), direction)
+
+    def _proposal_model(self) -> Path | None:
+        """The "propose from model" folder when it is a model package (``None``: empty, or
+        not a package, which ``_refresh`` then says)."""
+        from napari_pose.core.errors import PoseFileError
+        from napari_pose.nn.inference import trained_animals
+
+        value = self.propose_model.value
+        folder = value if isinstance(value, Path) and str(value) not in ("", ".") else None
+        self._propose_problem = ""
+        if folder is None:
+            return None
+        try:
+            trained_animals(folder)  # reads its config only: quick, before any weights load
+        except (PoseFileError, OSError) as error:
+            self._propose_problem = f"not a model package: {' '.join(str(error).split())}"
+            return None
+        return folder
+
+    def _propose_model_picked(self, event=None) -> None:
+        """Propose from the chosen model (the model loads with the first frame, in a worker)."""
+        folder = self._proposal_model()
+        if self.labeller is not None:
+            self.labeller.propose_from(folder)
+        self._refresh()
 
     def _color_by(self, feature: str) -> None:
         if self.labeller is not None:
@@ -542,6 +582,10 @@ class LabelWidget(ScrollingDock):
 
     def _refresh(self, event=None) -> None:
         labeller, session = self.labeller, self.session  # bound together
+        problem = self._propose_problem or (labeller.proposer.error if labeller else None) or ""
+        if problem != self.propose_message.value:
+            self.propose_message.value = problem
+            self.propose_message.visible = bool(problem)
         if labeller is None or session is None:
             self.status.value = "no labels layer: open a project or start one on an image"
             return
