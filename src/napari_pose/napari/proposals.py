@@ -33,6 +33,13 @@ from napari_pose.core.pose_arrays import PoseArrays
 if TYPE_CHECKING:
     from napari_pose.nn.inference import Predictor
 
+#: PyTorch threads of a proposal. One: a pass split over two threads waits at every layer for
+#: the slower, and while labelling the other core is rarely free (napari drawing, decoding,
+#: training, a benchmark). On clip.mp4 with the small top-down preset and a benchmark busy on
+#: both cores, one thread took 30-42 ms a frame (median), two 84-1100 ms with stalls to 1.4 s
+#: (docs/labelling.md).
+THREADS = 1
+
 
 class FrameSource(Protocol):
     """Frames read one at a time by index (``labelling.PlaneFrames``)."""
@@ -43,8 +50,8 @@ class FrameSource(Protocol):
 def load_model(folder: str | Path) -> Predictor:
     """The model package at ``folder`` for posing one frame at a time on the CPU.
 
-    One frame is one batch, which ``Predictor`` runs in the calling thread on every PyTorch
-    thread, for the lowest latency; the GPU, if any, is left to training or the Predict dock.
+    One frame is one batch, which ``Predictor`` runs in the calling thread (the worker, on
+    ``THREADS`` PyTorch threads); the GPU, if any, is left to training or the Predict dock.
     """
     from napari_pose.nn.inference import PredictConfig, Predictor
 
@@ -85,6 +92,10 @@ def propose(predictor: Predictor | None, folder: Path, frames: FrameSource, fram
         ``None`` and one line saying why. Proposing is an aid while clicking: a failure turns
         it off with that line in the dock rather than a traceback per frame.
     """
+    import torch
+
+    threads = torch.get_num_threads()  # per thread: the worker's, restored for its next work
+    torch.set_num_threads(THREADS)
     try:
         predictor = predictor if predictor is not None else load_model(folder)
         image = np.asarray(frames[frame])
@@ -92,6 +103,8 @@ def propose(predictor: Predictor | None, folder: Path, frames: FrameSource, fram
     except Exception as error:  # any failure is one message, see above
         text = " ".join(str(error).split()) or type(error).__name__
         return None, None, f"could not propose from {folder.name}: {text}"
+    finally:
+        torch.set_num_threads(threads)
 
 
 class Proposer:
