@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import napari
 import numpy as np
@@ -42,6 +42,9 @@ from napari_pose.napari.convert import (
 from napari_pose.napari.session import ProjectSession, session_of
 from napari_pose.napari.styles import node_colors, symbols
 from napari_pose.napari.sync import attach, pose_points_layers
+
+if TYPE_CHECKING:
+    from napari.qt.threading import FunctionWorker
 
 Mode = Literal["label", "move"]
 
@@ -367,7 +370,7 @@ class Labeller:
         layers = [self.layer, self._predictions_layer()]
         return not any(_holds(layer, plane) for layer in layers if layer is not None)
 
-    def propose_here(self):
+    def propose_here(self) -> FunctionWorker | None:
         """Start posing the frame shown, when proposing is on, the model has not posed it yet,
         it needs proposals and no other prediction runs (the one running, when it ends, starts
         the frame shown then). Returns the worker, or ``None`` when none was started."""
