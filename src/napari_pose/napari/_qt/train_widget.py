@@ -2,7 +2,9 @@
 
 Thin by design: ``nn.train.train`` does all the work and is a generator of ``Progress``, so the
 widget only runs it in a ``thread_worker`` (napari stays responsive) and shows what it yields.
-The CLI drives the same generator, so both give identical models.
+The CLI drives the same generator, so both give identical models. *Retrain and predict* runs
+one round of the labelling loop the same way: ``napari.rounds.run_round`` is the generator,
+and the dock merges the predictions and suggestions it yields into the project.
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ from qtpy.QtGui import QColor, QPainter, QPaintEvent, QPalette, QPen, QPolygonF
 from qtpy.QtWidgets import QWidget
 
 from napari_pose.core.io import load_labels
+from napari_pose.napari import rounds
 from napari_pose.napari._qt.layout import ScrollingDock
-from napari_pose.napari.session import projects
+from napari_pose.napari.convert import POSE_KEY
+from napari_pose.napari.labelling import PlaneFrames, image_of
+from napari_pose.napari.session import ProjectSession, projects
 from napari_pose.nn.train import Progress, TrainConfig, summarise, train
 
 #: ``auto`` lets ``train`` choose from the labels (one animal per frame: single instance).
@@ -147,6 +152,18 @@ def _run_training(source: sio.Labels | Path, out: Path, config: TrainConfig,
     return None
 
 
+@thread_worker
+def _run_round(steps: Generator[rounds.RoundProgress, None, rounds.RoundResult],
+               ) -> Generator[rounds.RoundProgress, None, rounds.RoundResult | str]:  # fmt: skip
+    """Run a round in a worker thread; problems with the input are returned as one message,
+    as ``_run_training`` does."""
+    try:
+        result = yield from steps
+    except (ValueError, OSError) as error:
+        return str(error)
+    return result
+
+
 class TrainWidget(ScrollingDock):
     """Train a pose model on an open project (or a labels file) while napari stays usable."""
 
@@ -172,6 +189,14 @@ class TrainWidget(ScrollingDock):
             "be the project's). Empty: train from scratch."
         )
         self.start_button = PushButton(label="", text="Start")
+        self.round_button = PushButton(label="", text="Retrain and predict")
+        self.round_button.tooltip = (
+            "One round of the labelling loop: continue training the latest model (the one last "
+            "trained or chosen here; none: from scratch) on the project's labels as they are "
+            "now, into a new folder <model>-round-N beside it; predict the suggested frames "
+            "with it and merge them into the predictions; add the frames it is least sure of "
+            "to the suggestions. Labelling meanwhile is safe: your instances are never touched."
+        )
         self.cancel_button = PushButton(label="", text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
         self.status = Label(label="status", value="")
@@ -179,7 +204,7 @@ class TrainWidget(ScrollingDock):
         self.predict_button = PushButton(label="", text="Predict with this model", enabled=False)
         self.body.extend([self.project, self.labels_file, self.pipeline, self.preset, self.time_limit,
                      self.epochs, self.device, self.start_from, self.output, self.start_button,
-                     self.cancel_button, self.progress, self.status, self.results,
+                     self.round_button, self.cancel_button, self.progress, self.status, self.results,
                      self.predict_button])  # fmt: skip
         for text in (self.status, self.results):
             text.native.setWordWrap(True)  # a long message wraps rather than widens the dock
@@ -188,7 +213,11 @@ class TrainWidget(ScrollingDock):
         self.worker: GeneratorWorker | None = None  # the running training
         self._stop = threading.Event()
         self._out: Path | None = None
+        self._latest: Path | None = None  # the model last trained or chosen: a round's start
+        self._round: tuple[ProjectSession, int] | None = None  # the running round's target
         self.start_button.clicked.connect(self.start)
+        self.round_button.clicked.connect(self.retrain_and_predict)
+        self.start_from.changed.connect(self._chose_start)
         self.cancel_button.clicked.connect(self.cancel)
         self.predict_button.clicked.connect(self.open_predict)
         viewer.layers.events.inserted.connect(self.project.reset_choices)
@@ -220,23 +249,75 @@ class TrainWidget(ScrollingDock):
         else:
             show_error("open a pose project or choose a labels file to train on")
             return
-        config = TrainConfig(
+        self._begin(out)
+        self.worker = _run_training(source, out, self._config(), self._stop, labels_path,
+                                    self._chosen(self.start_from))  # fmt: skip
+        self.worker.yielded.connect(self._show)
+        self.worker.returned.connect(self._returned)
+        self.worker.finished.connect(self._finished)
+        self.worker.start()
+
+    def _config(self) -> TrainConfig:
+        return TrainConfig(
             pipeline=None if self.pipeline.value == "auto" else self.pipeline.value,
             preset=self.preset.value,
             epochs=int(self.epochs.value),
             time_limit=float(self.time_limit.value) or None,
             device=self.device.value,
         )
+
+    def _begin(self, out: Path) -> None:
+        """The dock's state while a run (training or a round) writing ``out`` goes on."""
         self._stop = threading.Event()
         self.predict_button.enabled = False
         self.plot.clear()
         self.progress.value, self.status.value, self.results.value = 0, "starting", ""
-        self.start_button.enabled, self.cancel_button.enabled = False, True
+        self.progress.label = "progress"
+        self.start_button.enabled, self.round_button.enabled = False, False
+        self.cancel_button.enabled = True
         self._out = out
-        self.worker = _run_training(source, out, config, self._stop, labels_path,
-                                    self._chosen(self.start_from))  # fmt: skip
-        self.worker.yielded.connect(self._show)
-        self.worker.returned.connect(self._returned)
+
+    def _chose_start(self, _value=None) -> None:
+        chosen = self._chosen(self.start_from)
+        if chosen is not None:
+            self._latest = chosen
+
+    def latest_model(self) -> Path | None:
+        """The model a round continues from: the one last trained or chosen in the dock."""
+        return self._latest if self._latest is not None else self._chosen(self.start_from)
+
+    def retrain_and_predict(self) -> None:
+        """Run one round of the labelling loop on the chosen project (``napari.rounds``): what
+        the *Retrain and predict* button does."""
+        session = self._projects.listed().get(self.project.value)
+        if session is None or not session.user_layers():
+            show_error("open a pose project: a round trains on its labels and writes into it")
+            return
+        latest = self.latest_model()
+        base = latest or self._chosen(self.output)
+        if base is None and session.path is not None:
+            base = session.path.parent / "models" / "model"
+        if base is None:
+            show_error("choose an output folder: the round's model goes beside it")
+            return
+        layer = session.user_layers()[0]
+        binding = layer.metadata[POSE_KEY]
+        image = image_of(self._viewer, layer)
+        if image is None:
+            show_error("no image layer of this project to predict frames from")
+            return
+        out = rounds.round_folder(base)
+        snapshot = session.current()  # what the round trains on: edits meanwhile wait
+        self._begin(out)
+        steps = rounds.run_round(
+            snapshot, PlaneFrames(image, binding.plane_shape), binding.video, out, self._config(),
+            start_from=latest, stop=self._stop,
+            labels_path=None if session.path is None else str(session.path),
+        )  # fmt: skip
+        self._round = (session, binding.video)
+        self.worker = _run_round(steps)
+        self.worker.yielded.connect(self._show_round)
+        self.worker.returned.connect(self._round_returned)
         self.worker.finished.connect(self._finished)
         self.worker.start()
 
@@ -257,10 +338,51 @@ class TrainWidget(ScrollingDock):
         if progress.stage in ("done", "cancelled", "incomplete"):
             self.results.value = self._summary(progress)
             self.predict_button.enabled = progress.stage == "done"
+            if progress.stage == "done" and self._out is not None:
+                self._latest = self._out
         elif progress.validation is not None:
             self.plot.add_epoch(progress.validation)
         elif progress.loss is not None:
             self.plot.add_step(progress.loss)
+
+    def _show_round(self, progress: rounds.RoundProgress) -> None:
+        """A round's progress: one bar named by the phase; what it found goes into the project
+        it started on (if that is still open), as it arrives."""
+        self.progress.label = progress.phase
+        self.progress.value = max(self.progress.value, round(100 * progress.fraction))
+        self.status.value = progress.message
+        if progress.train is not None and progress.train.stage not in ("done", "cancelled",
+                                                                       "incomplete"):  # fmt: skip
+            if progress.train.validation is not None:
+                self.plot.add_epoch(progress.train.validation)
+            elif progress.train.loss is not None:
+                self.plot.add_step(progress.train.loss)
+        if self._round is None or not self._round[0].is_open:
+            return
+        session, video = self._round
+        if progress.predictions is not None:
+            try:
+                n = rounds.merge_predictions(session, video, progress.predictions, self._out or "")
+            except ValueError as error:
+                show_error(str(error))
+                return
+            self.results.value = f"{n} predicted instances merged"
+        if progress.suggestions is not None:
+            added = rounds.add_suggestions(session, video, progress.suggestions)
+            self.results.value = f"{self.results.value}; {added} new suggestions"
+
+    def _round_returned(self, result: rounds.RoundResult | str) -> None:
+        if isinstance(result, str):
+            self.status.value = "failed"
+            show_error(result)
+            return
+        if result.status == "done":
+            self._latest = self._out = result.model
+            self.predict_button.enabled = True
+            self.results.value = f"{self.results.value}\nmodel: {result.model}"
+        else:
+            self.results.value = (f"{result.status}: the previous model is unchanged; "
+                                  f"the unfinished one is in {result.model}")  # fmt: skip
 
     def _summary(self, progress: Progress) -> str:
         """The outcome for the results field: the validation figures (or, when the model found
@@ -278,6 +400,7 @@ class TrainWidget(ScrollingDock):
             show_error(problem)
 
     def _finished(self) -> None:
-        self.worker = None
-        self.start_button.enabled, self.cancel_button.enabled = True, False
+        self.worker, self._round = None, None
+        self.start_button.enabled, self.round_button.enabled = True, True
+        self.cancel_button.enabled = False
         self.plot.update()
