@@ -18,7 +18,9 @@ from napari_pose.core.pose_arrays import concat
 from napari_pose.core.synthetic import make_synthetic, to_labels, write_video
 from napari_pose.napari import rounds
 from napari_pose.napari.convert import POSE_KEY
-from napari_pose.napari.labelling import PlaneFrames, _redraw, image_of
+from napari_pose.napari.drawing import redraw
+from napari_pose.napari.labelling import PlaneFrames, image_of
+from napari_pose.napari.predictions import merge_predictions
 from napari_pose.nn import package
 
 SUGGESTED = [12, 16, 20]
@@ -99,7 +101,7 @@ def _drive(steps, session, before_merge=None):
         if progress.predictions is not None:
             if before_merge is not None:
                 before_merge()
-            rounds.merge_predictions(session, 0, progress.predictions)
+            merge_predictions(session, 0, progress.predictions, skip_labelled=True)
         if progress.suggestions is not None:
             rounds.add_suggestions(session, 0, progress.suggestions)
 
@@ -177,7 +179,7 @@ def test_two_rounds_train_predict_and_suggest_keeping_user_instances(tmp_path):
         added = attrs.evolve(arrays.select(np.array([0])), frame=np.array([12]),
                              instance_id=np.array([999]))  # fmt: skip
         binding.arrays = concat([arrays, added]).sorted()
-        _redraw(viewer, user, binding)
+        redraw(viewer, user, binding)
 
     on_12 = _predictions_on(session, 12)
     snapshot = session.current()

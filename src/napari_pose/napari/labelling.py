@@ -27,18 +27,11 @@ from napari_pose.napari import proposals as prop
 from napari_pose.napari.convert import (
     NO_TRACK,
     POSE_KEY,
-    TRACKS_KEY,
-    WINDOW_THRESHOLD,
     PoseBinding,
-    TracksBinding,
     arrays_to_points,
-    edges_layer,
-    points_layer,
     track_colors,
-    tracks_layer,
-    video_name,
-    window_around,
 )
+from napari_pose.napari.drawing import add_pose_layers, redraw, refresh_tracks_layer
 from napari_pose.napari.session import ProjectSession, session_of
 from napari_pose.napari.styles import node_colors, symbols
 from napari_pose.napari.sync import attach, pose_points_layers
@@ -335,7 +328,7 @@ class Labeller:
         proposals.instance_id[:] = first_id + np.arange(len(proposals))
         proposals.tracks = list(binding.labels.tracks)
         target.arrays = concat([old.select(~replaced), proposals]).sorted()
-        _redraw(self.viewer, layer, target)
+        redraw(self.viewer, layer, target)
         for points in pose_points_layers(self.viewer):  # a track made while labelling is new
             if points.metadata[POSE_KEY].labels is binding.labels:
                 points.border_color_cycle = track_colors(len(binding.labels.tracks))
@@ -430,7 +423,7 @@ class Labeller:
                                    ) + np.arange(len(found))  # fmt: skip
         found.tracks = list(binding.labels.tracks)
         target.arrays = concat([old, found]).sorted()
-        _redraw(self.viewer, layer, target)
+        redraw(self.viewer, layer, target)
         if self.on_edit is not None:
             self.on_edit()
         self.changed.emit()
@@ -439,17 +432,11 @@ class Labeller:
     def _add_predictions_layer(self) -> napari.layers.Points:
         """An empty predictions layer (and its skeleton edges) of this layer's project and
         video, where this layer lies, as the reader makes one for a file with predictions."""
-        binding, layer = self.binding, self.layer
+        binding = self.binding
         labels = binding.labels
         empty = PoseArrays.empty(binding.arrays.skeleton, labels.videos, labels.tracks)
         predictions = PoseBinding(labels, empty, binding.video, True, binding.plane_shape)
-        added = []
-        for data, kwargs, kind in (points_layer(predictions), edges_layer(predictions)):
-            kwargs.update(scale=layer.scale, translate=layer.translate,
-                          axis_labels=layer.axis_labels)  # fmt: skip
-            added.append(getattr(self.viewer, f"add_{kind}")(data, **kwargs))
-        self.viewer.layers.selection.active = layer  # keys and clicks stay on the labels
-        return added[0]
+        return add_pose_layers(self.viewer, predictions, like=self.layer)
 
     def go_to_plane(self, plane: tuple[int, ...]) -> None:
         go_to_plane(self.viewer, self.layer, plane)
@@ -611,21 +598,6 @@ def unclaimed(predicted: lab.PointTable, user: lab.PointTable, plane: tuple[int,
     return chosen
 
 
-def _redraw(viewer: napari.Viewer, layer: napari.layers.Points, binding: PoseBinding) -> None:
-    """Show ``binding.arrays`` in ``layer`` (a window of frames once it is large), its skeleton
-    edges too, with data events blocked: the caller reports the edit."""
-    sync = attach(viewer)
-    n_points = int(np.isfinite(binding.arrays.xy[..., 0]).sum())
-    if binding.window is None and n_points > WINDOW_THRESHOLD:
-        binding.window = window_around(sync.current_frame(layer))
-    data, features = arrays_to_points(binding.arrays.select(binding.shown_rows()), binding)
-    with layer.events.data.blocker():
-        layer.data = data
-        layer.features = features
-        layer.symbol = symbols(features["visible"].to_numpy(bool))
-    sync.refresh(layer)
-
-
 def image_of(viewer: napari.Viewer, layer: napari.layers.Points) -> napari.layers.Image | None:
     """The image layer a labels layer annotates: same video name, or the only image."""
     images = [l for l in viewer.layers if isinstance(l, napari.layers.Image)]
@@ -645,40 +617,6 @@ def go_to_frame(viewer: napari.Viewer, layer: napari.layers.Points, frame: int) 
     """Show ``frame`` of ``layer``'s video (a plane of a stack, for stacks)."""
     plane_shape = layer.metadata[POSE_KEY].plane_shape
     go_to_plane(viewer, layer, tuple(int(v) for v in np.unravel_index(int(frame), plane_shape)))
-
-
-def refresh_tracks_layer(session: ProjectSession, video: int) -> None:
-    """Redraw the trajectories of one video of a project from its Points layers.
-
-    Trajectories are drawn from the layers' bindings, not from layer events, so whatever
-    rewrites those bindings (an identity edit, a merge of predictions) calls this. The Tracks
-    layer is added when the video becomes tracked, removed when nothing is tracked any more,
-    and bound to the video's Points layers as they are now: a predictions layer added since (a
-    merge) is drawn too, and a layer grown past the window threshold windows the trajectories.
-    """
-    viewer, labels = session.viewer, session.labels
-    points = [layer for layer in session.points_layers()
-              if layer.metadata[POSE_KEY].video == video]  # fmt: skip
-    bindings = [layer.metadata[POSE_KEY] for layer in points]
-    shown = [layer for layer in viewer.layers if TRACKS_KEY in layer.metadata
-             and any(b in layer.metadata[TRACKS_KEY].bindings for b in bindings)]  # fmt: skip
-    binding = shown[0].metadata[TRACKS_KEY] if shown else TracksBinding(bindings)
-    binding.bindings = bindings
-    if binding.window is None and any(b.window is not None for b in bindings):
-        binding.window = window_around(attach(viewer).current_frame(points[0]))
-    made = tracks_layer(binding, video_name(labels.videos[video]))
-    if made is None:
-        for layer in shown:
-            viewer.layers.remove(layer)
-    elif shown:
-        for layer in shown:
-            layer.colormaps_dict = made[1]["colormaps_dict"]
-            layer.data = made[0]
-    else:
-        data, kwargs, _ = made
-        n_axes = data.shape[1] - 1
-        kwargs.update(scale=points[0].scale[:n_axes], translate=points[0].translate[:n_axes])
-        viewer.add_tracks(data, **kwargs)
 
 
 def change_nodes(session: ProjectSession, edit) -> None:

@@ -14,7 +14,8 @@ The *Train model* dock's *Retrain and predict* button runs ``run_round`` in a wo
 This module is Qt-free. The generator yields ``RoundProgress``; the predictions (after phase 2)
 and the model's suggestions (after phase 3) ride on it, and whoever drives the generator writes
 them into the project *in the thread that owns the layers* (napari's: a worker's ``yielded``
-signal is delivered there) with ``merge_predictions`` and ``add_suggestions``. Both read the
+signal is delivered there) with ``predictions.merge_predictions`` (``skip_labelled``) and
+``add_suggestions``. Both read the
 project's layers as they are at that moment, so what the user labelled during the round is
 kept: user instances are never touched, and frames that got user instances meanwhile get no
 predictions. A stop event ends training within about a step (``train``'s own) and prediction
@@ -31,20 +32,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
-import napari
 import numpy as np
 import sleap_io as sio
 
 from napari_pose.core import suggestions as sg
-from napari_pose.core.pose_arrays import PoseArrays, labels_to_arrays, replace_frames
-from napari_pose.napari.convert import (
-    POSE_KEY,
-    PoseBinding,
-    edges_layer,
-    points_layer,
-    track_colors,
-)
-from napari_pose.napari.labelling import _redraw, refresh_tracks_layer
+from napari_pose.core.pose_arrays import PoseArrays, labels_to_arrays
 
 if TYPE_CHECKING:
     from napari_pose.napari.session import ProjectSession
@@ -256,49 +248,6 @@ def run_round(
 
 
 # ---------------------------------------------------------------------- writing into the project
-def merge_predictions(session: ProjectSession, video: int, predictions: PoseArrays,
-                      model: str | Path = "the model") -> int:  # fmt: skip
-    """Merge a round's predictions into the project's predictions layer of ``video``, as the
-    *Predict* dock merges: the layer's older predictions on the frames predicted are replaced,
-    the others kept; the layer (and its skeleton edges) is added when the project has none.
-
-    Runs in the thread that owns the layers and reads them as they are now: user instances
-    are never touched, and frames that got user instances since the round started get no
-    predictions. Returns the number of instances merged.
-
-    Raises:
-        ValueError: The model's nodes are not the project's.
-    """
-    from napari_pose.nn.inference import in_project, skeleton_mismatch
-
-    labels = session.labels
-    skeleton = labels.skeletons[0]
-    problem = skeleton_mismatch(model, predictions.skeleton.node_names, session.name,
-                                skeleton.node_names)  # fmt: skip
-    if problem is not None:
-        raise ValueError(problem)
-    layers = session.points_layers()
-    merged = [layer.metadata[POSE_KEY].merged(layer.data, layer.features) for layer in layers]
-    user = [a for layer, a in zip(layers, merged, strict=True)
-            if not layer.metadata[POSE_KEY].predicted]  # fmt: skip
-    taken = np.concatenate([a.frame[a.video == video] for a in user] or [np.zeros(0, np.int64)])
-    predictions = predictions.select(~np.isin(predictions.frame, taken))
-    if not len(predictions):
-        return 0
-    first_id = max((int(a.instance_id.max(initial=-1)) for a in merged), default=-1) + 1
-    new = in_project(predictions, skeleton, labels.videos, labels.tracks, first_id, video=video)
-    labels.tracks.extend(new.tracks[len(labels.tracks) :])  # every layer shares the list
-    target = _predictions_layer(session, video)
-    binding: PoseBinding = target.metadata[POSE_KEY]
-    binding.arrays = replace_frames(binding.merged(target.data, target.features), new)
-    _redraw(session.viewer, target, binding)
-    for points in session.points_layers():  # the merge may add tracks
-        points.border_color_cycle = track_colors(len(labels.tracks))
-    refresh_tracks_layer(session, video)
-    session.mark_edited()
-    return len(new)
-
-
 def add_suggestions(session: ProjectSession, video: int, found: list[Suggestion]) -> int:
     """Add the frames a round's model is least sure of to the project's suggestions
     (``core.suggestions.merge_suggestions``: frames already suggested are skipped); returns
@@ -309,24 +258,3 @@ def add_suggestions(session: ProjectSession, video: int, found: list[Suggestion]
     if added:
         session.mark_edited()
     return len(added)
-
-
-def _predictions_layer(session: ProjectSession, video: int) -> napari.layers.Points:
-    """The project's predictions layer of ``video``; one (with its skeleton edges) is added
-    where the video's user labels lie, as the reader makes one, when there is none."""
-    layers = session.points_layers()
-    for layer in layers:
-        binding = layer.metadata[POSE_KEY]
-        if binding.predicted and binding.video == video:
-            return layer
-    user = next(l for l in layers if l.metadata[POSE_KEY].video == video)
-    binding, labels = user.metadata[POSE_KEY], session.labels
-    empty = PoseArrays.empty(labels.skeletons[0], labels.videos, labels.tracks)
-    predictions = PoseBinding(labels, empty, video, True, binding.plane_shape)
-    viewer = session.viewer
-    added = []
-    for data, kwargs, kind in (points_layer(predictions), edges_layer(predictions)):
-        kwargs.update(scale=user.scale, translate=user.translate, axis_labels=user.axis_labels)
-        added.append(getattr(viewer, f"add_{kind}")(data, **kwargs))
-    viewer.layers.selection.active = user  # keys and clicks stay on the labels
-    return added[0]

@@ -45,38 +45,27 @@ from napari.qt.threading import GeneratorWorker, thread_worker
 from napari.utils.notifications import show_error, show_warning
 
 from napari_pose.core.io import save_labels
-from napari_pose.core.labelling import PointTable, next_instance_id
 from napari_pose.core.pose_arrays import PoseArrays, replace_frames
 from napari_pose.core.skeleton import load_skeleton
 from napari_pose.napari._qt.layout import ScrollingDock
 from napari_pose.napari.convert import (
     EDGES_KEY,
     POSE_KEY,
-    WINDOW_THRESHOLD,
     PoseBinding,
-    arrays_to_points,
-    edges_layer,
     layers_to_labels,
-    points_layer,
-    track_colors,
     video_name,
-    window_around,
 )
-from napari_pose.napari.labelling import (
-    PlaneFrames,
-    refresh_tracks_layer,
-)
+from napari_pose.napari.drawing import add_pose_layers, redraw
+from napari_pose.napari.labelling import PlaneFrames
+from napari_pose.napari.predictions import check_model_skeleton, merge_predictions
 from napari_pose.napari.session import ProjectSession, projects
-from napari_pose.napari.styles import symbols
 from napari_pose.napari.sync import attach
 from napari_pose.nn.inference import (
     Crowding,
     PredictConfig,
     Predictor,
-    in_project,
     predict_video,
     predictions_to_arrays,
-    skeleton_mismatch,
     trained_animals,
 )
 from napari_pose.nn.package import SKELETON_FILE
@@ -163,14 +152,6 @@ def check_plane_axes(text: str, image: Image) -> str:
                          f"(shape {plane_shape(image)}); give one distinct letter each, 'T' for "
                          "time and e.g. 'Z' for depth")  # fmt: skip
     return axes
-
-
-def free_instance_id(layers: list[Points]) -> int:
-    """An instance id that no instance of the pose ``layers`` has, saved or on screen."""
-    floor = 1 + max(int(layer.metadata[POSE_KEY].arrays.instance_id.max(initial=-1))
-                    for layer in layers)  # fmt: skip
-    tables = [PointTable(np.asarray(layer.data), layer.features) for layer in layers]
-    return next_instance_id(*tables, floor=floor)
 
 
 def confidence_map_arrays(predictor: Predictor, image: Image) -> dict[str, da.Array]:
@@ -430,7 +411,7 @@ class PredictWidget(ScrollingDock):
                             else load_skeleton(folder / SKELETON_FILE))  # fmt: skip
                 found = project_video(self._viewer, image)
                 assert found is not None  # ``_frames`` found the project's frames above
-                self._check_skeleton(folder, skeleton, found[0])
+                check_model_skeleton(found[0], folder, skeleton.node_names)
         except ValueError as error:  # PoseFileError too: a model folder without a skeleton
             show_error(str(error))
             return
@@ -504,7 +485,7 @@ class PredictWidget(ScrollingDock):
                 self.predictions_layer, self._origin = layer, (run.image, run.model)
                 return layer, binding.merged(layer.data, layer.features)
         binding = self._new_binding(run.image, skeleton)
-        self.predictions_layer = self._add_layers(run.image, binding, name)
+        self.predictions_layer = add_pose_layers(self._viewer, binding, run.image, name)
         self._origin = (run.image, run.model)
         return self.predictions_layer, binding.arrays
 
@@ -522,20 +503,6 @@ class PredictWidget(ScrollingDock):
         labels = sio.Labels(videos=[video], skeletons=[skeleton])
         return PoseBinding(labels, PoseArrays.empty(skeleton, labels.videos, []), 0, True, planes)
 
-    def _add_layers(self, image: Image, binding: PoseBinding, name: str | None = None) -> Points:
-        """Add ``binding``'s Points layer and its skeleton edges where ``image`` lies (its scale,
-        offset and axis names), named ``name`` or, by default, as a project's layers are."""
-        n_axes = len(binding.plane_shape) + 2
-        added = []
-        for (data, kwargs, kind), suffix in ((points_layer(binding), ""),
-                                             (edges_layer(binding), " skeleton")):  # fmt: skip
-            kwargs.update(scale=image.scale[:n_axes], translate=image.translate[:n_axes],
-                          axis_labels=image.axis_labels[:n_axes])  # fmt: skip
-            if name is not None:
-                kwargs["name"] = name + suffix
-            added.append(getattr(self._viewer, f"add_{kind}")(data, **kwargs))
-        return added[0]
-
     def _draw(self, run: _Run) -> None:
         """Show everything predicted so far (and what the layer kept) in the predictions layer."""
         layer, kept = run.layer, run.kept
@@ -544,22 +511,8 @@ class PredictWidget(ScrollingDock):
         new = predictions_to_arrays(binding.arrays.skeleton, binding.labels.videos,
                                     [(binding.video, f, p) for f, p in run.results])  # fmt: skip
         binding.arrays = replace_frames(kept, new)
-        self._show(layer, binding)
+        redraw(self._viewer, layer, binding)
         run.drawn_at = time.monotonic()
-
-    def _show(self, layer: Points, binding: PoseBinding) -> None:
-        """Redraw ``layer`` from ``binding.arrays`` (its frame window when it is large)."""
-        sync = attach(self._viewer)
-        n_points = np.isfinite(binding.arrays.xy[..., 0]).sum()
-        if binding.window is None and n_points > WINDOW_THRESHOLD:
-            binding.window = window_around(sync.current_frame(layer))
-        data, features = arrays_to_points(binding.arrays.select(binding.shown_rows()), binding)
-        with layer.events.data.blocker():
-            layer.data = data
-            layer.features = features
-            layer.symbol = symbols(features["visible"].to_numpy(bool))
-        layer.refresh()
-        sync.refresh(layer)
 
     def _track(self, layer: Points, plane_axes: str, animals: int) -> None:
         """Give the layer's predictions identities (``nn.tracking``), once a run has ended:
@@ -573,7 +526,7 @@ class PredictWidget(ScrollingDock):
         if self.refine_box.value and len(binding.plane_shape) <= 1:  # a stack's planes: no
             binding.arrays = refine_tracks(binding.arrays)
         binding.labels.tracks = list(binding.arrays.tracks)  # saving indexes the labels' tracks
-        self._show(layer, binding)
+        redraw(self._viewer, layer, binding)
         n_tracks = len(binding.arrays.tracks)
         self.status.value = f"{self.status.value}; {n_tracks} tracks"
 
@@ -620,56 +573,22 @@ class PredictWidget(ScrollingDock):
                        "predictions to a file")  # fmt: skip
             return False
         session, v = found
-        labels = session.labels
         predictions = layer.metadata[POSE_KEY].merged(layer.data, layer.features)
         try:
-            self._check_skeleton(model, predictions.skeleton, session)
-        except ValueError as error:
+            new = merge_predictions(session, v, predictions, model, like=image)
+        except ValueError as error:  # the model's nodes are not the project's
             show_error(str(error))
             return False
-        first_id = free_instance_id(session.points_layers())
-        new = in_project(predictions, labels.skeletons[0], labels.videos, labels.tracks, first_id,
-                         video=v)  # fmt: skip
-        labels.tracks.extend(new.tracks[len(labels.tracks) :])  # every layer shares the list
-        target = self._project_predictions(session, v, image)
-        binding: PoseBinding = target.metadata[POSE_KEY]
-        binding.arrays = replace_frames(binding.merged(target.data, target.features), new)
-        self._show(target, binding)
-        for points in session.points_layers():  # the merge may add tracks
-            points.border_color_cycle = track_colors(len(labels.tracks))
-        refresh_tracks_layer(session, v)
         self._remove(layer)
-        session.mark_edited()
         n_frames = len(np.unique(new.frame))
         self.status.value = (f"merged {len(new)} predicted instances on {n_frames} frames into "
                              f"{self._project_name(session)}")  # fmt: skip
         return True
 
-    def _check_skeleton(self, model: Path, skeleton: sio.Skeleton,
-                        session: ProjectSession) -> None:  # fmt: skip
-        """Refuse a model whose nodes are not the project's, saying which differ: its
-        predictions could not join the project."""
-        problem = skeleton_mismatch(model, skeleton.node_names, self._project_name(session),
-                                    session.labels.skeletons[0].node_names)  # fmt: skip
-        if problem is not None:
-            raise ValueError(problem)
-
     @staticmethod
     def _project_name(session: ProjectSession) -> str:
         """The project's file, or the name the other docks list it by when it has none yet."""
         return str(session.path or session.name)
-
-    def _project_predictions(self, session: ProjectSession, v: int, image: Image) -> Points:
-        """The project's predictions layer of video ``v``; one is added where ``image`` lies
-        (with its skeleton edges, as the reader makes it) when the project has none yet."""
-        labels, layers = session.labels, session.points_layers()
-        bindings = [layer.metadata[POSE_KEY] for layer in layers]
-        for layer, binding in zip(layers, bindings, strict=True):
-            if binding.predicted and binding.video == v:
-                return layer
-        user = next(binding for binding in bindings if binding.video == v)
-        empty = PoseArrays.empty(labels.skeletons[0], labels.videos, labels.tracks)
-        return self._add_layers(image, PoseBinding(labels, empty, v, True, user.plane_shape))
 
     def _remove(self, layer: Points) -> None:
         """Take this dock's predictions layer and its skeleton edges out of the viewer."""

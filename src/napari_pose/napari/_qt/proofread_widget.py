@@ -33,10 +33,8 @@ from napari_pose.core import proofreading as pr
 from napari_pose.core.pose_arrays import PoseArrays, labels_to_arrays
 from napari_pose.napari._qt.layout import ScrollingDock
 from napari_pose.napari.convert import POSE_KEY, PoseBinding, arrays_to_points, track_colors
-from napari_pose.napari.labelling import (
-    go_to_frame,
-    refresh_tracks_layer,
-)
+from napari_pose.napari.drawing import refresh_tracks_layer
+from napari_pose.napari.labelling import go_to_frame
 from napari_pose.napari.session import ProjectSession, projects
 from napari_pose.napari.sync import attach, pose_points_layers
 from napari_pose.nn.metrics import compare, match_videos, video_key

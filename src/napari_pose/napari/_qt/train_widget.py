@@ -39,6 +39,7 @@ from napari_pose.napari import rounds
 from napari_pose.napari._qt.layout import ScrollingDock
 from napari_pose.napari.convert import POSE_KEY
 from napari_pose.napari.labelling import PlaneFrames, image_of
+from napari_pose.napari.predictions import merge_predictions
 from napari_pose.napari.session import ProjectSession, projects
 from napari_pose.nn.train import Progress, TrainConfig, summarise, train
 
@@ -362,7 +363,8 @@ class TrainWidget(ScrollingDock):
         session, video = self._round
         if progress.predictions is not None:
             try:
-                n = rounds.merge_predictions(session, video, progress.predictions, self._out or "")
+                n = len(merge_predictions(session, video, progress.predictions, self._out or "",
+                                          skip_labelled=True))  # fmt: skip
             except ValueError as error:
                 show_error(str(error))
                 return
