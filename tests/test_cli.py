@@ -469,6 +469,8 @@ def recorded_runs(tmp_path, monkeypatch):
     def predict_one(video, model, config, frames=None, **kwargs):
         limits["detection"] = config.max_instances
         limits["flip_tta"] = config.flip_tta
+        if config.rotation_tta:
+            limits["rotation_tta"] = config.rotation_tta
         found = FramePrediction(np.ones((1, 1, 2), np.float32), np.ones((1, 1), np.float32),
                                 np.ones(1, np.float32))  # fmt: skip
         return predictions_to_arrays(sio.Skeleton(["head"]), [], [(0, 0, found)])
@@ -520,7 +522,7 @@ def test_two_numbers_of_animals_are_refused(recorded_runs, tmp_path, capsys):
 
 def test_flip_tta_and_refinement_reach_prediction_and_tracks(recorded_runs, tmp_path, capsys,
                                                              monkeypatch):  # fmt: skip
-    """``--flip-tta`` reaches the predictor; ``--refine`` refines the tracked poses, and asks
+    """``--flip-tta`` and ``--rotation-tta`` reach the predictor; ``--refine`` refines the tracked poses, and asks
     for ``--tracker`` (it works along tracks) before anything is predicted."""
     import napari_pose.nn.refine
 
@@ -528,8 +530,8 @@ def test_flip_tta_and_refinement_reach_prediction_and_tracks(recorded_runs, tmp_
     refined = []
     monkeypatch.setattr(napari_pose.nn.refine, "refine_tracks",
                         lambda arrays: refined.append(len(arrays)) or arrays)  # fmt: skip
-    assert main([*command, "--flip-tta", "--refine"]) == 0
-    assert limits["flip_tta"] and refined == [1]
+    assert main([*command, "--flip-tta", "--rotation-tta", "15", "--refine"]) == 0
+    assert limits["flip_tta"] and limits["rotation_tta"] == 15 and refined == [1]
     capsys.readouterr()
     no_tracker = [arg for arg in command if arg != "--tracker"]
     assert main([*no_tracker, "--refine", "-o", str(tmp_path / "q.slp")]) == 2

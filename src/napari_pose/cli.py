@@ -288,7 +288,8 @@ def _predict(args: argparse.Namespace) -> int:
     _check_writable(args.output)
     animals = _animals_per_frame(args)
     config = PredictConfig(batch_size=args.batch_size, peak_threshold=args.peak_threshold,
-                           max_instances=animals, flip_tta=args.flip_tta, device=args.device)  # fmt: skip
+                           max_instances=animals, flip_tta=args.flip_tta,
+                           rotation_tta=args.rotation_tta, device=args.device)  # fmt: skip
     if args.refine and not args.tracker:
         raise ValueError("--refine works along tracks: add --tracker")
     frames = parse_frames(args.frames) if args.frames else None
@@ -710,6 +711,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tracker", action="store_true", help="track the predictions")
     predict.add_argument("--flip-tta", action="store_true", help="also predict each frame "
                          "mirrored and average (test-time augmentation; twice the model time)")  # fmt: skip
+    predict.add_argument("--rotation-tta", type=float, default=0.0, metavar="DEGREES",
+                         help="also predict each frame turned by -/+ DEGREES and average "
+                         "(test-time augmentation; three times the model time; e.g. 15)")  # fmt: skip
     predict.add_argument("--merge", action="store_true", help="write the one .slp input with "
                          "the predictions in (older ones on those frames replaced)")  # fmt: skip
     _add_tracker_flags(predict)
