@@ -660,3 +660,28 @@ def test_model_suggestions_come_with_their_reasons(make_napari_viewer, qtbot, sa
     for frame in (5, 120):
         assert texts[frame].startswith(f"frame {frame}: ") and len(texts[frame]) > 12
     assert "least sure of" in widget.suggest_message.value
+
+
+def test_propose_from_model_follows_the_projects_model_only_from_its_previous_one(
+    make_napari_viewer, sample_project, tmp_path
+):
+    """The project's model changes (the Train dock finished one): an empty field stays empty
+    (proposals off), a field holding the previous model follows and the status says so, a
+    folder the user chose otherwise is kept."""
+    viewer = make_napari_viewer()
+    viewer.open(str(sample_project), plugin="napari-pose")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    session = widget.session
+    first, second, third, mine = (tmp_path / n for n in ("first", "second", "third", "mine"))
+    session.set_model(first)
+    assert str(widget.propose_model.value) in ("", ".")
+    assert widget.labeller.proposer.folder is None and "proposals" not in widget.status.value
+
+    widget.propose_model.value = first
+    session.set_model(second)
+    assert widget.propose_model.value == second
+    assert widget.status.value.splitlines()[-1] == "proposals now from second"
+    widget.propose_model.value = mine  # the user's own choice: the note is stale now
+    assert "proposals now" not in widget.status.value
+    session.set_model(third)
+    assert widget.propose_model.value == mine and "proposals now" not in widget.status.value

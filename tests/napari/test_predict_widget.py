@@ -535,3 +535,20 @@ def test_frames_with_more_animals_than_the_box_allows_are_a_warning(
     widget.animals.value = 3
     _run(qtbot, widget)
     assert len(warned) == 1
+
+
+def test_the_model_field_follows_the_projects_model_unless_the_user_chose_another(
+    make_napari_viewer, sample_project, tmp_path
+):
+    from napari_pose.napari.session import projects
+
+    viewer, widget = _dock(make_napari_viewer, sample_project)
+    (session,) = projects(viewer).sessions
+    first, second, third, mine = (tmp_path / n for n in ("first", "second", "third", "mine"))
+    session.set_model(first)
+    assert widget.model.value == first  # empty: the project's latest model
+    session.set_model(second)
+    assert widget.model.value == second  # it held the previous one
+    widget.model.value = mine
+    session.set_model(third)
+    assert widget.model.value == mine

@@ -15,6 +15,7 @@ from napari_pose.napari.session import (
     NoSavePathError,
     WouldReplaceError,
     projects,
+    same_path,
 )
 
 
@@ -165,3 +166,23 @@ def test_lossy_exports_and_autosave_files_never_become_the_projects_file(sample_
     assert session.dirty and session.path == sample_project
     with pytest.raises(PoseFileError, match="autosave file"):
         session.save(tmp_path / "other.autosave.slp")
+
+
+def test_the_projects_model_is_set_through_one_method_that_says_what_it_replaced(
+    viewer, sample_project, tmp_path
+):
+    (session,) = projects(viewer).sessions
+    assert session.model is None  # no model until the Train dock finishes one
+    seen = []
+    session.model_changed.connect(lambda new, previous: seen.append((new, previous)))
+    session.set_model(tmp_path / "A")
+    session.set_model(str(tmp_path / "A"))  # the same folder: nothing to follow
+    session.set_model(tmp_path / "B")
+    assert seen == [(tmp_path / "A", None), (tmp_path / "B", tmp_path / "A")]
+    assert session.model == tmp_path / "B"
+    assert same_path(tmp_path / "x" / ".." / "B", session.model) and not same_path(None, "B")
+    session.mark_edited()
+    assert session.save()  # the model is the viewer's to know, never the labels file's
+    provenance = load_labels(sample_project).provenance
+    assert not any("model" in str(key) for key in provenance)
+    assert str(tmp_path / "B") not in str(provenance)

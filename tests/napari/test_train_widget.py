@@ -180,3 +180,115 @@ def test_training_continues_from_a_chosen_model(make_napari_viewer, qtbot, tmp_p
     qtbot.waitUntil(lambda: idle(widget), timeout=60_000)
     assert len(errors) == 1 and str(other) in errors[0] and "snout" in errors[0]
     assert widget.status.value == "failed" and not (tmp_path / "C").exists()
+
+
+def test_the_other_docks_follow_the_projects_new_model(make_napari_viewer, qtbot, tmp_path,
+                                                       monkeypatch):  # fmt: skip
+    """A run that finishes makes its package the project's model: the Predict dock's empty
+    model field takes it; the Label dock's empty "propose from model" field stays empty
+    (proposals stay off), but once it holds the project's model it follows the next one and
+    says so; a cancelled run changes nothing."""
+    import functools
+    import shutil
+
+    import attrs
+
+    from napari_pose.napari._qt import train_widget as _train_widget
+    from napari_pose.napari.session import projects
+    from napari_pose.nn.data import load_frames
+    from napari_pose.nn.models import UNetConfig
+    from napari_pose.nn.pipelines import default_stages
+    from napari_pose.nn.train import train
+
+    def tiny(labels, out, config, **kwargs):  # a tiny model, two steps an epoch
+        if kwargs.get("start_from") is None:
+            tiny_unet = UNetConfig(filters=4, max_stride=16, output_stride=2)
+            kwargs["stages"] = {
+                k: attrs.evolve(s, model=attrs.evolve(s.model, backbone=tiny_unet))
+                for k, s in default_stages(load_frames(labels), "single_instance").items()
+            }
+        config = attrs.evolve(config, steps_per_epoch=2, batch_size=2)
+        return train(labels, out, config, **kwargs)
+
+    monkeypatch.setattr(_train_widget, "train", tiny)
+    viewer, widget = _dock(make_napari_viewer, _project(tmp_path))
+    _, predict = viewer.window.add_plugin_dock_widget("napari-pose", "Predict")
+    _, label = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    (session,) = projects(viewer).sessions
+    assert label.session is session and predict.model.value in (None, Path("."), Path(""))
+    widget.pipeline.value = "single_instance"
+    widget.epochs.value = 1
+    widget.device.value = "cpu"
+    run = functools.partial(_train_to_the_end, qtbot, widget)
+
+    first = run(tmp_path / "A")
+    assert session.model == first
+    assert predict.model.value == first  # empty: predict with the project's latest model
+    assert str(label.propose_model.value) in ("", ".")  # empty means off: it stays off
+    assert label.labeller is not None and label.labeller.proposer.folder is None
+
+    label.propose_model.value = first  # the user proposes from the project's model
+    mine = tmp_path / "mine"
+    shutil.copytree(first, mine)
+    predict.model.value = mine  # a folder the user chose: theirs to keep
+    widget.start_from.value = first  # continue training, into a new folder
+    second = run(tmp_path / "B")
+    assert session.model == second
+    assert label.propose_model.value == second
+    assert label.labeller.proposer.folder == second
+    assert "proposals now from B" in label.status.value
+    assert predict.model.value == mine
+
+    predict.model.value = second
+    widget.epochs.value = 1000  # long enough to be cancelled
+    widget.output.value = tmp_path / "C"
+    press(qtbot, widget.start_button)
+    qtbot.waitUntil(lambda: len(widget.plot.train_loss) > 0, timeout=60_000)
+    press(qtbot, widget.cancel_button)
+    qtbot.waitUntil(lambda: idle(widget), timeout=60_000)
+    assert "cancelled" in widget.status.value
+    assert session.model == second and label.propose_model.value == second
+    assert predict.model.value == second
+
+
+def _train_to_the_end(qtbot, widget, out: Path) -> Path:
+    widget.output.value = out
+    press(qtbot, widget.start_button)
+    qtbot.waitUntil(lambda: idle(widget), timeout=60_000)
+    assert widget.status.value.startswith("done"), widget.status.value
+    return out
+
+
+def test_a_round_makes_its_model_the_projects_and_the_docks_follow(make_napari_viewer, qtbot,
+                                                                   tmp_path, monkeypatch):  # fmt: skip
+    """*Retrain and predict* into ``<model>-round-1``: the project's model is the round's, and
+    the Label and Predict docks that held the previous one follow it."""
+    import functools
+
+    from napari_pose.napari import rounds
+    from napari_pose.napari.session import projects
+    from napari_pose.nn.inference import PredictConfig
+
+    path = _project(tmp_path)
+    start = _tiny_model(path, tmp_path / "A")
+    monkeypatch.setattr(rounds, "run_round", functools.partial(
+        rounds.run_round, predict_config=PredictConfig(batch_size=4, device="cpu", workers=1)))  # fmt: skip
+    viewer, widget = _dock(make_napari_viewer, path)
+    _, predict = viewer.window.add_plugin_dock_widget("napari-pose", "Predict")
+    _, label = viewer.window.add_plugin_dock_widget("napari-pose", "Label poses")
+    (session,) = projects(viewer).sessions
+    session.set_model(start)  # as if the dock had trained it
+    label.propose_model.value = start
+    assert predict.model.value == start
+    widget.start_from.value = start
+    widget.epochs.value = 1
+    widget.device.value = "cpu"
+    widget.pipeline.value = "single_instance"
+    press(qtbot, widget.round_button)
+    qtbot.waitUntil(lambda: idle(widget), timeout=60_000)
+
+    assert widget.status.value.startswith("done"), widget.status.value
+    first = tmp_path / "A-round-1"
+    assert session.model == first
+    assert label.propose_model.value == first and predict.model.value == first
+    assert "proposals now from A-round-1" in label.status.value

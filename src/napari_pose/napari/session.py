@@ -15,6 +15,12 @@ the edits of those seconds. Saves go through :meth:`ProjectSession.save`, which 
 a file that is not the project's own unless told to (the dock asks the user first), and
 refuses to guess where a project that has no file yet should go.
 
+The project's current model (the package the *Train model* dock last trained for it, or ran a
+round into) is on the session too, set through :meth:`ProjectSession.set_model`: docks that
+never import each other follow it through ``model_changed`` (the *Label poses* dock's proposals,
+the *Predict* dock's model folder). It lives as long as the session and is not saved in the
+labels file.
+
 Nothing here imports Qt (napari-animation's model/_qt split): the debounce timer and the
 question on closing napari come from ``napari/_qt/services.py``, which :func:`projects` installs
 when the viewer has a Qt window. Without one (a bare ``ViewerModel``, a script), every edit is
@@ -93,11 +99,17 @@ class ProjectSession:
         edited: Emitted after each edit (docks refresh what they show).
         changed: Emitted when ``dirty``, ``path`` or the autosave error changes.
         closed: Emitted once, when the project's last Points layer left the viewer.
+        model: The project's current model package: the folder the *Train model* dock last
+            trained, or ran a round into, for this project and that finished complete (``None``
+            until then). Set only through :meth:`set_model`; not saved in the labels file.
+        model_changed: Emitted with ``(new, previous)`` model folders when ``model`` changes, so
+            that a dock showing the previous one can follow (see ``same_path``).
     """
 
     edited = psygnal.Signal()
     changed = psygnal.Signal()
     closed = psygnal.Signal()
+    model_changed = psygnal.Signal(object, object)
 
     def __init__(
         self,
@@ -120,6 +132,7 @@ class ProjectSession:
         self._recovered = None if left is None or _is_live(left) else _set_aside(left)
         self._timer = timer(self.flush_autosave)
         self.is_open = True
+        self.model: Path | None = None
 
     # ------------------------------------------------------------------ what the project is
     @property
@@ -176,6 +189,17 @@ class ProjectSession:
         return layers_to_labels(
             [(l.data, {"metadata": l.metadata, "features": l.features}) for l in layers]
         )
+
+    def set_model(self, folder: str | Path | None) -> None:
+        """Make ``folder`` (a complete model package, or ``None``) the project's current model
+        and emit ``model_changed(new, previous)``; nothing happens when it is that model already.
+        """
+        new = None if folder is None else Path(folder)
+        previous = self.model
+        if same_path(new, previous):
+            return
+        self.model = new
+        self.model_changed.emit(new, previous)
 
     # ------------------------------------------------------------------ edits and autosave
     def mark_edited(self) -> None:
@@ -442,6 +466,13 @@ def session_of(labels: sio.Labels) -> ProjectSession | None:
         if session is not None:
             return session
     return None
+
+
+def same_path(a: str | Path | None, b: str | Path | None) -> bool:
+    """Whether two paths name the same file or folder (``None`` is only the same as ``None``)."""
+    if a is None or b is None:
+        return a is None and b is None
+    return _same_file(Path(a), Path(b))
 
 
 def _binding(layer: napari.layers.Points):

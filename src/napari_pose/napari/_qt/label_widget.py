@@ -5,7 +5,10 @@ table edits of ``core/labelling.py``. The same actions have keyboard shortcuts o
 
 Edits go to the bound project's session (``napari/session.py``), which autosaves them and
 which napari's close guard asks about, whichever docks are open; the dock shows the session's
-state (unsaved, autosave failures) and offers a newer autosave when there is one. Rarely used
+state (unsaved, autosave failures) and offers a newer autosave when there is one. When the
+project's model changes (``ProjectSession.model_changed``: the *Train model* dock trained a new
+one), a "propose from model" field holding the previous model follows it; one left empty
+(proposals off) or holding another folder the user chose is left alone. Rarely used
 controls sit in collapsed sections, so the dock fits a laptop screen, and the status has a fixed
 height, so it never resizes the canvas under the cursor.
 """
@@ -61,7 +64,7 @@ from napari_pose.napari.labelling import (
     image_of,
     user_label_layers,
 )
-from napari_pose.napari.session import ProjectSession, projects
+from napari_pose.napari.session import ProjectSession, projects, same_path
 from napari_pose.napari.styles import node_colors
 
 
@@ -131,6 +134,7 @@ class LabelWidget(ScrollingDock):
         self.propose_message = Label(label="", value="", visible=False)
         self.propose_message.native.setWordWrap(True)
         self._propose_problem = ""  # why the chosen folder is no model package, or nothing
+        self._propose_note = ""  # the status line's note that proposals followed a new model
         self.save = PushButton(label="", text="Save labels")
         self.restore = PushButton(label="", text="Restore autosave", visible=False)
         self.color_by = ComboBox(label="colour by", choices=["node", "track", "instance"])
@@ -271,6 +275,7 @@ class LabelWidget(ScrollingDock):
         assert session is not None  # ``Projects`` opens a session for every pose layer added
         self.session = session
         session.changed.connect(self._refresh)
+        session.model_changed.connect(self._project_model_changed)
         self.labeller = labeller = Labeller(self._viewer, layer, on_edit=session.mark_edited)
         labeller.propagate_frames = int(self.propagate_frames.value)
         labeller.changed.connect(self._refresh)
@@ -293,7 +298,9 @@ class LabelWidget(ScrollingDock):
             self.labeller.close()
         if self.session is not None:
             self.session.changed.disconnect(self._refresh)
+            self.session.model_changed.disconnect(self._project_model_changed)
         self.labeller, self.session = None, None
+        self._propose_note = ""
         self.flags = []  # they were of the project unbound
         self.flag_list.clear()
         self.check_summary.value = ""
@@ -355,9 +362,23 @@ class LabelWidget(ScrollingDock):
 
     def _propose_model_picked(self, event=None) -> None:
         """Propose from the chosen model (the model loads with the first frame, in a worker)."""
+        self._propose_note = ""
         folder = self._proposal_model()
         if self.labeller is not None:
             self.labeller.propose_from(folder)
+        self._refresh()
+
+    def _project_model_changed(self, new: Path | None, previous: Path | None) -> None:
+        """The bound project has a new model: proposals from its previous one now come from
+        the new one (said in the status). An empty field means proposals are off and stays
+        so; another folder the user chose is theirs and is kept."""
+        value = self.propose_model.value
+        if new is None or previous is None or not isinstance(value, Path):
+            return
+        if str(value) in ("", ".") or not same_path(value, previous):
+            return
+        self.propose_model.value = new  # ``_propose_model_picked`` switches the Labeller
+        self._propose_note = f"proposals now from {new.name}"
         self._refresh()
 
     def _color_by(self, feature: str) -> None:
@@ -598,4 +619,5 @@ class LabelWidget(ScrollingDock):
         status = f"#{labeller.instance}: {len(placed)}/{labeller.n_nodes} placed\n{marks}"
         error = session.autosaver.last_error
         saved = "unsaved edits" if session.dirty else "saved"
-        self.status.value = f"{status}\n{error or saved}"
+        note = f"\n{self._propose_note}" if self._propose_note else ""
+        self.status.value = f"{status}\n{error or saved}{note}"

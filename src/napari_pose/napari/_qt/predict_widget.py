@@ -11,6 +11,10 @@ screen and only that frame goes through the model.
 *Merge into project* moves the predictions into the open project labelling the same video
 (its predictions layer, which saving the project writes, and its trajectories), after checking
 that the model's nodes are the project's.
+
+The model folder follows the projects' models (``ProjectSession.model_changed``): when the
+*Train model* dock trains a new model of a project, an empty field, or one holding that
+project's previous model, gets the new one; a folder the user chose otherwise is kept.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ from napari_pose.napari.convert import (
 from napari_pose.napari.drawing import add_pose_layers, redraw
 from napari_pose.napari.labelling import PlaneFrames
 from napari_pose.napari.predictions import check_model_skeleton, merge_predictions
-from napari_pose.napari.session import ProjectSession, projects
+from napari_pose.napari.session import ProjectSession, projects, same_path
 from napari_pose.napari.sync import attach
 from napari_pose.nn.inference import (
     Crowding,
@@ -288,8 +292,22 @@ class PredictWidget(ScrollingDock):
         self.save_button.clicked.connect(self.save)
         self.merge_button.clicked.connect(self.merge)
         self.maps_button.clicked.connect(self.show_confidence_maps)
+        found = projects(viewer)
+        for session in found.sessions:
+            self._follow(session)
+        found.added.connect(self._follow)
         viewer.layers.events.inserted.connect(self.image.reset_choices)
         viewer.layers.events.removed.connect(self.image.reset_choices)
+
+    def _follow(self, session: ProjectSession) -> None:
+        session.model_changed.connect(self._project_model_changed)
+
+    def _project_model_changed(self, new: Path | None, previous: Path | None) -> None:
+        """A project has a new model: predict with it by default, unless the field holds a
+        folder the user chose that is not that project's previous model."""
+        current = _chosen(self.model)
+        if new is not None and (current is None or same_path(current, previous)):
+            self.model.value = new
 
     def _image_choices(self, _widget: CategoricalWidget | None = None) -> list[tuple[str, Image]]:
         return [(l.name, l) for l in self._viewer.layers if isinstance(l, Image)]

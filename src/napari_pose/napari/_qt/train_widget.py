@@ -4,7 +4,9 @@ Thin by design: ``nn.train.train`` does all the work and is a generator of ``Pro
 widget only runs it in a ``thread_worker`` (napari stays responsive) and shows what it yields.
 The CLI drives the same generator, so both give identical models. *Retrain and predict* runs
 one round of the labelling loop the same way: ``napari.rounds.run_round`` is the generator,
-and the dock merges the predictions and suggestions it yields into the project.
+and the dock merges the predictions and suggestions it yields into the project. A run or round
+that finishes with a complete package makes it the project's model
+(``ProjectSession.set_model``), which the other docks follow.
 """
 
 from __future__ import annotations
@@ -216,6 +218,7 @@ class TrainWidget(ScrollingDock):
         self._out: Path | None = None
         self._latest: Path | None = None  # the model last trained or chosen: a round's start
         self._round: tuple[ProjectSession, int] | None = None  # the running round's target
+        self._trained_for: ProjectSession | None = None  # the project the running run trains
         self.start_button.clicked.connect(self.start)
         self.round_button.clicked.connect(self.retrain_and_predict)
         self.start_from.changed.connect(self._chose_start)
@@ -242,8 +245,11 @@ class TrainWidget(ScrollingDock):
             return
         source: Path | sio.Labels
         labels_path: str | None
+        trained_for = project
         if labels_file is not None:
             source, labels_path = labels_file, str(labels_file)
+            # A labels file open as a project is that project's: its model is the new one.
+            trained_for = next((s for s in self._projects.sessions if s.owns(labels_file)), None)
         elif project is not None:  # the layers' current state, unsaved edits included
             source = project.current()
             labels_path = None if project.path is None else str(project.path)
@@ -251,6 +257,7 @@ class TrainWidget(ScrollingDock):
             show_error("open a pose project or choose a labels file to train on")
             return
         self._begin(out)
+        self._trained_for = trained_for
         self.worker = _run_training(source, out, self._config(), self._stop, labels_path,
                                     self._chosen(self.start_from))  # fmt: skip
         self.worker.yielded.connect(self._show)
@@ -341,6 +348,7 @@ class TrainWidget(ScrollingDock):
             self.predict_button.enabled = progress.stage == "done"
             if progress.stage == "done" and self._out is not None:
                 self._latest = self._out
+                self._new_model(self._trained_for, self._out)
         elif progress.validation is not None:
             self.plot.add_epoch(progress.validation)
         elif progress.loss is not None:
@@ -380,11 +388,19 @@ class TrainWidget(ScrollingDock):
             return
         if result.status == "done":
             self._latest = self._out = result.model
+            self._new_model(self._round[0] if self._round else None, result.model)
             self.predict_button.enabled = True
             self.results.value = f"{self.results.value}\nmodel: {result.model}"
         else:
             self.results.value = (f"{result.status}: the previous model is unchanged; "
                                   f"the unfinished one is in {result.model}")  # fmt: skip
+
+    @staticmethod
+    def _new_model(session: ProjectSession | None, model: Path) -> None:
+        """A complete package was trained for ``session``: make it the project's model (if the
+        project is still open), which the *Label poses* and *Predict* docks follow."""
+        if session is not None and session.is_open:
+            session.set_model(model)
 
     def _summary(self, progress: Progress) -> str:
         """The outcome for the results field: the validation figures (or, when the model found
@@ -402,7 +418,7 @@ class TrainWidget(ScrollingDock):
             show_error(problem)
 
     def _finished(self) -> None:
-        self.worker, self._round = None, None
+        self.worker, self._round, self._trained_for = None, None, None
         self.start_button.enabled, self.round_button.enabled = True, True
         self.cancel_button.enabled = False
         self.plot.update()
