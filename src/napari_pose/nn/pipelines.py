@@ -163,6 +163,10 @@ def crop_size(data: LabelledFrames, anchor: int | None, augment: AugmentConfig,
     return round_up(2 * radius * max(augment.scale) + 2 * _CROP_MARGIN, stride)
 
 
+#: Spread (input pixels) of the confidence maps of the models that place keypoints.
+POSE_SIGMA = 3.5
+
+
 def default_stages(
     data: LabelledFrames, pipeline: str, preset: str = "small"
 ) -> dict[str, StageConfig]:
@@ -171,7 +175,10 @@ def default_stages(
     ``preset`` sizes the pose model (single-instance, centred-instance or bottom-up); the
     centroid model is always ``_CENTROID_BACKBONE`` (it only has to find animals on a
     downscaled frame).
-    Pose models that place keypoints (single and centred instance) output at stride 2.
+    Pose models that place keypoints (single and centred instance) output at stride 4 with
+    confidence maps ``POSE_SIGMA`` wide: on unseen clip.slp frames (docs/benchmarks.md, issue
+    12) stride 2 and sigma 2.5 scored 0.393 OKS mAP, stride 4 with sigma 3.5 0.443, and sigma 1.5
+    0.190; the sub-pixel peak refinement recovers what the coarser maps lose.
     """
     if pipeline not in PIPELINES:
         raise ValueError(f"unknown pipeline {pipeline!r}; choose from {sorted(PIPELINES)}")
@@ -186,8 +193,9 @@ def default_stages(
             backbone = attrs.evolve(_CENTROID_BACKBONE, in_channels=channels)
         else:
             backbone = UNetConfig.preset(preset, in_channels=channels + int(cue))
-        if kind in ("single_instance", "centered_instance"):
-            backbone = attrs.evolve(backbone, output_stride=2)
+        places_keypoints = kind in ("single_instance", "centered_instance")
+        if places_keypoints:
+            backbone = attrs.evolve(backbone, output_stride=4)
         if kind == "centroid":
             heads = {"centroids": 1}
         elif kind == "bottomup":
@@ -211,6 +219,7 @@ def default_stages(
             anchor=anchor,
             augment=stage_augment,
             centre_cue=cue,
+            **({"sigma": POSE_SIGMA} if places_keypoints else {}),
         )
     return stages
 
