@@ -13,6 +13,7 @@ from skimage.io import imread
 
 from napari_pose.cli import main
 from napari_pose.core.pose_arrays import labels_to_arrays
+from tiny_models import train_tiny
 
 
 @pytest.mark.gui
@@ -263,31 +264,15 @@ def test_predict_command_takes_stack_axes_and_tracks_each_z_along_time(tmp_path,
 def project_and_model(tmp_path_factory):
     """A 12-frame project (user labels on 0-7, an older model's predictions on 4-7, suggestions
     after) and a tiny model trained a few steps on it: its outputs are not what is tested."""
-    import attrs
-    import torch
 
     from napari_pose.core.io import save_labels
     from napari_pose.core.synthetic import make_synthetic, to_labels, write_video
-    from napari_pose.nn.data import load_frames
-    from napari_pose.nn.models import UNetConfig
-    from napari_pose.nn.pipelines import default_stages
-    from napari_pose.nn.train import TrainConfig, train
 
     folder = tmp_path_factory.mktemp("merge")
     data = make_synthetic(n_frames=12, size=64, n_animals=1, seed=1)
     write_video(data.frames, folder / "v.mp4")
     labels = to_labels(data, str(folder / "v.mp4"), labelled_frames=slice(0, 8))
-    tiny = UNetConfig(filters=4, max_stride=16, output_stride=2)
-    stages = {k: attrs.evolve(s, model=attrs.evolve(s.model, backbone=tiny))
-              for k, s in default_stages(load_frames(labels), "single_instance").items()}  # fmt: skip
-    config = TrainConfig(pipeline="single_instance", epochs=1, steps_per_epoch=2, batch_size=2,
-                         device="cpu")  # fmt: skip
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        list(train(labels, folder / "model", config, stages=stages))
-    finally:
-        torch.set_num_threads(threads)
+    train_tiny(labels, folder / "model")
     for lf in labels.labeled_frames[4:8]:
         lf.instances.append(sio.PredictedInstance.from_numpy(
             data.points[lf.frame_idx, 0] + 1, labels.skeletons[0], point_scores=np.full(5, 0.5),

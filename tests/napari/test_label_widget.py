@@ -12,6 +12,7 @@ from gui import press
 from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
 
 from napari_pose.core.pose_arrays import labels_to_arrays
+from tiny_models import train_tiny
 
 pytestmark = pytest.mark.gui
 
@@ -597,29 +598,13 @@ def test_propagate_accept_edit_and_save(make_napari_viewer, qtbot, tmp_path, sle
 def _tiny_model(folder):
     """A tiny single-instance package trained two steps on synthetic bugs (the sample's
     skeleton): ranking runs through a real model, whatever it learned."""
-    import attrs
-    import torch
 
     from napari_pose.core.synthetic import make_synthetic, to_labels, write_video
-    from napari_pose.nn.data import load_frames
-    from napari_pose.nn.models import UNetConfig
-    from napari_pose.nn.pipelines import default_stages
-    from napari_pose.nn.train import TrainConfig, train
 
     data = make_synthetic(n_frames=8, size=64, n_animals=1, seed=1)
     write_video(data.frames, folder / "v.mp4")
     labels = to_labels(data, str(folder / "v.mp4"))
-    tiny = UNetConfig(filters=4, max_stride=16, output_stride=2)
-    stages = {k: attrs.evolve(s, model=attrs.evolve(s.model, backbone=tiny))
-              for k, s in default_stages(load_frames(labels), "single_instance").items()}  # fmt: skip
-    config = TrainConfig(pipeline="single_instance", epochs=1, steps_per_epoch=2, batch_size=2,
-                         device="cpu")  # fmt: skip
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        list(train(labels, folder / "model", config, stages=stages))
-    finally:
-        torch.set_num_threads(threads)
+    train_tiny(labels, folder / "model")
     return folder / "model"
 
 

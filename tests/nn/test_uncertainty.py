@@ -11,6 +11,7 @@ import pytest
 from napari_pose.core.synthetic import make_synthetic
 from napari_pose.nn import uncertainty as un
 from napari_pose.nn.predict import FramePrediction
+from tiny_models import train_tiny
 
 K = 5
 
@@ -206,30 +207,14 @@ def test_bad_arguments_are_refused(damaged_video):
 @pytest.fixture(scope="module")
 def tiny_package(tmp_path_factory):
     """A tiny single-instance model trained two steps: ranking runs through a real package."""
-    import attrs
-    import torch
 
     from napari_pose.core.synthetic import to_labels, write_video
-    from napari_pose.nn.data import load_frames
-    from napari_pose.nn.models import UNetConfig
-    from napari_pose.nn.pipelines import default_stages
-    from napari_pose.nn.train import TrainConfig, train
 
     folder = tmp_path_factory.mktemp("uncertainty")
     data = make_synthetic(n_frames=12, size=64, n_animals=1, seed=1)
     write_video(data.frames, folder / "v.mp4")
     labels = to_labels(data, str(folder / "v.mp4"), labelled_frames=slice(0, 8))
-    tiny = UNetConfig(filters=4, max_stride=16, output_stride=2)
-    stages = {k: attrs.evolve(s, model=attrs.evolve(s.model, backbone=tiny))
-              for k, s in default_stages(load_frames(labels), "single_instance").items()}  # fmt: skip
-    config = TrainConfig(pipeline="single_instance", epochs=1, steps_per_epoch=2, batch_size=2,
-                         device="cpu")  # fmt: skip
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        list(train(labels, folder / "model", config, stages=stages))
-    finally:
-        torch.set_num_threads(threads)
+    train_tiny(labels, folder / "model")
     return folder / "model"
 
 
