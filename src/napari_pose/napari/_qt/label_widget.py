@@ -123,8 +123,16 @@ class LabelWidget(ScrollingDock):
         self.propagate_frames = SpinBox(label="propagate", value=5, min=1, max=100,
                                         tooltip="frames to carry this frame's instances")  # fmt: skip
         self.propagate_buttons = {
-            1: PushButton(label="", text="Forward (k)"),
-            -1: PushButton(label="", text="Back (Shift+K)"),
+            1: PushButton(
+                label="",
+                text="Forward (k)",
+                tooltip="carry this frame's instances to the next frames",
+            ),
+            -1: PushButton(
+                label="",
+                text="Back (K)",
+                tooltip="carry this frame's instances to the previous frames (Shift+K)",
+            ),
         }
         self.propose_model = FileEdit(
             label="propose from model", mode=FileDialogMode.EXISTING_DIRECTORY,
@@ -180,8 +188,7 @@ class LabelWidget(ScrollingDock):
         rows = [Container(layout="horizontal", widgets=action_buttons[i : i + 2], labels=False)
                 for i in range(0, len(action_buttons), 2)]  # fmt: skip
         propagate: Container[Widget] = Container(layout="horizontal", labels=False, widgets=[
-            Label(value="Propagate"), self.propagate_frames, Label(value="frames"),
-            *self.propagate_buttons.values()])  # fmt: skip
+            Label(value="Propagate"), self.propagate_frames, *self.propagate_buttons.values()])  # fmt: skip
         propagate.margins = (0, 0, 0, 0)
         for row in rows:
             row.margins = (0, 0, 0, 0)
