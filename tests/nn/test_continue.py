@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import attrs
+import numpy as np
 import pytest
 import sleap_io as sio
 import torch
@@ -89,8 +90,8 @@ def test_every_stage_starts_from_the_packages_best_weights(package_a, tmp_path):
 
 def test_one_epoch_from_a_package_validates_far_better_than_from_scratch(package_a, tmp_path):
     """After one short epoch a continued run finds the animal where A left off; the same
-    epoch from scratch finds nothing yet (measured: median error 0.53 px against none, val
-    loss 0.0034 against 0.0047; A's best 0.0032)."""
+    epoch from scratch finds nothing yet (measured with stride 2 and sigma 2.5: median error
+    0.53 px against none, val loss 0.0034 against 0.0047; A's best 0.0032)."""
     path, a = package_a
     labels = load_labels(path)
     stages = package.load_package(a).stages
@@ -103,10 +104,12 @@ def test_one_epoch_from_a_package_validates_far_better_than_from_scratch(package
 
     scratch = first_validation(tmp_path / "scratch", stages=stages)
     continued = first_validation(tmp_path / "B", start_from=a)
-    a_best = min(float(row["val_loss"]) for row in package.read_log(a))
+    log = package.read_log(a)
+    a_best = min(float(row["val_loss"]) for row in log)
+    a_error = np.nanmin([float(row["dist_median_px"]) for row in log])
     assert continued["val_loss"] < 0.85 * scratch["val_loss"], (continued, scratch)
     assert continued["val_loss"] < 1.2 * a_best, (continued, a_best)
-    assert continued["dist_median_px"] < 2.0
+    assert continued["dist_median_px"] < 1.5 * a_error, (continued, a_error)  # where A left off
     assert not scratch["dist_median_px"] < 2 * continued["dist_median_px"]  # NaN: none found
 
 
