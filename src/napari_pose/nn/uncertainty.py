@@ -49,6 +49,7 @@ shows progress and a cancel takes effect before the next batch.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Generator, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -179,20 +180,16 @@ def neighbour_counts(counts: np.ndarray, near: np.ndarray, reach: int = NEIGHBOU
     """Median count of up to ``reach`` samples either side of each (``near[i]``: whether
     samples ``i`` and ``i + 1`` are close enough to be neighbours); NaN without any."""
     n = len(counts)
-    out = np.full(n, np.nan)
-    for i in range(n):
-        values = []
-        for step in (-1, 1):
-            j = i
-            for _ in range(reach):
-                link = j - 1 if step < 0 else j
-                if not 0 <= link < n - 1 or not near[link]:
-                    break
-                j += step
-                values.append(counts[j])
-        if values:
-            out[i] = float(np.median(values))
-    return out
+    segment = np.concatenate([[0], np.cumsum(~np.asarray(near, bool))])  # runs of neighbours
+    offsets = np.array([d for d in range(-reach, reach + 1) if d != 0])
+    others = np.arange(n)[:, None] + offsets  # (n, 2 * reach) candidate samples
+    inside = (others >= 0) & (others < n)
+    others = others.clip(0, max(n - 1, 0))
+    same = inside & (segment[others] == segment[:, None])
+    values = np.where(same, np.asarray(counts, float)[others], np.nan)
+    with warnings.catch_warnings():  # a sample without neighbours: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(values, axis=1) if n else np.full(0, np.nan)
 
 
 def count_surprise(counts: np.ndarray, usual: int, neighbours: np.ndarray) -> np.ndarray:
